@@ -1,0 +1,134 @@
+//! Decoding any container/codec symphonia knows (wav, flac, ogg/vorbis, mp3, aac/m4a) to f32.
+
+use std::fs::File;
+use std::path::Path;
+
+use symphonia::core::audio::SampleBuffer;
+use symphonia::core::codecs::{CODEC_TYPE_NULL, DecoderOptions};
+use symphonia::core::errors::Error as SymError;
+use symphonia::core::formats::FormatOptions;
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+use symphonia::core::probe::Hint;
+
+use crate::{Error, Result, SAMPLE_RATE, resample};
+
+/// Decoded audio, downmixed to one channel.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub samples: Vec<f32>,
+    pub sample_rate: u32,
+    /// Channels in the file before the downmix.
+    pub channels: usize,
+}
+
+/// Decode a file and average its channels into mono. Samples keep the file's rate.
+pub fn decode_file(path: &Path) -> Result<Decoded> {
+    let unreadable = |reason: String| Error::Unreadable { path: path.to_path_buf(), reason };
+    let file = File::open(path).map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
+    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mut hint = Hint::new();
+    if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+        hint.with_extension(ext);
+    }
+    let probed = symphonia::default::get_probe()
+        .format(&hint, mss, &FormatOptions::default(), &MetadataOptions::default())
+        .map_err(|e| unreadable(format!("unsupported or corrupt container ({e})")))?;
+    let mut format = probed.format;
+    let track = format
+        .tracks()
+        .iter()
+        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+        .ok_or_else(|| unreadable("no audio track".into()))?;
+    let track_id = track.id;
+    let mut sample_rate = track.codec_params.sample_rate;
+    let mut decoder = symphonia::default::get_codecs()
+        .make(&track.codec_params, &DecoderOptions::default())
+        .map_err(|e| unreadable(format!("unsupported codec ({e})")))?;
+
+    let mut mono = Vec::new();
+    let mut channels = track.codec_params.channels.map(|c| c.count()).unwrap_or(0);
+    let mut buf: Option<SampleBuffer<f32>> = None;
+    loop {
+        let packet = match format.next_packet() {
+            Ok(p) => p,
+            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(SymError::ResetRequired) => break,
+            Err(e) => return Err(unreadable(format!("reading packet: {e}"))),
+        };
+        if packet.track_id() != track_id {
+            continue;
+        }
+        let decoded = match decoder.decode(&packet) {
+            Ok(d) => d,
+            // A damaged packet in an otherwise good stream: skip it as players do.
+            Err(SymError::DecodeError(_)) => continue,
+            Err(e) => return Err(unreadable(format!("decoding: {e}"))),
+        };
+        let spec = *decoded.spec();
+        sample_rate = Some(spec.rate);
+        channels = spec.channels.count();
+        let needed = decoded.capacity() as u64;
+        if buf.as_ref().is_none_or(|b| (b.capacity() as u64) < needed * channels as u64) {
+            buf = Some(SampleBuffer::new(needed, spec));
+        }
+        let b = buf.as_mut().expect("buffer allocated above");
+        b.copy_interleaved_ref(decoded);
+        let scale = 1.0 / channels as f32;
+        for frame in b.samples().chunks_exact(channels) {
+            mono.push(frame.iter().sum::<f32>() * scale);
+        }
+    }
+    let sample_rate = sample_rate.ok_or_else(|| unreadable("unknown sample rate".into()))?;
+    if mono.is_empty() {
+        return Err(Error::Empty { path: path.to_path_buf() });
+    }
+    Ok(Decoded { samples: mono, sample_rate, channels })
+}
+
+/// Decode, downmix and resample to 16 kHz: the input every model expects.
+pub fn load_mono_16k(path: &Path) -> Result<Vec<f32>> {
+    let d = decode_file(path)?;
+    resample(&d.samples, d.sample_rate, SAMPLE_RATE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio").join(name)
+    }
+
+    #[test]
+    fn wav_int16_decodes_exactly() {
+        let d = decode_file(&fixture("mono16k.wav")).unwrap();
+        assert_eq!((d.sample_rate, d.channels, d.samples.len()), (16000, 1, 1600));
+        // Every sample is k/32768 for an integer k.
+        assert!(d.samples.iter().all(|s| (s * 32768.0).fract() == 0.0));
+        assert!(d.samples.iter().any(|s| s.abs() > 0.1));
+    }
+
+    #[test]
+    fn stereo_is_downmixed_and_resampled() {
+        let d = decode_file(&fixture("stereo22k.wav")).unwrap();
+        assert_eq!((d.sample_rate, d.channels, d.samples.len()), (22050, 2, 22050));
+        let y = load_mono_16k(&fixture("stereo22k.wav")).unwrap();
+        assert_eq!(y.len(), 16000);
+        let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+        // Band-limited content keeps its energy through resampling.
+        let (a, b) = (rms(&d.samples), rms(&y));
+        assert!((a - b).abs() / a < 0.02, "rms {a} vs {b}");
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_reason() {
+        let e = decode_file(&fixture("empty.wav")).unwrap_err().to_string();
+        assert!(e.contains("empty.wav") && e.contains("no samples"), "{e}");
+        let e = decode_file(&fixture("not_audio.wav")).unwrap_err().to_string();
+        assert!(e.contains("not_audio.wav") && e.contains("corrupt"), "{e}");
+        let e = decode_file(&fixture("missing.flac")).unwrap_err().to_string();
+        assert!(e.contains("missing.flac") && e.contains("cannot open"), "{e}");
+    }
+}

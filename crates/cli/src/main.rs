@@ -1,0 +1,42 @@
+//! `speechtune`: fine-tune and analyse self-supervised speech models.
+
+mod demo;
+mod features;
+mod inspect;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "speechtune",
+    version,
+    about = "Fine-tune and analyse self-supervised speech models (wav2vec2, XLS-R, HuBERT, data2vec-audio, WavLM, Whisper)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Extract every hidden state of an upstream model for audio files.
+    Features(features::Args),
+    /// Show a checkpoint's architecture and parameters per component.
+    Inspect(inspect::Args),
+    /// The end-to-end demo (currently: load, inspect and run the bundled tiny model).
+    Demo(demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Features(a) => features::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

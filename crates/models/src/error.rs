@@ -1,0 +1,42 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running an upstream model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{dir} has no config.json: point speechtune at a Hugging Face model directory (config.json + model.safetensors)"
+    )]
+    MissingConfig { dir: PathBuf },
+    #[error("cannot parse {path}: {source}")]
+    Config { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: model_type \"{model_type}\" is not supported; supported: {}", supported.join(", "))]
+    UnsupportedModelType { path: PathBuf, model_type: String, supported: Vec<&'static str> },
+    #[error("{path}: {what} is not supported")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("{dir} has no weights: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin")]
+    NoWeights { dir: PathBuf },
+    #[error(
+        "{path} is a pickled PyTorch checkpoint, which speechtune does not execute; convert it once with \
+         `python -c \"import torch; from safetensors.torch import save_file; \
+         save_file({{k: v.contiguous() for k, v in torch.load('{path_str}', map_location='cpu', weights_only=True).items()}}, \
+         '{dir_str}/model.safetensors', metadata={{'format': 'pt'}})\"`",
+        path_str = path.display(), dir_str = path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+    )]
+    PickleCheckpoint { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error("tensor \"{name}\" not found in {files}")]
+    MissingTensor { name: String, files: String },
+    #[error("tensor \"{name}\" in {file} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch { name: String, file: PathBuf, expected: Vec<usize>, found: Vec<usize> },
+    #[error("tensor \"{name}\" in {file} has dtype {dtype}, expected a float type (f32, f16, bf16, f64)")]
+    UnsupportedDtype { name: String, file: PathBuf, dtype: String },
+    #[error("bad input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Audio(#[from] speechtune_audio::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,18 @@
+//! Pretrained speech upstreams in burn, loaded from Hugging Face model directories:
+//! wav2vec2 (base and large/XLS-R layouts), HuBERT, data2vec-audio, WavLM and the Whisper encoder.
+//! Every hidden state matches transformers' `output_hidden_states` (see `tests/parity.rs`).
+
+pub mod config;
+mod error;
+pub mod frontend;
+pub mod layers;
+pub mod ssl;
+mod upstream;
+pub mod weights;
+pub mod whisper;
+
+pub use burn;
+pub use config::{ModelConfig, SUPPORTED_MODEL_TYPES};
+pub use error::{Error, Result};
+pub use frontend::{FrontEnd, ModelInput};
+pub use upstream::{Upstream, UpstreamModel, UpstreamOutput};

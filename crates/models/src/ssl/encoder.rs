@@ -1,0 +1,228 @@
+//! Positional convolution and transformer stack of the SSL encoders.
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+
+use super::attention::Attention;
+use crate::Result;
+use crate::config::SslConfig;
+use crate::layers::{Activation, Conv1d, LayerNorm, additive_key_mask, conv_apply, load_linear, valid_frames};
+use crate::weights::Weights;
+
+// Wav2Vec2PositionalConvEmbedding: one grouped conv with weight norm over the kernel axis (dim=2).
+#[derive(Module, Debug)]
+pub struct WeightNormPosConv {
+    /// `[1, 1, kernel]`
+    pub weight_g: Param<Tensor<3>>,
+    /// `[dim, dim / groups, kernel]`
+    pub weight_v: Param<Tensor<3>>,
+    pub bias: Param<Tensor<1>>,
+    pub groups: usize,
+}
+
+impl WeightNormPosConv {
+    fn load(cfg: &SslConfig, w: &Weights, device: &Device) -> Result<Self> {
+        let (d, k, g) = (cfg.hidden_size, cfg.pos_conv_param(), cfg.num_conv_pos_embedding_groups);
+        let p = "encoder.pos_conv_embed.conv";
+        // Two spellings: torch's old weight_norm hook and the newer parametrizations.
+        let (gn, vn) = if w.contains(&format!("{p}.weight_g")) {
+            (format!("{p}.weight_g"), format!("{p}.weight_v"))
+        } else {
+            (format!("{p}.parametrizations.weight.original0"), format!("{p}.parametrizations.weight.original1"))
+        };
+        Ok(Self {
+            weight_g: Param::from_tensor(w.tensor(&gn, [1, 1, k], device)?),
+            weight_v: Param::from_tensor(w.tensor(&vn, [d, d / g, k], device)?),
+            bias: Param::from_tensor(w.tensor(&format!("{p}.bias"), [d], device)?),
+            groups: g,
+        })
+    }
+
+    fn weight(&self) -> Tensor<3> {
+        let v = self.weight_v.val();
+        let norm = v.clone().powf_scalar(2.0).sum_dim(0).sum_dim(1).sqrt();
+        v * (self.weight_g.val() / norm)
+    }
+}
+
+// Data2VecAudioPositionalConvLayer: conv → pad removal → LayerNorm without affine → activation.
+#[derive(Module, Debug)]
+pub struct StackedPosConv {
+    pub layers: Vec<Conv1d>,
+    pub norm: LayerNorm,
+}
+
+#[derive(Module, Debug)]
+pub enum PosConv {
+    WeightNorm(WeightNormPosConv),
+    Stacked(StackedPosConv),
+}
+
+/// Drop the extra frame a symmetric padding of an even kernel adds (`Wav2Vec2SamePadLayer`).
+fn same_pad(x: Tensor<3>, kernel: usize) -> Tensor<3> {
+    if kernel.is_multiple_of(2) {
+        let t = x.dims()[2];
+        x.narrow(2, 0, t - 1)
+    } else {
+        x
+    }
+}
+
+impl PosConv {
+    /// `[batch, time, dim]` → the positional embedding to add.
+    fn forward(&self, x: Tensor<3>, act: Activation) -> Tensor<3> {
+        let x = x.swap_dims(1, 2);
+        let y = match self {
+            PosConv::WeightNorm(c) => {
+                let weight = c.weight();
+                let k = weight.dims()[2];
+                act.forward(same_pad(conv_apply(x, weight, Some(c.bias.val()), 1, k / 2, c.groups), k))
+            }
+            PosConv::Stacked(s) => {
+                let mut y = x;
+                for conv in &s.layers {
+                    let k = conv.weight.dims()[2];
+                    y = same_pad(conv.forward(y), k);
+                    y = act.forward(s.norm.forward(y.swap_dims(1, 2)).swap_dims(1, 2));
+                }
+                y
+            }
+        };
+        y.swap_dims(1, 2)
+    }
+}
+
+// Wav2Vec2EncoderLayer (post-LN) and Wav2Vec2EncoderLayerStableLayerNorm (pre-LN); the HuBERT,
+// data2vec-audio and WavLM layers are the same up to their attention.
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    pub attention: Attention,
+    pub layer_norm: LayerNorm,
+    pub intermediate_dense: Linear,
+    pub output_dense: Linear,
+    pub final_layer_norm: LayerNorm,
+}
+
+impl EncoderLayer {
+    fn feed_forward(&self, x: Tensor<3>, act: Activation) -> Tensor<3> {
+        self.output_dense.forward(act.forward(self.intermediate_dense.forward(x)))
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: Option<Tensor<4>>,
+        bias: &mut Option<Tensor<4>>,
+        stable: bool,
+        act: Activation,
+    ) -> Tensor<3> {
+        if stable {
+            let x = x.clone() + self.attention.forward(self.layer_norm.forward(x), mask, bias);
+            x.clone() + self.feed_forward(self.final_layer_norm.forward(x), act)
+        } else {
+            let x = self.layer_norm.forward(x.clone() + self.attention.forward(x, mask, bias));
+            self.final_layer_norm.forward(x.clone() + self.feed_forward(x, act))
+        }
+    }
+}
+
+// Wav2Vec2Encoder / Wav2Vec2EncoderStableLayerNorm and their HuBERT, data2vec-audio, WavLM twins.
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub pos_conv: PosConv,
+    pub layer_norm: LayerNorm,
+    pub layers: Vec<EncoderLayer>,
+    pub stable: bool,
+    #[module(skip)]
+    pub pos_activation: Activation,
+    #[module(skip)]
+    pub hidden_activation: Activation,
+}
+
+impl Encoder {
+    pub fn load(cfg: &SslConfig, w: &Weights, device: &Device) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
+        let pos_conv = if cfg.is_data2vec() {
+            let (k, g) = (cfg.conv_pos_kernel_size, cfg.num_conv_pos_embedding_groups);
+            let layers = (0..cfg.pos_conv_param())
+                .map(|i| {
+                    let p = format!("encoder.pos_conv_embed.layers.{i}.conv");
+                    Conv1d::load(w, &p, [d, d / g, k], true, 1, k / 2, g, device)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            PosConv::Stacked(StackedPosConv { layers, norm: LayerNorm::plain(1e-5) })
+        } else {
+            PosConv::WeightNorm(WeightNormPosConv::load(cfg, w, device)?)
+        };
+        let mut layers = Vec::new();
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layers.{i}");
+            let wavlm = cfg.is_wavlm().then_some((cfg.num_buckets, cfg.max_bucket_distance, i == 0));
+            layers.push(EncoderLayer {
+                attention: Attention::load(
+                    w,
+                    &format!("{p}.attention"),
+                    d,
+                    cfg.num_attention_heads,
+                    true,
+                    wavlm,
+                    device,
+                )?,
+                layer_norm: LayerNorm::load(w, &format!("{p}.layer_norm"), d, eps, device)?,
+                intermediate_dense: load_linear(
+                    w,
+                    &format!("{p}.feed_forward.intermediate_dense"),
+                    d,
+                    cfg.intermediate_size,
+                    true,
+                    device,
+                )?,
+                output_dense: load_linear(
+                    w,
+                    &format!("{p}.feed_forward.output_dense"),
+                    cfg.intermediate_size,
+                    d,
+                    true,
+                    device,
+                )?,
+                final_layer_norm: LayerNorm::load(w, &format!("{p}.final_layer_norm"), d, eps, device)?,
+            });
+        }
+        Ok(Self {
+            pos_conv,
+            layer_norm: LayerNorm::load(w, "encoder.layer_norm", d, eps, device)?,
+            layers,
+            stable: cfg.do_stable_layer_norm,
+            pos_activation: Activation::parse(&cfg.feat_extract_activation)?,
+            hidden_activation: Activation::parse(&cfg.hidden_act)?,
+        })
+    }
+
+    /// Every hidden state as `output_hidden_states` returns them: the transformer input first,
+    /// then each layer's output (the last one after the final norm in the stable layout).
+    pub fn forward(&self, x: Tensor<3>, lengths: Option<&[usize]>) -> Vec<Tensor<3>> {
+        let [_, t, _] = x.dims();
+        let device = x.device();
+        let (x, mask) = match lengths {
+            Some(l) => (x * valid_frames(l, t, &device), Some(additive_key_mask(l, t, &device))),
+            None => (x, None),
+        };
+        let mut x = x.clone() + self.pos_conv.forward(x, self.pos_activation);
+        if !self.stable {
+            x = self.layer_norm.forward(x);
+        }
+        let mut hidden = Vec::with_capacity(self.layers.len() + 1);
+        let mut bias = None;
+        for layer in &self.layers {
+            hidden.push(x.clone());
+            x = layer.forward(x, mask.clone(), &mut bias, self.stable, self.hidden_activation);
+        }
+        if self.stable {
+            x = self.layer_norm.forward(x);
+        }
+        hidden.push(x);
+        hidden
+    }
+}

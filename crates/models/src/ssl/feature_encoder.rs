@@ -1,0 +1,99 @@
+//! The convolutional feature encoder shared by wav2vec2, HuBERT, data2vec-audio and WavLM.
+
+use burn::module::Param;
+use burn::prelude::*;
+
+use crate::Result;
+use crate::config::SslConfig;
+use crate::layers::{Activation, Conv1d, LayerNorm};
+use crate::weights::Weights;
+
+/// `nn.GroupNorm(num_groups=C, num_channels=C)`: each channel normalised over time, per item.
+#[derive(Module, Debug)]
+pub struct ChannelNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+}
+
+impl ChannelNorm {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let c = self.weight.dims()[0];
+        let (var, mean) = x.clone().var_mean_bias(2);
+        let y = (x - mean) / (var + 1e-5).sqrt();
+        y * self.weight.val().reshape([1, c, 1]) + self.bias.val().reshape([1, c, 1])
+    }
+}
+
+// One of Wav2Vec2{NoLayerNorm,LayerNorm,GroupNorm}ConvLayer / Data2VecAudioConvLayer
+// (transformers/models/wav2vec2/modeling_wav2vec2.py).
+#[derive(Module, Debug)]
+pub struct ConvLayer {
+    pub conv: Conv1d,
+    pub group_norm: Option<ChannelNorm>,
+    pub layer_norm: Option<LayerNorm>,
+}
+
+// Wav2Vec2FeatureEncoder: `[batch, samples]` → `[batch, channels, frames]`.
+#[derive(Module, Debug)]
+pub struct FeatureEncoder {
+    pub layers: Vec<ConvLayer>,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl FeatureEncoder {
+    pub fn load(cfg: &SslConfig, w: &Weights, device: &Device) -> Result<Self> {
+        let mut layers = Vec::new();
+        let mut c_in = 1;
+        for (i, ((&c, &k), &s)) in cfg.conv_dim.iter().zip(&cfg.conv_kernel).zip(&cfg.conv_stride).enumerate() {
+            let p = format!("feature_extractor.conv_layers.{i}");
+            let conv = Conv1d::load(w, &format!("{p}.conv"), [c, c_in, k], cfg.conv_bias, s, 0, 1, device)?;
+            let (group_norm, layer_norm) = if cfg.layer_norm_convs() {
+                (None, Some(LayerNorm::load(w, &format!("{p}.layer_norm"), c, 1e-5, device)?))
+            } else if i == 0 {
+                let norm = ChannelNorm {
+                    weight: Param::from_tensor(w.tensor(&format!("{p}.layer_norm.weight"), [c], device)?),
+                    bias: Param::from_tensor(w.tensor(&format!("{p}.layer_norm.bias"), [c], device)?),
+                };
+                (Some(norm), None)
+            } else {
+                (None, None)
+            };
+            layers.push(ConvLayer { conv, group_norm, layer_norm });
+            c_in = c;
+        }
+        Ok(Self { layers, activation: Activation::parse(&cfg.feat_extract_activation)? })
+    }
+
+    pub fn forward(&self, samples: Tensor<2>) -> Tensor<3> {
+        let mut x = samples.unsqueeze_dim(1);
+        for layer in &self.layers {
+            x = layer.conv.forward(x);
+            if let Some(norm) = &layer.group_norm {
+                x = norm.forward(x);
+            }
+            if let Some(norm) = &layer.layer_norm {
+                x = norm.forward(x.swap_dims(1, 2)).swap_dims(1, 2);
+            }
+            x = self.activation.forward(x);
+        }
+        x
+    }
+}
+
+/// Frames produced for `samples` input samples (`_get_feat_extract_output_lengths`).
+pub fn output_length(samples: usize, kernels: &[usize], strides: &[usize]) -> usize {
+    kernels.iter().zip(strides).fold(samples, |len, (&k, &s)| if len < k { 0 } else { (len - k) / s + 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base_model_frame_rate() {
+        let (k, s) = ([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2]);
+        // One second at 16 kHz gives 49 frames, as transformers reports for wav2vec2-base.
+        assert_eq!(super::output_length(16000, &k, &s), 49);
+        assert_eq!(super::output_length(400, &k, &s), 1);
+        assert_eq!(super::output_length(399, &k, &s), 0);
+    }
+}

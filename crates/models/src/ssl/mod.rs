@@ -1,0 +1,84 @@
+//! wav2vec2 (base and large/XLS-R layouts), HuBERT, data2vec-audio and WavLM.
+
+mod attention;
+mod encoder;
+mod feature_encoder;
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+
+pub use attention::{Attention, RelativePositionGate};
+pub use encoder::{Encoder, EncoderLayer, PosConv};
+pub use feature_encoder::{FeatureEncoder, output_length};
+
+use crate::Result;
+use crate::config::SslConfig;
+use crate::layers::{LayerNorm, load_linear};
+use crate::weights::Weights;
+
+/// Prefixes under which task-class checkpoints keep the base model.
+pub const PREFIXES: [&str; 5] = ["", "wav2vec2.", "hubert.", "data2vec_audio.", "wavlm."];
+
+// Wav2Vec2Model / HubertModel / Data2VecAudioModel / WavLMModel, without the task heads.
+#[derive(Module, Debug)]
+pub struct SslModel {
+    pub feature_encoder: FeatureEncoder,
+    /// `feature_projection.layer_norm` (absent for HuBERT with `feat_proj_layer_norm = false`).
+    pub feature_norm: Option<LayerNorm>,
+    pub projection: Linear,
+    /// Learned vector that replaces masked frames when fine-tuning with SpecAugment.
+    pub masked_spec_embed: Option<Param<Tensor<1>>>,
+    pub encoder: Encoder,
+    pub conv_kernel: Vec<usize>,
+    pub conv_stride: Vec<usize>,
+}
+
+impl SslModel {
+    pub fn load(cfg: &SslConfig, w: &Weights, device: &Device) -> Result<Self> {
+        let c = *cfg.conv_dim.last().expect("config validated: at least one conv layer");
+        let feature_norm = if cfg.model_type != "hubert" || cfg.feat_proj_layer_norm {
+            Some(LayerNorm::load(w, "feature_projection.layer_norm", c, cfg.layer_norm_eps, device)?)
+        } else {
+            None
+        };
+        let masked_spec_embed = if w.contains("masked_spec_embed") {
+            Some(Param::from_tensor(w.tensor("masked_spec_embed", [cfg.hidden_size], device)?))
+        } else {
+            None
+        };
+        Ok(Self {
+            feature_encoder: FeatureEncoder::load(cfg, w, device)?,
+            feature_norm,
+            projection: load_linear(w, "feature_projection.projection", c, cfg.hidden_size, true, device)?,
+            masked_spec_embed,
+            encoder: Encoder::load(cfg, w, device)?,
+            conv_kernel: cfg.conv_kernel.clone(),
+            conv_stride: cfg.conv_stride.clone(),
+        })
+    }
+
+    /// CNN features `[batch, frames, channels]` (the frozen part in most fine-tuning recipes).
+    pub fn extract_features(&self, samples: Tensor<2>) -> Tensor<3> {
+        self.feature_encoder.forward(samples).swap_dims(1, 2)
+    }
+
+    /// Project CNN features and run the transformer; returns every hidden state.
+    pub fn encode(&self, features: Tensor<3>, frame_lengths: Option<&[usize]>) -> Vec<Tensor<3>> {
+        let x = match &self.feature_norm {
+            Some(norm) => norm.forward(features),
+            None => features,
+        };
+        self.encoder.forward(self.projection.forward(x), frame_lengths)
+    }
+
+    /// Frames produced for `samples` input samples.
+    pub fn frames_for(&self, samples: usize) -> usize {
+        output_length(samples, &self.conv_kernel, &self.conv_stride)
+    }
+
+    /// Input samples per output frame (320 for the released models).
+    pub fn downsampling(&self) -> usize {
+        self.conv_stride.iter().product()
+    }
+}

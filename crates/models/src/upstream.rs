@@ -1,0 +1,145 @@
+//! One entry point for every supported checkpoint: load a model directory, prepare audio, and
+//! run the model to get every hidden state.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::prelude::*;
+
+use crate::Result;
+use crate::config::ModelConfig;
+use crate::frontend::{FrontEnd, ModelInput};
+use crate::ssl::{self, SslModel};
+use crate::weights::Weights;
+use crate::whisper::{self, WhisperEncoder};
+
+/// The upstream network, one variant per architecture family.
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per loaded model
+pub enum UpstreamModel {
+    Ssl(SslModel),
+    Whisper(WhisperEncoder),
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Clone)]
+pub struct UpstreamOutput {
+    /// `[batch, frames, dim]` each: the transformer input first, then every layer's output,
+    /// exactly as transformers' `output_hidden_states=True`.
+    pub hidden_states: Vec<Tensor<3>>,
+    /// Frames that cover each item's audio (the rest is padding).
+    pub frame_lengths: Vec<usize>,
+}
+
+impl UpstreamModel {
+    /// Run on a prepared batch.
+    pub fn forward(&self, input: ModelInput) -> Result<UpstreamOutput> {
+        match (self, input) {
+            (UpstreamModel::Ssl(m), ModelInput::Waveform { samples, lengths }) => {
+                let features = m.extract_features(samples);
+                let frames = features.dims()[1];
+                let frame_lengths: Vec<usize> = lengths.iter().map(|&l| m.frames_for(l).min(frames)).collect();
+                let padded = frame_lengths.iter().any(|&l| l < frames);
+                let hidden_states = m.encode(features, padded.then_some(frame_lengths.as_slice()));
+                Ok(UpstreamOutput { hidden_states, frame_lengths })
+            }
+            (UpstreamModel::Whisper(m), ModelInput::LogMel { features, lengths }) => {
+                let frames = features.dims()[2];
+                let unpadded = frames != m.expected_frames();
+                let hidden_states = m.forward(features, unpadded)?;
+                let t = hidden_states[0].dims()[1];
+                let frame_lengths = lengths.iter().map(|&l| l.div_ceil(self.downsampling()).min(t)).collect();
+                Ok(UpstreamOutput { hidden_states, frame_lengths })
+            }
+            _ => Err(crate::Error::Input("model input does not match the model family".into())),
+        }
+    }
+
+    /// Audio samples per output frame.
+    pub fn downsampling(&self) -> usize {
+        match self {
+            UpstreamModel::Ssl(m) => m.downsampling(),
+            UpstreamModel::Whisper(_) => 320, // hop 160, then the stride-2 conv
+        }
+    }
+
+    /// Number of transformer layers (hidden states = layers + 1).
+    pub fn num_layers(&self) -> usize {
+        match self {
+            UpstreamModel::Ssl(m) => m.encoder.layers.len(),
+            UpstreamModel::Whisper(m) => m.layers.len(),
+        }
+    }
+
+    /// Width of the hidden states.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            UpstreamModel::Ssl(m) => m.projection.weight.dims()[1],
+            UpstreamModel::Whisper(m) => m.layer_norm.weight.as_ref().map(|w| w.dims()[0]).unwrap_or(0),
+        }
+    }
+
+    /// Parameter counts per component, in model order.
+    pub fn parameter_breakdown(&self) -> Vec<(String, usize)> {
+        let mut rows = Vec::new();
+        match self {
+            UpstreamModel::Ssl(m) => {
+                rows.push(("feature encoder (CNN)".to_string(), m.feature_encoder.num_params()));
+                let proj = m.projection.num_params() + m.feature_norm.as_ref().map_or(0, |n| n.num_params());
+                rows.push(("feature projection".to_string(), proj));
+                rows.push(("positional conv".to_string(), m.encoder.pos_conv.num_params()));
+                for (i, l) in m.encoder.layers.iter().enumerate() {
+                    rows.push((format!("transformer layer {i}"), l.num_params()));
+                }
+                rows.push(("encoder layer norm".to_string(), m.encoder.layer_norm.num_params()));
+                if let Some(e) = &m.masked_spec_embed {
+                    rows.push(("masked_spec_embed".to_string(), e.num_params()));
+                }
+            }
+            UpstreamModel::Whisper(m) => {
+                rows.push(("conv front-end".to_string(), m.conv1.num_params() + m.conv2.num_params()));
+                rows.push(("positional table (frozen)".to_string(), m.embed_positions.num_params()));
+                for (i, l) in m.layers.iter().enumerate() {
+                    rows.push((format!("transformer layer {i}"), l.num_params()));
+                }
+                rows.push(("final layer norm".to_string(), m.layer_norm.num_params()));
+            }
+        }
+        rows
+    }
+}
+
+/// A loaded checkpoint: the network, its front-end and its configuration.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub model: UpstreamModel,
+    pub frontend: FrontEnd,
+    pub config: ModelConfig,
+    /// The prefix under which the checkpoint keeps the base model (`wav2vec2.`, `model.encoder.`, ...).
+    pub prefix: String,
+}
+
+impl Upstream {
+    /// Load a Hugging Face model directory (`config.json` + safetensors weights).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config = ModelConfig::from_dir(dir)?;
+        let mut weights = Weights::open_dir(dir)?;
+        let model = match &config {
+            ModelConfig::Ssl(c) => {
+                weights.select_prefix(&ssl::PREFIXES, "feature_extractor.conv_layers.0.conv.weight")?;
+                UpstreamModel::Ssl(SslModel::load(c, &weights, device)?)
+            }
+            ModelConfig::Whisper(c) => {
+                weights.select_prefix(&whisper::PREFIXES, "conv1.weight")?;
+                UpstreamModel::Whisper(WhisperEncoder::load(c, &weights, device)?)
+            }
+        };
+        let frontend = FrontEnd::from_dir(dir, &config)?;
+        Ok(Self { model, frontend, config, prefix: weights.prefix().to_string() })
+    }
+
+    /// Prepare a batch of 16-kHz waveforms and run the model.
+    pub fn forward_waves(&self, waves: &[Vec<f32>], device: &Device) -> Result<UpstreamOutput> {
+        self.model.forward(self.frontend.prepare(waves, device)?)
+    }
+}

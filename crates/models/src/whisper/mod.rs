@@ -1,0 +1,128 @@
+//! The Whisper encoder (decoder weights in the checkpoint are ignored).
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+
+use crate::config::WhisperConfig;
+use crate::layers::{Activation, Conv1d, LayerNorm, load_linear};
+use crate::weights::Weights;
+use crate::{Error, Result};
+
+/// `WhisperForConditionalGeneration` / `WhisperModel` keep the encoder under `model.encoder.`
+/// or `encoder.`; `WhisperForAudioClassification` under `encoder.`.
+pub const PREFIXES: [&str; 3] = ["model.encoder.", "encoder.", ""];
+
+// WhisperEncoderLayer (transformers/models/whisper/modeling_whisper.py): pre-LN.
+#[derive(Module, Debug)]
+pub struct WhisperLayer {
+    pub self_attn_layer_norm: LayerNorm,
+    pub q_proj: Linear,
+    /// No bias, as in the released checkpoints.
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub final_layer_norm: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub heads: usize,
+}
+
+impl WhisperLayer {
+    fn attention(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let (h, hd) = (self.heads, d / self.heads);
+        let split = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone())) * (hd as f64).powf(-0.5);
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
+        let p = burn::tensor::activation::softmax(q.matmul(k.swap_dims(2, 3)), 3);
+        self.out_proj.forward(p.matmul(v).swap_dims(1, 2).reshape([b, t, d]))
+    }
+
+    fn forward(&self, x: Tensor<3>, act: Activation) -> Tensor<3> {
+        let x = x.clone() + self.attention(self.self_attn_layer_norm.forward(x));
+        let y = self.fc2.forward(act.forward(self.fc1.forward(self.final_layer_norm.forward(x.clone()))));
+        x + y
+    }
+}
+
+// WhisperEncoder: two convs with GELU, sinusoidal positions, pre-LN layers, final norm.
+#[derive(Module, Debug)]
+pub struct WhisperEncoder {
+    pub conv1: Conv1d,
+    pub conv2: Conv1d,
+    /// `[max_source_positions, d_model]`; frozen in transformers.
+    pub embed_positions: Param<Tensor<2>>,
+    pub layers: Vec<WhisperLayer>,
+    pub layer_norm: LayerNorm,
+    pub num_mel_bins: usize,
+    pub max_source_positions: usize,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl WhisperEncoder {
+    pub fn load(cfg: &WhisperConfig, w: &Weights, device: &Device) -> Result<Self> {
+        let (d, m, f) = (cfg.d_model, cfg.num_mel_bins, cfg.encoder_ffn_dim);
+        let mut layers = Vec::new();
+        for i in 0..cfg.encoder_layers {
+            let p = format!("layers.{i}");
+            layers.push(WhisperLayer {
+                self_attn_layer_norm: LayerNorm::load(w, &format!("{p}.self_attn_layer_norm"), d, 1e-5, device)?,
+                q_proj: load_linear(w, &format!("{p}.self_attn.q_proj"), d, d, true, device)?,
+                k_proj: load_linear(w, &format!("{p}.self_attn.k_proj"), d, d, false, device)?,
+                v_proj: load_linear(w, &format!("{p}.self_attn.v_proj"), d, d, true, device)?,
+                out_proj: load_linear(w, &format!("{p}.self_attn.out_proj"), d, d, true, device)?,
+                final_layer_norm: LayerNorm::load(w, &format!("{p}.final_layer_norm"), d, 1e-5, device)?,
+                fc1: load_linear(w, &format!("{p}.fc1"), d, f, true, device)?,
+                fc2: load_linear(w, &format!("{p}.fc2"), f, d, true, device)?,
+                heads: cfg.encoder_attention_heads,
+            });
+        }
+        let embed = w.tensor("embed_positions.weight", [cfg.max_source_positions, d], device)?;
+        Ok(Self {
+            conv1: Conv1d::load(w, "conv1", [d, m, 3], true, 1, 1, 1, device)?,
+            conv2: Conv1d::load(w, "conv2", [d, d, 3], true, 2, 1, 1, device)?,
+            embed_positions: Param::from_tensor(embed).set_require_grad(false),
+            layers,
+            layer_norm: LayerNorm::load(w, "layer_norm", d, 1e-5, device)?,
+            num_mel_bins: m,
+            max_source_positions: cfg.max_source_positions,
+            activation: Activation::parse(&cfg.activation_function)?,
+        })
+    }
+
+    /// Mel frames the standard front-end produces (3000 for the released models).
+    pub fn expected_frames(&self) -> usize {
+        self.max_source_positions * 2
+    }
+
+    /// `features`: `[batch, n_mels, frames]`. transformers requires exactly
+    /// `expected_frames()`; with `unpadded` any frame count up to that is accepted (non-standard).
+    pub fn forward(&self, features: Tensor<3>, unpadded: bool) -> Result<Vec<Tensor<3>>> {
+        let [_, mels, frames] = features.dims();
+        if mels != self.num_mel_bins {
+            return Err(Error::Input(format!("Whisper encoder expects {} mel bins, got {mels}", self.num_mel_bins)));
+        }
+        let ok =
+            if unpadded { frames <= self.expected_frames() && frames > 0 } else { frames == self.expected_frames() };
+        if !ok {
+            return Err(Error::Input(format!(
+                "Whisper encoder expects {} mel frames (30-s windows for the released models), got {frames}",
+                self.expected_frames()
+            )));
+        }
+        let gelu = Activation::Gelu;
+        let x = gelu.forward(self.conv2.forward(gelu.forward(self.conv1.forward(features)))).swap_dims(1, 2);
+        let t = x.dims()[1];
+        let mut x = x + self.embed_positions.val().narrow(0, 0, t).unsqueeze_dim(0);
+        let mut hidden = Vec::with_capacity(self.layers.len() + 1);
+        for layer in &self.layers {
+            hidden.push(x.clone());
+            x = layer.forward(x, self.activation);
+        }
+        hidden.push(self.layer_norm.forward(x));
+        Ok(hidden)
+    }
+}

@@ -1,0 +1,136 @@
+//! Parity with transformers 4.46.3: every hidden state of every fixture (tests/fixtures, made by
+//! scripts/make_fixtures.py) within 1e-4, for one utterance and for a padded batch of two.
+
+mod common;
+
+use common::{fixtures, max_abs_diff, reference, values};
+use speechtune_audio::logmel::{LogMelConfig, log_mel, mel_filters};
+use speechtune_models::burn::prelude::*;
+use speechtune_models::{ModelInput, Upstream, UpstreamModel};
+
+const TOL: f32 = 1e-4;
+
+/// (fixture, model_type, layout note)
+const MODELS: [(&str, &str); 9] = [
+    ("wav2vec2-base", "wav2vec2"),
+    ("wav2vec2-xlsr", "wav2vec2"),
+    ("hubert-base", "hubert"),
+    ("hubert-large", "hubert"),
+    ("data2vec-audio", "data2vec-audio"),
+    ("wavlm-base", "wavlm"),
+    ("wavlm-large", "wavlm"),
+    ("whisper", "whisper"),
+    ("whisper-audiocls", "whisper"),
+];
+
+fn device() -> Device {
+    Device::flex()
+}
+
+/// Compare every hidden state of `waves` with `{key}.hidden_states.{i}`; returns the max diff.
+fn check(name: &str, key: &str, waves: Vec<Vec<f32>>) -> f32 {
+    let dir = fixtures().join(name);
+    let reference = reference(&dir.join("reference.safetensors"));
+    let dev = device();
+    let up = Upstream::load(&dir, &dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let single = waves.len() == 1;
+    let out = up.forward_waves(&waves, &dev).unwrap();
+    let n_ref = reference.keys().filter(|k| k.starts_with(&format!("{key}.hidden_states."))).count();
+    assert_eq!(out.hidden_states.len(), n_ref, "{name}: number of hidden states");
+    let mut worst = 0.0f32;
+    for (i, h) in out.hidden_states.iter().enumerate() {
+        let want = &reference[&format!("{key}.hidden_states.{i}")];
+        let dims = h.dims();
+        let got_shape: Vec<usize> = if single { dims[1..].to_vec() } else { dims.to_vec() };
+        let d = max_abs_diff(&format!("{name} {key} hidden_states.{i}"), &got_shape, &values(h), want);
+        assert!(d <= TOL, "{name} {key}: hidden_states.{i} differs by {d}");
+        worst = worst.max(d);
+    }
+    worst
+}
+
+#[test]
+fn every_model_matches_transformers_on_one_utterance() {
+    for (name, model_type) in MODELS {
+        let r = reference(&fixtures().join(name).join("reference.safetensors"));
+        let d = check(name, "single", vec![r["single.raw"].1.clone()]);
+        println!("single  {name:<17} {model_type:<15} max abs diff {d:.2e}");
+    }
+}
+
+#[test]
+fn every_model_matches_transformers_on_a_padded_batch() {
+    for (name, model_type) in MODELS {
+        let r = reference(&fixtures().join(name).join("reference.safetensors"));
+        let waves = vec![r["batch.raw.0"].1.clone(), r["batch.raw.1"].1.clone()];
+        assert_ne!(waves[0].len(), waves[1].len(), "{name}: batch items must differ in length");
+        let d = check(name, "batch", waves);
+        println!("batch   {name:<17} {model_type:<15} max abs diff {d:.2e}");
+    }
+}
+
+#[test]
+fn frontend_inputs_match_the_feature_extractors() {
+    let dev = device();
+    for (name, _) in MODELS {
+        let dir = fixtures().join(name);
+        let r = reference(&dir.join("reference.safetensors"));
+        let up = Upstream::load(&dir, &dev).unwrap();
+        let waves = vec![r["batch.raw.0"].1.clone(), r["batch.raw.1"].1.clone()];
+        let (got, dims, key) = match up.frontend.prepare(&waves, &dev).unwrap() {
+            ModelInput::Waveform { samples, lengths } => {
+                assert_eq!(lengths, vec![waves[0].len(), waves[1].len()]);
+                (values(&samples), samples.dims().to_vec(), "batch.input_values")
+            }
+            ModelInput::LogMel { features, .. } => {
+                (values(&features), features.dims().to_vec(), "batch.input_features")
+            }
+        };
+        let d = max_abs_diff(name, &dims, &got, &r[key]);
+        assert!(d <= TOL, "{name}: {key} differs by {d}");
+    }
+}
+
+#[test]
+fn whisper_logmel_matches_feature_extractor_at_30_s() {
+    let r = reference(&fixtures().join("logmel/reference.safetensors"));
+    let raw = &r["raw"].1;
+    for n_mels in [80usize, 128] {
+        let filters = mel_filters(201, n_mels, 16000);
+        let flat: Vec<f32> = filters.iter().flatten().map(|&v| v as f32).collect();
+        let d = max_abs_diff("filters", &[201, n_mels], &flat, &r[&format!("mel{n_mels}.filters")]);
+        assert!(d < 1e-7, "mel filters ({n_mels}) differ by {d}");
+
+        let m = log_mel(raw, &LogMelConfig::whisper(n_mels));
+        assert_eq!((m.n_mels, m.frames), (n_mels, 3000));
+        let head: Vec<f32> = (0..n_mels).flat_map(|i| m.data[i * 3000..i * 3000 + 200].to_vec()).collect();
+        let d = max_abs_diff("head", &[n_mels, 200], &head, &r[&format!("mel{n_mels}.head")]);
+        let tail = r[&format!("mel{n_mels}.tail")].1[0];
+        let dt = (0..n_mels)
+            .flat_map(|i| m.data[i * 3000 + 200..(i + 1) * 3000].to_vec())
+            .map(|v| (v - tail).abs())
+            .fold(0.0f32, f32::max);
+        println!("log-mel {n_mels} mels: max abs diff {d:.2e} (audio frames), {dt:.2e} (padding)");
+        assert!(d <= TOL && dt <= TOL, "log-mel {n_mels}: {d} / {dt}");
+    }
+}
+
+#[test]
+fn gradients_reach_the_first_convolution() {
+    let dev = device().autodiff();
+    for (name, _) in MODELS {
+        let dir = fixtures().join(name);
+        let r = reference(&dir.join("reference.safetensors"));
+        let up = Upstream::load(&dir, &dev).unwrap();
+        let out = up.forward_waves(&[r["single.raw"].1.clone()], &dev).unwrap();
+        let loss = out.hidden_states.last().unwrap().clone().powf_scalar(2.0).mean();
+        let grads = loss.backward();
+        let w = match &up.model {
+            UpstreamModel::Ssl(m) => m.feature_encoder.layers[0].conv.weight.val(),
+            UpstreamModel::Whisper(m) => m.conv1.weight.val(),
+        };
+        let g = values(&w.grad(&grads).unwrap_or_else(|| panic!("{name}: no gradient on the first conv")));
+        let norm = g.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!(norm.is_finite() && norm > 1e-8, "{name}: first-conv gradient norm {norm}");
+    }
+}
