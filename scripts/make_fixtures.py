@@ -136,6 +136,25 @@ def reload(model, out):
     return type(model).from_pretrained(out).eval()
 
 
+def torch_bin_fixture(name, src):
+    """The same weights as fixture `src`, as a pickled `pytorch_model.bin` (what many Hub
+    checkpoints still ship), with one tensor stored as a transposed view and one at a non-zero
+    offset in a larger storage, so the reader's stride and offset handling is exercised."""
+    out = os.path.join(ROOT, name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    sd = load_file(os.path.join(ROOT, src, "model.safetensors"))
+    w = sd["encoder.layers.0.attention.q_proj.weight"]
+    sd["encoder.layers.0.attention.q_proj.weight"] = w.t().contiguous().t()
+    b = sd["encoder.layers.0.feed_forward.intermediate_dense.weight"]
+    big = torch.cat([torch.full((5,), 7.0), b.flatten()])
+    sd["encoder.layers.0.feed_forward.intermediate_dense.weight"] = big[5:].view(b.shape)
+    torch.save(sd, os.path.join(out, "pytorch_model.bin"))
+    shutil.copy(os.path.join(ROOT, src, "config.json"), out)
+    shutil.copy(os.path.join(ROOT, src, "reference.safetensors"), out)
+    print(f"{name}: pytorch_model.bin with the weights of {src}")
+
+
 def ssl_fixture(name, model, normalize, rename_weight_norm=False, shard=False):
     out = os.path.join(ROOT, name)
     shutil.rmtree(out, ignore_errors=True)
@@ -271,6 +290,7 @@ def main():
     # wav2vec2 base layout: group norm in the first conv, post-LN transformer, no conv bias.
     cfg = Wav2Vec2Config(**TINY, feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False)
     ssl_fixture("wav2vec2-base", randomize(Wav2Vec2Model(cfg), 1), normalize=False)
+    torch_bin_fixture("wav2vec2-base-bin", "wav2vec2-base")
 
     # wav2vec2 large / XLS-R layout: layer norm in every conv, pre-LN ("stable") transformer,
     # conv bias; saved through Wav2Vec2ForCTC with the old weight_g/weight_v spelling.

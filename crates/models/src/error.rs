@@ -15,14 +15,8 @@ pub enum Error {
     Unsupported { path: PathBuf, what: String },
     #[error("{dir} has no weights: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin")]
     NoWeights { dir: PathBuf },
-    #[error(
-        "{path} is a pickled PyTorch checkpoint, which speechtune does not execute; convert it once with \
-         `python -c \"import torch; from safetensors.torch import save_file; \
-         save_file({{k: v.contiguous() for k, v in torch.load('{path_str}', map_location='cpu', weights_only=True).items()}}, \
-         '{dir_str}/model.safetensors', metadata={{'format': 'pt'}})\"`",
-        path_str = path.display(), dir_str = path.parent().map(|p| p.display().to_string()).unwrap_or_default()
-    )]
-    PickleCheckpoint { path: PathBuf },
+    #[error("cannot read PyTorch checkpoint {path}: {reason}")]
+    TorchCheckpoint { path: PathBuf, reason: String },
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid safetensors file: {reason}")]

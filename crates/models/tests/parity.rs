@@ -10,9 +10,10 @@ use speechtune_models::{ModelInput, Upstream, UpstreamModel};
 
 const TOL: f32 = 1e-4;
 
-/// (fixture, model_type, layout note)
-const MODELS: [(&str, &str); 9] = [
+/// (fixture, model_type)
+const MODELS: [(&str, &str); 10] = [
     ("wav2vec2-base", "wav2vec2"),
+    ("wav2vec2-base-bin", "wav2vec2"),
     ("wav2vec2-xlsr", "wav2vec2"),
     ("hubert-base", "hubert"),
     ("hubert-large", "hubert"),

@@ -1,0 +1,250 @@
+//! Reading checkpoint tensors from a Hugging Face model directory: `model.safetensors`, shards
+//! listed in `model.safetensors.index.json`, or PyTorch's `pytorch_model.bin` (read without
+//! executing pickle code, see `torch_zip`). Tensors are converted to f32 on request, one at a
+//! time, so peak memory is the file bytes plus one tensor.
+
+mod torch_zip;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use safetensors::SafeTensors;
+
+use crate::{Error, Result};
+
+/// Element types found in checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    F64,
+    /// Integer or boolean tensors (e.g. BatchNorm counters): never loaded as weights.
+    Other(&'static str),
+}
+
+impl DType {
+    fn size(self) -> usize {
+        match self {
+            DType::F16 | DType::BF16 => 2,
+            DType::F32 => 4,
+            DType::F64 => 8,
+            DType::Other(_) => 1,
+        }
+    }
+}
+
+/// Where one tensor's elements are in its file.
+#[derive(Debug, Clone)]
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Element strides; row-major when `None`.
+    strides: Option<Vec<usize>>,
+    /// Byte offset of element 0 in the file.
+    offset: usize,
+}
+
+struct WeightFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// All tensors of a checkpoint, addressed by name relative to a prefix (`wav2vec2.`,
+/// `model.encoder.`, ...) so that task-class checkpoints load like base models.
+pub struct Weights {
+    files: Vec<WeightFile>,
+    index: HashMap<String, Entry>,
+    prefix: String,
+}
+
+impl Weights {
+    /// Open the weights of a model directory.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        if single.is_file() {
+            return Self::open_safetensors(&[single]);
+        }
+        if index.is_file() {
+            let text = read(&index)?;
+            let json: serde_json::Value =
+                serde_json::from_slice(&text).map_err(|source| Error::Config { path: index.clone(), source })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Safetensors { path: index.clone(), reason: "no \"weight_map\" object".into() })?;
+            let mut shards: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+            shards.sort();
+            shards.dedup();
+            return Self::open_safetensors(&shards);
+        }
+        let bin = dir.join("pytorch_model.bin");
+        if bin.is_file() {
+            return Self::open_torch(&bin);
+        }
+        Err(Error::NoWeights { dir: dir.to_path_buf() })
+    }
+
+    /// Open one or more safetensors files as one checkpoint.
+    pub fn open_safetensors(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for path in paths {
+            let bytes = read(path)?;
+            let (n, meta) = SafeTensors::read_metadata(&bytes)
+                .map_err(|e| Error::Safetensors { path: path.clone(), reason: e.to_string() })?;
+            for (name, info) in meta.tensors() {
+                use safetensors::Dtype as S;
+                let dtype = match info.dtype {
+                    S::F32 => DType::F32,
+                    S::F16 => DType::F16,
+                    S::BF16 => DType::BF16,
+                    S::F64 => DType::F64,
+                    _ => DType::Other("an integer or boolean type"),
+                };
+                let offset = 8 + n + info.data_offsets.0;
+                index
+                    .insert(name, Entry { file: files.len(), dtype, shape: info.shape.clone(), strides: None, offset });
+            }
+            files.push(WeightFile { path: path.clone(), bytes });
+        }
+        Ok(Self { files, index, prefix: String::new() })
+    }
+
+    /// Open a `torch.save` zip checkpoint without executing its pickle.
+    pub fn open_torch(path: &Path) -> Result<Self> {
+        let bytes = read(path)?;
+        let tensors = torch_zip::read_index(&bytes)
+            .map_err(|reason| Error::TorchCheckpoint { path: path.to_path_buf(), reason })?;
+        let index = tensors
+            .into_iter()
+            .map(|t| {
+                let entry =
+                    Entry { file: 0, dtype: t.dtype, shape: t.shape, strides: Some(t.strides), offset: t.offset };
+                (t.name, entry)
+            })
+            .collect();
+        Ok(Self { files: vec![WeightFile { path: path.to_path_buf(), bytes }], index, prefix: String::new() })
+    }
+
+    /// Use the first candidate prefix under which `probe` exists (e.g. `wav2vec2.` for
+    /// `Wav2Vec2ForCTC` checkpoints). Returns the prefix chosen.
+    pub fn select_prefix(&mut self, candidates: &[&str], probe: &str) -> Result<&str> {
+        match candidates.iter().find(|p| self.index.contains_key(&format!("{p}{probe}"))) {
+            Some(p) => {
+                self.prefix = (*p).to_string();
+                Ok(&self.prefix)
+            }
+            None => Err(Error::MissingTensor {
+                name: format!("{probe} (under any of the prefixes {candidates:?})"),
+                files: self.file_list(),
+            }),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether a tensor exists (relative to the prefix).
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(&format!("{}{name}", self.prefix))
+    }
+
+    /// All tensor names in the checkpoint, with their full (unprefixed) spelling.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(|s| s.as_str())
+    }
+
+    fn file_list(&self) -> String {
+        self.files.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// A tensor as f32 values in row-major order, checking its shape.
+    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let full = format!("{}{name}", self.prefix);
+        let entry = self
+            .index
+            .get(&full)
+            .ok_or_else(|| Error::MissingTensor { name: full.clone(), files: self.file_list() })?;
+        let file = &self.files[entry.file];
+        if entry.shape != shape {
+            return Err(Error::ShapeMismatch {
+                name: full,
+                file: file.path.clone(),
+                expected: shape.to_vec(),
+                found: entry.shape.clone(),
+            });
+        }
+        if let DType::Other(what) = entry.dtype {
+            return Err(Error::UnsupportedDtype { name: full, file: file.path.clone(), dtype: what.into() });
+        }
+        let numel: usize = shape.iter().product();
+        let size = entry.dtype.size();
+        let row_major = row_major_strides(shape);
+        let strides = entry.strides.as_ref().unwrap_or(&row_major);
+        let last = shape.iter().zip(strides).map(|(&d, &s)| d.saturating_sub(1) * s).sum::<usize>();
+        if numel > 0 && entry.offset + (last + 1) * size > file.bytes.len() {
+            return Err(Error::Safetensors {
+                path: file.path.clone(),
+                reason: format!("tensor \"{full}\" runs past the end of the file"),
+            });
+        }
+        let bytes = &file.bytes;
+        let at = |i: usize| -> f32 {
+            let p = entry.offset + i * size;
+            let b = &bytes[p..p + size];
+            match entry.dtype {
+                DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                DType::F16 => half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+                DType::BF16 => half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+                DType::F64 => f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
+                DType::Other(_) => unreachable!("rejected above"),
+            }
+        };
+        if *strides == row_major {
+            return Ok((0..numel).map(at).collect());
+        }
+        // Strided storage (a view saved by torch): walk the index space in row-major order.
+        let mut out = Vec::with_capacity(numel);
+        let mut idx = vec![0usize; shape.len()];
+        for _ in 0..numel {
+            out.push(at(idx.iter().zip(strides).map(|(i, s)| i * s).sum()));
+            for d in (0..shape.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A tensor on `device`, checking its shape.
+    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+        let v = self.values(name, &shape)?;
+        Ok(Tensor::from_data(TensorData::new(v, shape), device))
+    }
+
+    /// The shape of a tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.index.get(&format!("{}{name}", self.prefix)).map(|e| e.shape.clone())
+    }
+}
+
+fn row_major_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    strides
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}
