@@ -32,7 +32,7 @@ pub fn decode_file(path: &Path) -> Result<Decoded> {
         hint.with_extension(ext);
     }
     let probed = symphonia::default::get_probe()
-        .format(&hint, mss, &FormatOptions::default(), &MetadataOptions::default())
+        .format(&hint, mss, &FormatOptions { enable_gapless: true, ..Default::default() }, &MetadataOptions::default())
         .map_err(|e| unreadable(format!("unsupported or corrupt container ({e})")))?;
     let mut format = probed.format;
     let track = format
@@ -120,6 +120,48 @@ mod tests {
         // Band-limited content keeps its energy through resampling.
         let (a, b) = (rms(&d.samples), rms(&y));
         assert!((a - b).abs() / a < 0.02, "rms {a} vs {b}");
+    }
+
+    /// Best normalised correlation of `y` against `r` over lags in `lags`, and that lag.
+    fn best_alignment(r: &[f32], y: &[f32], lags: std::ops::Range<i64>) -> (i64, f64) {
+        let mut best = (0, f64::MIN);
+        for lag in lags {
+            let (mut num, mut a2, mut b2) = (0.0f64, 0.0f64, 0.0f64);
+            for (i, &a) in r.iter().enumerate() {
+                if let Some(&b) = usize::try_from(i as i64 + lag).ok().and_then(|j| y.get(j)) {
+                    num += a as f64 * b as f64;
+                    a2 += a as f64 * a as f64;
+                    b2 += b as f64 * b as f64;
+                }
+            }
+            let c = num / (a2.sqrt() * b2.sqrt() + 1e-12);
+            if c > best.1 {
+                best = (lag, c);
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn every_container_decodes_to_the_same_speech() {
+        // The same 1.5-s recording encoded by sox (scripts/make_audio_fixtures.sh).
+        let fx = |p: &str| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(p);
+        let reference = decode_file(&fx("logmel/speech_1500ms.wav")).unwrap().samples;
+        // (file, samples at 16 kHz, lag of the content, minimum correlation)
+        let cases = [
+            ("audio/speech.flac", 24000, 0, 1.0 - 1e-9),
+            ("audio/speech_44k_stereo.flac", 24000, 0, 0.999),
+            ("audio/speech.ogg", 24000, 0, 0.995),
+            // No LAME header in this file, so its encoder delay (1105 samples) cannot be trimmed.
+            ("audio/speech.mp3", 25344, 1105, 0.999),
+        ];
+        for (file, len, lag, min_corr) in cases {
+            let y = load_mono_16k(&fx(file)).unwrap();
+            assert_eq!(y.len(), len, "{file}");
+            let (best_lag, corr) = best_alignment(&reference, &y, -50..1200);
+            assert_eq!(best_lag, lag, "{file}");
+            assert!(corr >= min_corr, "{file}: correlation {corr}");
+        }
     }
 
     #[test]
