@@ -7,19 +7,21 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use speechtune_models::Upstream;
-use speechtune_models::burn::prelude::*;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Repository root (where tests/fixtures lives).
     #[arg(long, default_value = ".")]
     pub root: PathBuf,
+    /// cpu, cuda or cuda:N (default: the first GPU in a `cuda` build, else the CPU).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let model_dir = args.root.join("tests/fixtures/wav2vec2-xlsr");
     let audio = args.root.join("tests/fixtures/audio/mono16k.wav");
-    let device = Device::flex();
+    let device = speechtune_models::parse_device(args.device.as_deref())?;
     let up = Upstream::load(&model_dir, &device).with_context(|| {
         format!("loading the bundled model (run from the repository root or pass --root): {}", model_dir.display())
     })?;

@@ -26,6 +26,9 @@ pub struct Args {
     /// the model was trained on padded windows).
     #[arg(long)]
     pub unpadded: bool,
+    /// cpu, cuda or cuda:N (default: the first GPU in a `cuda` build, else the CPU).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -50,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         _ => bail!("give --out FILE.safetensors (one audio file) or --out-dir DIR"),
     };
-    let device = Device::flex();
+    let device = speechtune_models::parse_device(args.device.as_deref())?;
     let mut up = Upstream::load(&args.model_dir, &device)
         .with_context(|| format!("loading model from {}", args.model_dir.display()))?;
     if args.unpadded {

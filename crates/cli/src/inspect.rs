@@ -3,17 +3,19 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use speechtune_models::burn::prelude::*;
 use speechtune_models::{FrontEnd, ModelConfig, Upstream};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Hugging Face model directory (config.json + model.safetensors).
     pub model_dir: PathBuf,
+    /// cpu, cuda or cuda:N (default: the first GPU in a `cuda` build, else the CPU).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let up = Upstream::load(&args.model_dir, &Device::flex())
+    let up = Upstream::load(&args.model_dir, &speechtune_models::parse_device(args.device.as_deref())?)
         .with_context(|| format!("loading model from {}", args.model_dir.display()))?;
     print!("{}", describe(&up));
     Ok(())

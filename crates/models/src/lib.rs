@@ -3,6 +3,7 @@
 //! Every hidden state matches transformers' `output_hidden_states` (see `tests/parity.rs`).
 
 pub mod config;
+mod device;
 mod error;
 pub mod frontend;
 pub mod layers;
@@ -13,6 +14,7 @@ pub mod whisper;
 
 pub use burn;
 pub use config::{ModelConfig, SUPPORTED_MODEL_TYPES};
+pub use device::parse_device;
 pub use error::{Error, Result};
 pub use frontend::{FrontEnd, ModelInput};
 pub use upstream::{Upstream, UpstreamModel, UpstreamOutput};
