@@ -4,10 +4,10 @@ use std::fs::File;
 use std::path::Path;
 
 use symphonia::core::audio::SampleBuffer;
-use symphonia::core::codecs::{CODEC_TYPE_NULL, DecoderOptions};
+use symphonia::core::codecs::{CODEC_TYPE_NULL, CodecParameters, DecoderOptions};
 use symphonia::core::errors::Error as SymError;
-use symphonia::core::formats::FormatOptions;
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::formats::{FormatOptions, FormatReader};
+use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
@@ -22,32 +22,87 @@ pub struct Decoded {
     pub channels: usize,
 }
 
-/// Decode a file and average its channels into mono. Samples keep the file's rate.
-pub fn decode_file(path: &Path) -> Result<Decoded> {
+/// Header facts about an audio file, read without decoding it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioInfo {
+    pub sample_rate: u32,
+    pub channels: usize,
+    /// Samples per channel, when the container states it.
+    pub frames: Option<u64>,
+}
+
+impl AudioInfo {
+    pub fn duration(&self) -> Option<f64> {
+        self.frames.map(|n| n as f64 / self.sample_rate as f64)
+    }
+}
+
+/// An opened container and its first audio track.
+struct Stream {
+    format: Box<dyn FormatReader>,
+    track_id: u32,
+    params: CodecParameters,
+}
+
+fn open_stream(source: Box<dyn MediaSource>, ext: Option<&str>, path: &Path) -> Result<Stream> {
     let unreadable = |reason: String| Error::Unreadable { path: path.to_path_buf(), reason };
-    let file = File::open(path).map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mss = MediaSourceStream::new(source, Default::default());
     let mut hint = Hint::new();
-    if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+    if let Some(ext) = ext {
         hint.with_extension(ext);
     }
+    // Gapless: trim encoder delay and padding where the container records them (Ogg, LAME MP3).
+    let opts = FormatOptions { enable_gapless: true, ..Default::default() };
     let probed = symphonia::default::get_probe()
-        .format(&hint, mss, &FormatOptions { enable_gapless: true, ..Default::default() }, &MetadataOptions::default())
-        .map_err(|e| unreadable(format!("unsupported or corrupt container ({e})")))?;
-    let mut format = probed.format;
+        .format(&hint, mss, &opts, &MetadataOptions::default())
+        .map_err(|e| unreadable(format!("unsupported or corrupt container ({e}){}", ffmpeg_hint(path))))?;
+    let format = probed.format;
     let track = format
         .tracks()
         .iter()
         .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
         .ok_or_else(|| unreadable("no audio track".into()))?;
-    let track_id = track.id;
-    let mut sample_rate = track.codec_params.sample_rate;
+    let (track_id, params) = (track.id, track.codec_params.clone());
+    Ok(Stream { format, track_id, params })
+}
+
+/// Containers symphonia cannot open (MPEG-TS, video files, ...) still convert with ffmpeg.
+fn ffmpeg_hint(path: &Path) -> String {
+    format!("; convert it first, e.g. `ffmpeg -i {} -ac 1 -ar 16000 out.flac`", path.display())
+}
+
+/// Read the header of an audio file: sample rate, channels and length, without decoding.
+pub fn probe_file(path: &Path) -> Result<AudioInfo> {
+    let file = File::open(path).map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
+    let ext = path.extension().and_then(|e| e.to_str());
+    let p = open_stream(Box::new(file), ext, path)?.params;
+    let rate = p
+        .sample_rate
+        .ok_or_else(|| Error::Unreadable { path: path.to_path_buf(), reason: "unknown sample rate".into() })?;
+    Ok(AudioInfo { sample_rate: rate, channels: p.channels.map(|c| c.count()).unwrap_or(0), frames: p.n_frames })
+}
+
+/// Decode a file and average its channels into mono. Samples keep the file's rate.
+pub fn decode_file(path: &Path) -> Result<Decoded> {
+    let file = File::open(path).map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
+    decode_source(Box::new(file), path.extension().and_then(|e| e.to_str()), path)
+}
+
+/// Decode audio held in memory (e.g. a tar member); `name` is used for the format hint and in errors.
+pub fn decode_bytes(bytes: Vec<u8>, name: &Path) -> Result<Decoded> {
+    decode_source(Box::new(std::io::Cursor::new(bytes)), name.extension().and_then(|e| e.to_str()), name)
+}
+
+fn decode_source(source: Box<dyn MediaSource>, ext: Option<&str>, path: &Path) -> Result<Decoded> {
+    let unreadable = |reason: String| Error::Unreadable { path: path.to_path_buf(), reason };
+    let Stream { mut format, track_id, params } = open_stream(source, ext, path)?;
+    let mut sample_rate = params.sample_rate;
     let mut decoder = symphonia::default::get_codecs()
-        .make(&track.codec_params, &DecoderOptions::default())
-        .map_err(|e| unreadable(format!("unsupported codec ({e})")))?;
+        .make(&params, &DecoderOptions::default())
+        .map_err(|e| unreadable(format!("unsupported codec ({e}){}", ffmpeg_hint(path))))?;
 
     let mut mono = Vec::new();
-    let mut channels = track.codec_params.channels.map(|c| c.count()).unwrap_or(0);
+    let mut channels = params.channels.map(|c| c.count()).unwrap_or(0);
     let mut buf: Option<SampleBuffer<f32>> = None;
     loop {
         let packet = match format.next_packet() {
@@ -162,6 +217,16 @@ mod tests {
             assert_eq!(best_lag, lag, "{file}");
             assert!(corr >= min_corr, "{file}: correlation {corr}");
         }
+    }
+
+    #[test]
+    fn probe_reads_headers_and_bytes_decode_like_files() {
+        let info = probe_file(&fixture("stereo22k.wav")).unwrap();
+        assert_eq!(info, AudioInfo { sample_rate: 22050, channels: 2, frames: Some(22050) });
+        assert_eq!(info.duration(), Some(1.0));
+        let path = fixture("mono16k.wav");
+        let from_bytes = decode_bytes(std::fs::read(&path).unwrap(), &path).unwrap();
+        assert_eq!(from_bytes.samples, decode_file(&path).unwrap().samples);
     }
 
     #[test]

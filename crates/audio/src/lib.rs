@@ -8,7 +8,7 @@ pub mod logmel;
 mod normalize;
 mod resample;
 
-pub use decode::{Decoded, decode_file, load_mono_16k};
+pub use decode::{AudioInfo, Decoded, decode_bytes, decode_file, load_mono_16k, probe_file};
 pub use error::{Error, Result};
 pub use normalize::zero_mean_unit_var;
 pub use resample::resample;

@@ -1,5 +1,6 @@
 //! `speechtune`: fine-tune and analyse self-supervised speech models.
 
+mod data;
 mod demo;
 mod features;
 mod inspect;
@@ -24,6 +25,9 @@ enum Command {
     Features(features::Args),
     /// Show a checkpoint's architecture and parameters per component.
     Inspect(inspect::Args),
+    /// Corpus statistics and health checks.
+    #[command(subcommand)]
+    Data(data::Command),
     /// The end-to-end demo (currently: load, inspect and run the bundled tiny model).
     Demo(demo::Args),
 }
@@ -33,6 +37,7 @@ fn main() {
     let result = match cli.command {
         Command::Features(a) => features::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Data(c) => data::run(c),
         Command::Demo(a) => demo::run(a),
     };
     if let Err(e) = result {

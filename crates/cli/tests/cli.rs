@@ -110,3 +110,62 @@ fn bad_input_fails_with_a_message_naming_the_culprit() {
     ]);
     assert!(!ok && err.contains("nope.ogg"), "{err}");
 }
+
+#[test]
+fn data_stats_on_the_demo_corpus() {
+    let (ok, out, err) = speechtune(&["data", "stats", "data/demo"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("data/demo (ML-SUPERB)"), "{out}");
+    let row =
+        |lang: &str| out.lines().find(|l| l.starts_with(lang)).unwrap_or_else(|| panic!("no {lang} row")).to_string();
+    // utterances per split: train, dev, test
+    let counts =
+        |l: String| l.split_whitespace().skip(1).step_by(2).map(|s| s.parse::<usize>().unwrap()).collect::<Vec<_>>();
+    assert_eq!(counts(row("eng")), vec![56, 12, 24]);
+    assert_eq!(counts(row("pol")), vec![42, 9, 9]);
+    assert_eq!(counts(row("total")), vec![266, 57, 69]);
+    assert!(out.contains("6 languages"), "{out}");
+    assert!(out.contains("training vocabulary (49 characters)"), "{out}");
+}
+
+#[test]
+fn data_check_reports_every_problem() {
+    let (ok, out, err) = speechtune(&["data", "check", "data/demo"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("392 utterances checked, 0 problems"), "{out}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let lang = tmp.path().join("mini/xyz");
+    std::fs::create_dir_all(lang.join("wav")).unwrap();
+    std::fs::copy(root().join("tests/fixtures/audio/mono16k.wav"), lang.join("wav/good.wav")).unwrap();
+    std::fs::copy(root().join("tests/fixtures/audio/stereo22k.wav"), lang.join("wav/rate.wav")).unwrap();
+    std::fs::copy(root().join("tests/fixtures/audio/not_audio.wav"), lang.join("wav/broken.wav")).unwrap();
+    std::fs::copy(root().join("tests/fixtures/audio/mono16k.wav"), lang.join("wav/dev1.wav")).unwrap();
+    std::fs::write(lang.join("transcript_10min_train.txt"), "good g abc\nrate r abc\nbroken b abc\n\nnoaudio n abc\n")
+        .unwrap();
+    std::fs::write(lang.join("transcript_10min_dev.txt"), "dev1 d xyz!!\n").unwrap();
+    std::fs::write(lang.join("transcript_10min_test.txt"), "dev1 d ...\n").unwrap();
+    let skipped = tmp.path().join("skipped.tsv");
+    let (ok, out, _) = speechtune(&[
+        "data",
+        "check",
+        tmp.path().to_str().unwrap(),
+        "--skip-bad",
+        "--skipped",
+        skipped.to_str().unwrap(),
+    ]);
+    assert!(!ok, "problems give exit status 1");
+    for needle in [
+        "6 problems",
+        "transcript_10min_train.txt:4: empty line",
+        "transcript_10min_train.txt:5: audio wav/noaudio.wav not found",
+        "broken.wav: broken",
+        "rate: sample rate 22050 Hz",
+        "dev1 (dev): characters not in the training text: {'X', 'Y', 'Z'}",
+        "transcript is empty after normalisation (\"...\")",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let listed = std::fs::read_to_string(&skipped).unwrap();
+    assert_eq!(listed.lines().count(), 1 + 6, "{listed}");
+}
