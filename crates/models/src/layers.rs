@@ -8,6 +8,8 @@ use burn::tensor::activation;
 use burn::tensor::module::{conv1d, layer_norm};
 use burn::tensor::ops::ConvOptions;
 
+use speechtune_peft::Proj;
+
 use crate::weights::Weights;
 use crate::{Error, Result};
 
@@ -57,6 +59,11 @@ pub fn load_linear(w: &Weights, path: &str, d_in: usize, d_out: usize, bias: boo
     let weight = Param::from_data(TensorData::new(t, [d_in, d_out]), device);
     let bias = if bias { Some(Param::from_tensor(w.tensor(&format!("{path}.bias"), [d_out], device)?)) } else { None };
     Ok(Linear { weight, bias })
+}
+
+/// A projection PEFT methods may target, named by its checkpoint path (relative to the base model).
+pub fn load_proj(w: &Weights, path: &str, d_in: usize, d_out: usize, bias: bool, device: &Device) -> Result<Proj> {
+    Ok(Proj::new(load_linear(w, path, d_in, d_out, bias, device)?, path))
 }
 
 /// `nn.LayerNorm`, with or without the elementwise affine parameters.

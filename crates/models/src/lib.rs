@@ -7,6 +7,7 @@ mod device;
 mod error;
 pub mod frontend;
 pub mod layers;
+pub mod peft;
 pub mod ssl;
 mod upstream;
 pub mod weights;

@@ -7,7 +7,9 @@ use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Int, TensorData};
 
 use crate::Result;
-use crate::layers::load_linear;
+use speechtune_peft::Proj;
+
+use crate::layers::{load_linear, load_proj};
 use crate::weights::Weights;
 
 // WavLMAttention's relative position machinery (transformers/models/wavlm/modeling_wavlm.py).
@@ -71,10 +73,10 @@ impl RelativePositionGate {
 // Wav2Vec2Attention / WavLMAttention (transformers/models/wav2vec2/modeling_wav2vec2.py).
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub out_proj: Linear,
+    pub q_proj: Proj,
+    pub k_proj: Proj,
+    pub v_proj: Proj,
+    pub out_proj: Proj,
     pub rel: Option<RelativePositionGate>,
     pub heads: usize,
 }
@@ -120,10 +122,10 @@ impl Attention {
             }),
         };
         Ok(Self {
-            q_proj: load_linear(w, &format!("{path}.q_proj"), dim, dim, true, device)?,
-            k_proj: load_linear(w, &format!("{path}.k_proj"), dim, dim, k_bias, device)?,
-            v_proj: load_linear(w, &format!("{path}.v_proj"), dim, dim, true, device)?,
-            out_proj: load_linear(w, &format!("{path}.out_proj"), dim, dim, true, device)?,
+            q_proj: load_proj(w, &format!("{path}.q_proj"), dim, dim, true, device)?,
+            k_proj: load_proj(w, &format!("{path}.k_proj"), dim, dim, k_bias, device)?,
+            v_proj: load_proj(w, &format!("{path}.v_proj"), dim, dim, true, device)?,
+            out_proj: load_proj(w, &format!("{path}.out_proj"), dim, dim, true, device)?,
             rel,
             heads,
         })

@@ -1,13 +1,14 @@
 //! Positional convolution and transformer stack of the SSL encoders.
 
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::prelude::*;
+
+use speechtune_peft::Proj;
 
 use super::attention::Attention;
 use crate::Result;
 use crate::config::SslConfig;
-use crate::layers::{Activation, Conv1d, LayerNorm, additive_key_mask, conv_apply, load_linear, valid_frames};
+use crate::layers::{Activation, Conv1d, LayerNorm, additive_key_mask, conv_apply, load_proj, valid_frames};
 use crate::weights::Weights;
 
 // Wav2Vec2PositionalConvEmbedding: one grouped conv with weight norm over the kernel axis (dim=2).
@@ -99,8 +100,8 @@ impl PosConv {
 pub struct EncoderLayer {
     pub attention: Attention,
     pub layer_norm: LayerNorm,
-    pub intermediate_dense: Linear,
-    pub output_dense: Linear,
+    pub intermediate_dense: Proj,
+    pub output_dense: Proj,
     pub final_layer_norm: LayerNorm,
 }
 
@@ -171,7 +172,7 @@ impl Encoder {
                     device,
                 )?,
                 layer_norm: LayerNorm::load(w, &format!("{p}.layer_norm"), d, eps, device)?,
-                intermediate_dense: load_linear(
+                intermediate_dense: load_proj(
                     w,
                     &format!("{p}.feed_forward.intermediate_dense"),
                     d,
@@ -179,7 +180,7 @@ impl Encoder {
                     true,
                     device,
                 )?,
-                output_dense: load_linear(
+                output_dense: load_proj(
                     w,
                     &format!("{p}.feed_forward.output_dense"),
                     cfg.intermediate_size,

@@ -1,13 +1,13 @@
 //! The Whisper encoder (decoder weights in the checkpoint are ignored).
 
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::prelude::*;
 
 use crate::config::WhisperConfig;
-use crate::layers::{Activation, Conv1d, LayerNorm, load_linear};
+use crate::layers::{Activation, Conv1d, LayerNorm, load_proj};
 use crate::weights::Weights;
 use crate::{Error, Result};
+use speechtune_peft::Proj;
 
 /// `WhisperForConditionalGeneration` / `WhisperModel` keep the encoder under `model.encoder.`
 /// or `encoder.`; `WhisperForAudioClassification` under `encoder.`.
@@ -17,14 +17,14 @@ pub const PREFIXES: [&str; 3] = ["model.encoder.", "encoder.", ""];
 #[derive(Module, Debug)]
 pub struct WhisperLayer {
     pub self_attn_layer_norm: LayerNorm,
-    pub q_proj: Linear,
+    pub q_proj: Proj,
     /// No bias, as in the released checkpoints.
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub out_proj: Linear,
+    pub k_proj: Proj,
+    pub v_proj: Proj,
+    pub out_proj: Proj,
     pub final_layer_norm: LayerNorm,
-    pub fc1: Linear,
-    pub fc2: Linear,
+    pub fc1: Proj,
+    pub fc2: Proj,
     pub heads: usize,
 }
 
@@ -70,13 +70,13 @@ impl WhisperEncoder {
             let p = format!("layers.{i}");
             layers.push(WhisperLayer {
                 self_attn_layer_norm: LayerNorm::load(w, &format!("{p}.self_attn_layer_norm"), d, 1e-5, device)?,
-                q_proj: load_linear(w, &format!("{p}.self_attn.q_proj"), d, d, true, device)?,
-                k_proj: load_linear(w, &format!("{p}.self_attn.k_proj"), d, d, false, device)?,
-                v_proj: load_linear(w, &format!("{p}.self_attn.v_proj"), d, d, true, device)?,
-                out_proj: load_linear(w, &format!("{p}.self_attn.out_proj"), d, d, true, device)?,
+                q_proj: load_proj(w, &format!("{p}.self_attn.q_proj"), d, d, true, device)?,
+                k_proj: load_proj(w, &format!("{p}.self_attn.k_proj"), d, d, false, device)?,
+                v_proj: load_proj(w, &format!("{p}.self_attn.v_proj"), d, d, true, device)?,
+                out_proj: load_proj(w, &format!("{p}.self_attn.out_proj"), d, d, true, device)?,
                 final_layer_norm: LayerNorm::load(w, &format!("{p}.final_layer_norm"), d, 1e-5, device)?,
-                fc1: load_linear(w, &format!("{p}.fc1"), d, f, true, device)?,
-                fc2: load_linear(w, &format!("{p}.fc2"), f, d, true, device)?,
+                fc1: load_proj(w, &format!("{p}.fc1"), d, f, true, device)?,
+                fc2: load_proj(w, &format!("{p}.fc2"), f, d, true, device)?,
                 heads: cfg.encoder_attention_heads,
             });
         }

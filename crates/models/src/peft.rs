@@ -1,0 +1,149 @@
+//! Attaching PEFT layers to a loaded upstream, merging them, and their saved state in Hugging
+//! Face peft's naming (`base_model.model.{module}.lora_A.weight` `[r, in]`, `lora_B.weight`
+//! `[out, r]`), so that `adapter_model.safetensors` loads in peft on the same base model.
+
+use std::collections::HashMap;
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use speechtune_peft::{LoraConfig, LoraLayer, Proj};
+
+use crate::upstream::UpstreamModel;
+use crate::{Error, Result};
+
+/// A named f32 tensor: (name, shape, row-major values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+}
+
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = v[r * cols + c];
+        }
+    }
+    t
+}
+
+impl UpstreamModel {
+    /// Every projection PEFT methods may target, in model order.
+    pub fn projections(&self) -> Vec<&Proj> {
+        match self {
+            UpstreamModel::Ssl(m) => m
+                .encoder
+                .layers
+                .iter()
+                .flat_map(|l| {
+                    let a = &l.attention;
+                    [&a.q_proj, &a.k_proj, &a.v_proj, &a.out_proj, &l.intermediate_dense, &l.output_dense]
+                })
+                .collect(),
+            UpstreamModel::Whisper(m) => {
+                m.layers.iter().flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.out_proj, &l.fc1, &l.fc2]).collect()
+            }
+        }
+    }
+
+    pub fn projections_mut(&mut self) -> Vec<&mut Proj> {
+        match self {
+            UpstreamModel::Ssl(m) => m
+                .encoder
+                .layers
+                .iter_mut()
+                .flat_map(|l| {
+                    let a = &mut l.attention;
+                    [
+                        &mut a.q_proj,
+                        &mut a.k_proj,
+                        &mut a.v_proj,
+                        &mut a.out_proj,
+                        &mut l.intermediate_dense,
+                        &mut l.output_dense,
+                    ]
+                })
+                .collect(),
+            UpstreamModel::Whisper(m) => m
+                .layers
+                .iter_mut()
+                .flat_map(|l| [&mut l.q_proj, &mut l.k_proj, &mut l.v_proj, &mut l.out_proj, &mut l.fc1, &mut l.fc2])
+                .collect(),
+        }
+    }
+
+    /// Attach LoRA to every projection `cfg` targets; returns their names. Fails when nothing
+    /// matches, listing the names that exist.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, device: &Device) -> Result<Vec<String>> {
+        let spec = cfg.target();
+        spec.validate().map_err(Error::Input)?;
+        let mut names = Vec::new();
+        for p in self.projections_mut() {
+            if spec.matches(&p.name) {
+                p.lora = Some(LoraLayer::new(p.d_in(), p.d_out(), cfg, device));
+                names.push(p.name.clone());
+            }
+        }
+        if names.is_empty() {
+            let have: Vec<String> = self.projections().iter().take(6).map(|p| p.name.clone()).collect();
+            return Err(Error::Input(format!(
+                "LoRA target_modules {:?} match no projection (they are named like {})",
+                cfg.target_modules,
+                have.join(", ")
+            )));
+        }
+        Ok(names)
+    }
+
+    /// Fold every LoRA update into its base weight and remove the LoRA layers.
+    pub fn merge_lora(&mut self) {
+        for p in self.projections_mut() {
+            if let Some(lora) = p.lora.take() {
+                let merged = p.base.weight.val() + lora.delta();
+                p.base.weight = Param::from_tensor(merged.detach());
+            }
+        }
+    }
+
+    /// LoRA weights in peft's names and layouts; `prefix` is the checkpoint's base-model
+    /// prefix (`wav2vec2.`, `model.encoder.`, ...).
+    pub fn lora_state(&self, prefix: &str) -> Vec<NamedTensor> {
+        let mut out = Vec::new();
+        for p in self.projections() {
+            if let Some(l) = &p.lora {
+                let (d_in, r, d_out) = (p.d_in(), l.rank(), p.d_out());
+                let base = format!("base_model.model.{prefix}{}", p.name);
+                out.push((format!("{base}.lora_A.weight"), vec![r, d_in], transpose(&values(l.a.val()), d_in, r)));
+                out.push((format!("{base}.lora_B.weight"), vec![d_out, r], transpose(&values(l.b.val()), r, d_out)));
+            }
+        }
+        out
+    }
+
+    /// Load LoRA weights saved by [`UpstreamModel::lora_state`] (or by peft) into the LoRA
+    /// layers already attached; every attached layer must be found with the right shape.
+    pub fn load_lora_state(&mut self, prefix: &str, tensors: &HashMap<String, (Vec<usize>, Vec<f32>)>) -> Result<()> {
+        let device = self.devices().into_iter().next().unwrap_or_default();
+        for p in self.projections_mut() {
+            let (d_in, d_out, name) = (p.d_in(), p.d_out(), p.name.clone());
+            let Some(l) = p.lora.as_mut() else { continue };
+            let r = l.rank();
+            let base = format!("base_model.model.{prefix}{name}");
+            let get = |suffix: &str, shape: Vec<usize>| -> Result<Vec<f32>> {
+                let key = format!("{base}.{suffix}");
+                let (s, v) = tensors.get(&key).ok_or_else(|| Error::Input(format!("adapter tensor {key} missing")))?;
+                if *s != shape {
+                    return Err(Error::Input(format!("adapter tensor {key} has shape {s:?}, expected {shape:?}")));
+                }
+                Ok(v.clone())
+            };
+            let a = transpose(&get("lora_A.weight", vec![r, d_in])?, r, d_in);
+            let b = transpose(&get("lora_B.weight", vec![d_out, r])?, d_out, r);
+            l.a = Param::from_data(TensorData::new(a, [d_in, r]), &device);
+            l.b = Param::from_data(TensorData::new(b, [r, d_out]), &device);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,112 @@
+//! The PEFT invariants, one table over architectures: output unchanged at initialisation,
+//! only the method's own parameters change after an optimiser step, merging gives the same
+//! output, and saved adapter state loads back exactly.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{fixtures, reference, values};
+use speechtune_models::burn::module::{Module, ModuleVisitor, Param, ParamId};
+use speechtune_models::burn::optim::{AdamWConfig, GradientsParams};
+use speechtune_models::burn::prelude::*;
+use speechtune_models::{Upstream, UpstreamOutput};
+use speechtune_peft::LoraConfig;
+
+const MODELS: [&str; 3] = ["wav2vec2-base", "wavlm-base", "whisper"];
+
+/// Every float parameter's values, by id.
+struct Snapshot(HashMap<ParamId, Vec<f32>>);
+
+impl ModuleVisitor for Snapshot {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.insert(param.id, values(&param.val()));
+    }
+}
+
+fn snapshot<M: Module>(m: &M) -> HashMap<ParamId, Vec<f32>> {
+    let mut s = Snapshot(HashMap::new());
+    m.visit(&mut s);
+    s.0
+}
+
+fn run(up: &Upstream, wave: &[f32], device: &Device) -> UpstreamOutput {
+    up.forward_waves(&[wave.to_vec()], device).unwrap()
+}
+
+fn max_diff(a: &UpstreamOutput, b: &UpstreamOutput) -> f32 {
+    a.hidden_states
+        .iter()
+        .zip(&b.hidden_states)
+        .map(|(x, y)| values(x).iter().zip(values(y)).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn lora_invariants() {
+    let device = Device::flex().autodiff();
+    for name in MODELS {
+        let dir = fixtures().join(name);
+        let wave = reference(&dir.join("reference.safetensors"))["single.raw"].1.clone();
+        let mut up = Upstream::load(&dir, &device).unwrap();
+        up.model = up.model.no_grad();
+        let plain = run(&up, &wave, &device);
+
+        let cfg = LoraConfig { r: 4, lora_alpha: 8.0, ..LoraConfig::default() };
+        let attached = up.model.attach_lora(&cfg, &device).unwrap();
+        assert_eq!(attached.len(), 4, "{name}: q and v in 2 layers: {attached:?}");
+        assert_eq!(max_diff(&plain, &run(&up, &wave, &device)), 0.0, "{name}: LoRA changes the output at init");
+
+        // One AdamW step on a loss over the last hidden state.
+        let before = snapshot(&up.model);
+        let lora_ids: Vec<ParamId> =
+            up.model.projections().iter().filter_map(|p| p.lora.as_ref()).flat_map(|l| [l.a.id, l.b.id]).collect();
+        let loss = run(&up, &wave, &device).hidden_states.last().unwrap().clone().powf_scalar(2.0).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &up.model);
+        let mut optim = AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8).init();
+        up.model = optim.step(1e-2, up.model, grads);
+        let after = snapshot(&up.model);
+        let changed: Vec<&ParamId> = before.keys().filter(|id| before[*id] != after[*id]).collect();
+        assert!(!changed.is_empty(), "{name}: nothing trained");
+        assert!(changed.iter().all(|id| lora_ids.contains(id)), "{name}: a frozen parameter changed");
+        let trained = run(&up, &wave, &device);
+        assert!(max_diff(&plain, &trained) > 1e-4, "{name}: the step did not change the output");
+
+        // Save → load into fresh LoRA layers: identical output.
+        let state = up.model.lora_state(&up.prefix);
+        assert_eq!(state.len(), 8);
+        assert!(
+            state[0].0.starts_with(&format!("base_model.model.{}", up.prefix))
+                && state[0].0.ends_with(".lora_A.weight")
+        );
+        let map: HashMap<String, (Vec<usize>, Vec<f32>)> = state.into_iter().map(|(n, s, v)| (n, (s, v))).collect();
+        let mut fresh = Upstream::load(&dir, &device).unwrap();
+        fresh.model.attach_lora(&cfg, &device).unwrap();
+        fresh.model.load_lora_state(&fresh.prefix.clone(), &map).unwrap();
+        assert_eq!(max_diff(&trained, &run(&fresh, &wave, &device)), 0.0, "{name}: save/load round trip");
+
+        // Merging folds the update into the base weights.
+        up.model.merge_lora();
+        assert!(up.model.projections().iter().all(|p| p.lora.is_none()));
+        let merged = max_diff(&trained, &run(&up, &wave, &device));
+        assert!(merged < 1e-5, "{name}: merged output differs by {merged}");
+    }
+}
+
+#[test]
+fn lora_targets_that_match_nothing_are_an_error() {
+    let device = Device::flex();
+    let mut up = Upstream::load(&fixtures().join("wav2vec2-base"), &device).unwrap();
+    let cfg =
+        LoraConfig { target_modules: speechtune_peft::Targets::Names(vec!["query".into()]), ..LoraConfig::default() };
+    let e = up.model.attach_lora(&cfg, &device).unwrap_err().to_string();
+    assert!(e.contains("\"query\"") && e.contains("encoder.layers.0.attention.q_proj"), "{e}");
+    let regex = LoraConfig {
+        target_modules: speechtune_peft::Targets::Regex(r".*layers\.1\..*_dense".into()),
+        ..LoraConfig::default()
+    };
+    assert_eq!(
+        up.model.attach_lora(&regex, &device).unwrap(),
+        ["encoder.layers.1.feed_forward.intermediate_dense", "encoder.layers.1.feed_forward.output_dense"]
+    );
+}
