@@ -109,6 +109,13 @@ impl UpstreamModel {
     }
 }
 
+const TINY_CONFIG: &str = r#"{
+  "model_type": "wav2vec2", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+  "intermediate_size": 256, "conv_dim": [64, 64, 64, 64, 64, 64, 64], "feat_extract_norm": "layer",
+  "do_stable_layer_norm": true, "conv_bias": true, "num_conv_pos_embeddings": 32,
+  "num_conv_pos_embedding_groups": 8, "mask_time_prob": 0.05, "layerdrop": 0.0
+}"#;
+
 /// A loaded checkpoint: the network, its front-end and its configuration.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -136,6 +143,16 @@ impl Upstream {
         };
         let frontend = FrontEnd::from_dir(dir, &config)?;
         Ok(Self { model, frontend, config, prefix: weights.prefix().to_string() })
+    }
+
+    /// A small wav2vec2-shaped model with seeded random weights (0.6 M parameters: a 7-layer
+    /// CNN of 64 channels at the standard 320× downsampling, 4 transformer layers of width 128),
+    /// for demos and tests until pre-training exists. It has learned nothing.
+    pub fn tiny(seed: u64, device: &Device) -> Result<Self> {
+        let config = ModelConfig::from_json(TINY_CONFIG.as_bytes(), Path::new("<built-in tiny upstream>"))?;
+        let ModelConfig::Ssl(c) = &config else { unreachable!("the tiny config is wav2vec2") };
+        let model = UpstreamModel::Ssl(SslModel::load(c, &Weights::random(seed), device)?);
+        Ok(Self { model, frontend: FrontEnd::Waveform { normalize: true }, config, prefix: String::new() })
     }
 
     /// Prepare a batch of 16-kHz waveforms and run the model.

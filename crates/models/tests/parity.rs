@@ -135,3 +135,24 @@ fn gradients_reach_the_first_convolution() {
         assert!(norm.is_finite() && norm > 1e-8, "{name}: first-conv gradient norm {norm}");
     }
 }
+
+#[test]
+fn tiny_builtin_upstream_is_seeded_and_well_scaled() {
+    let dev = device();
+    let wave = reference(&fixtures().join("wav2vec2-base/reference.safetensors"))["single.raw"].1.clone();
+    let a = Upstream::tiny(7, &dev).unwrap();
+    let out = a.forward_waves(std::slice::from_ref(&wave), &dev).unwrap();
+    assert_eq!(out.hidden_states.len(), 5);
+    assert_eq!(out.hidden_states[0].dims(), [1, 4, 128]); // 1600 samples at 320 per frame
+    for h in &out.hidden_states {
+        let v = values(h);
+        let rms = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+        assert!((0.3..3.0).contains(&rms), "rms {rms}");
+    }
+    let same = Upstream::tiny(7, &dev).unwrap().forward_waves(std::slice::from_ref(&wave), &dev).unwrap();
+    assert_eq!(values(&out.hidden_states[4]), values(&same.hidden_states[4]));
+    let other = Upstream::tiny(8, &dev).unwrap().forward_waves(&[wave], &dev).unwrap();
+    assert_ne!(values(&out.hidden_states[4]), values(&other.hidden_states[4]));
+    let total: usize = a.model.parameter_breakdown().iter().map(|r| r.1).sum();
+    assert!((500_000..800_000).contains(&total), "{total} parameters");
+}

@@ -59,6 +59,8 @@ pub struct Weights {
     files: Vec<WeightFile>,
     index: HashMap<String, Entry>,
     prefix: String,
+    /// Random initialisation instead of a checkpoint (see [`Weights::random`]).
+    random: Option<u64>,
 }
 
 impl Weights {
@@ -112,7 +114,7 @@ impl Weights {
             }
             files.push(WeightFile { path: path.clone(), bytes });
         }
-        Ok(Self { files, index, prefix: String::new() })
+        Ok(Self { files, index, prefix: String::new(), random: None })
     }
 
     /// Open a `torch.save` zip checkpoint without executing its pickle.
@@ -128,12 +130,50 @@ impl Weights {
                 (t.name, entry)
             })
             .collect();
-        Ok(Self { files: vec![WeightFile { path: path.to_path_buf(), bytes }], index, prefix: String::new() })
+        Ok(Self {
+            files: vec![WeightFile { path: path.to_path_buf(), bytes }],
+            index,
+            prefix: String::new(),
+            random: None,
+        })
+    }
+
+    /// A source that answers every tensor request with seeded random values: the model is
+    /// built by the same loading code as from a checkpoint. Biases start at 0, norm weights
+    /// and weight-norm gains at 1, everything else ~ N(0, 1/fan_in) (fan_in = all but the
+    /// first dimension), so activations stay O(1) through the stack.
+    pub fn random(seed: u64) -> Self {
+        Self { files: Vec::new(), index: HashMap::new(), prefix: String::new(), random: Some(seed) }
+    }
+
+    fn random_values(seed: u64, name: &str, shape: &[usize]) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        let last = name.rsplit('.').next().unwrap_or(name);
+        let constant = if last == "bias" {
+            Some(0.0)
+        } else if (name.contains("norm") && last == "weight")
+            || matches!(last, "weight_g" | "original0" | "gru_rel_pos_const")
+        {
+            Some(1.0)
+        } else {
+            None
+        };
+        if let Some(c) = constant {
+            return vec![c; n];
+        }
+        let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
+        let name_hash =
+            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        let mut rng = speechtune_data::Rng::new(seed ^ name_hash);
+        (0..n).map(|_| (rng.normal() / fan_in.sqrt()) as f32).collect()
     }
 
     /// Use the first candidate prefix under which `probe` exists (e.g. `wav2vec2.` for
     /// `Wav2Vec2ForCTC` checkpoints). Returns the prefix chosen.
     pub fn select_prefix(&mut self, candidates: &[&str], probe: &str) -> Result<&str> {
+        if self.random.is_some() {
+            return Ok(&self.prefix);
+        }
         match candidates.iter().find(|p| self.index.contains_key(&format!("{p}{probe}"))) {
             Some(p) => {
                 self.prefix = (*p).to_string();
@@ -152,6 +192,10 @@ impl Weights {
 
     /// Whether a tensor exists (relative to the prefix).
     pub fn contains(&self, name: &str) -> bool {
+        // Random weights have every optional tensor, in the newer weight-norm spelling.
+        if self.random.is_some() {
+            return !name.ends_with("weight_g");
+        }
         self.index.contains_key(&format!("{}{name}", self.prefix))
     }
 
@@ -166,6 +210,9 @@ impl Weights {
 
     /// A tensor as f32 values in row-major order, checking its shape.
     pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some(seed) = self.random {
+            return Ok(Self::random_values(seed, name, shape));
+        }
         let full = format!("{}{name}", self.prefix);
         let entry = self
             .index
