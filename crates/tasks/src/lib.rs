@@ -1,5 +1,12 @@
-//! What sits on top of an upstream: task heads and losses (to come with the training engine),
-//! the metrics speech papers report, and CTC decoding.
+//! What sits on top of an upstream: the featurizer (weighted sum of hidden states), task heads,
+//! losses, the metrics speech papers report, and CTC decoding.
 
 pub mod ctc;
+mod featurizer;
+mod heads;
+mod loss;
 pub mod metrics;
+
+pub use featurizer::Featurizer;
+pub use heads::{LinearHead, MeanPoolClassifier, SuperbDownstream, frame_mask};
+pub use loss::ctc_loss;
