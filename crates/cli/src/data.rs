@@ -73,7 +73,7 @@ fn write_skipped(path: &Path, problems: &[Problem]) -> Result<()> {
     for p in problems {
         text += &format!("{}\t{}\t{}\n", p.file.display(), p.line, p.reason.replace(['\t', '\n'], " "));
     }
-    crate::output::write_atomic(path, text.as_bytes())
+    Ok(crate::output::write_atomic(path, text.as_bytes())?)
 }
 
 fn stats(args: Args) -> Result<()> {

@@ -5,6 +5,7 @@ mod demo;
 mod features;
 mod inspect;
 mod output;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ enum Command {
     Features(features::Args),
     /// Show a checkpoint's architecture and parameters per component.
     Inspect(inspect::Args),
+    /// Fine-tune an upstream on a task with a PEFT method.
+    Train(train::Args),
     /// Corpus statistics and health checks.
     #[command(subcommand)]
     Data(data::Command),
@@ -37,6 +40,7 @@ fn main() {
     let result = match cli.command {
         Command::Features(a) => features::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Train(a) => train::run(a),
         Command::Data(c) => data::run(c),
         Command::Demo(a) => demo::run(a),
     };

@@ -111,7 +111,7 @@ impl UpstreamModel {
 
 const TINY_CONFIG: &str = r#"{
   "model_type": "wav2vec2", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-  "intermediate_size": 256, "conv_dim": [64, 64, 64, 64, 64, 64, 64], "feat_extract_norm": "layer",
+  "intermediate_size": 256, "conv_dim": [32, 32, 32, 32, 32, 32, 32], "feat_extract_norm": "layer",
   "do_stable_layer_norm": true, "conv_bias": true, "num_conv_pos_embeddings": 32,
   "num_conv_pos_embedding_groups": 8, "mask_time_prob": 0.05, "layerdrop": 0.0
 }"#;

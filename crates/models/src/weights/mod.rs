@@ -3,7 +3,10 @@
 //! executing pickle code, see `torch_zip`). Tensors are converted to f32 on request, one at a
 //! time, so peak memory is the file bytes plus one tensor.
 
+mod save;
 mod torch_zip;
+
+pub use save::{write_atomic, write_safetensors};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,272 @@
+//! The run configuration: one TOML file, `--set key=value` overrides, resolved once into this
+//! typed struct (unknown keys are errors that list the valid ones) and written to the run folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use speechtune_data::BatchPlan;
+use speechtune_data::text::TextNorm;
+use speechtune_peft::LoraConfig;
+
+use crate::schedule::Schedule;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub method: MethodConfig,
+    pub task: TaskConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Where checkpoints, metrics and the resolved config go.
+    pub output_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// A Hugging Face model directory, or `builtin:tiny` (random weights; see `Upstream::tiny`).
+    pub model: String,
+    #[serde(default)]
+    pub seed: u64,
+    /// Featurizer: leave out the CNN output (hidden state 0).
+    #[serde(default)]
+    pub exclude_cnn: bool,
+    /// Featurizer: layer-normalise each hidden state before the weighted sum.
+    #[serde(default)]
+    pub layer_norm: bool,
+}
+
+/// How the upstream is adapted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MethodConfig {
+    /// Frozen upstream; only the featurizer weights and the heads train.
+    #[default]
+    Frozen,
+    /// LoRA on the targeted projections (peft's field names).
+    Lora(LoraConfig),
+    /// Every upstream weight trains, except the CNN feature encoder when `freeze_cnn`.
+    Full {
+        #[serde(default = "yes")]
+        freeze_cnn: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// CTC on characters.
+    Asr,
+    /// Language identification: mean pooling and a linear classifier.
+    Lid,
+    /// ESPnet's ML-SUPERB joint ASR + LID: `[lang]` prepended to the CTC target; the language is
+    /// read from the first token emitted.
+    JointAsrLid,
+    /// A CTC head and a pooled LID head on the same features, trained on
+    /// `(1 - lid_weight) · CTC + lid_weight · cross-entropy`.
+    CtcPlusLid,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub kind: TaskKind,
+    #[serde(default)]
+    pub text: TextNorm,
+    /// Dropout in the downstream Transformer.
+    #[serde(default = "dropout")]
+    pub dropout: f64,
+    /// Weight of the LID loss for `ctc_plus_lid`.
+    #[serde(default = "lid_weight")]
+    pub lid_weight: f64,
+}
+
+fn lid_weight() -> f64 {
+    0.3
+}
+
+fn dropout() -> f64 {
+    0.1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Corpus root (any layout `speechtune data stats` reads).
+    pub root: PathBuf,
+    /// ML-SUPERB training subset.
+    #[serde(default = "ten_min")]
+    pub duration: String,
+    /// Training clips longer than this are dropped.
+    #[serde(default = "twenty")]
+    pub max_seconds: f64,
+    #[serde(default)]
+    pub batch: BatchPlan,
+    #[serde(default = "two")]
+    pub workers: usize,
+    /// Keep decoded training audio in memory across epochs.
+    #[serde(default = "yes")]
+    pub cache: bool,
+}
+
+fn ten_min() -> String {
+    "10min".into()
+}
+fn twenty() -> f64 {
+    20.0
+}
+fn two() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    /// Clip the global gradient norm (None: no clipping).
+    pub grad_clip: Option<f32>,
+    /// Evaluate on the dev split every N steps (0: only at the end).
+    pub eval_every: usize,
+    pub seed: u64,
+    /// Abort after this many consecutive steps with a non-finite loss.
+    pub max_bad_steps: usize,
+    /// Stop after this many seconds of wall time (the last evaluation still runs).
+    pub time_budget_seconds: Option<f64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            schedule: Schedule::default(),
+            grad_clip: Some(5.0),
+            eval_every: 0,
+            seed: 0,
+            max_bad_steps: 10,
+            time_budget_seconds: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Read a TOML file and apply `key.path=value` overrides (values in TOML syntax; bare words
+    /// are strings).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let bad = |reason: String| Error::Config { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: RunConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let cfg: RunConfig =
+            toml::from_str(text).map_err(|e| Error::Config { path: "<config>".into(), reason: e.to_string() })?;
+        cfg.validate().map_err(|reason| Error::Config { path: "<config>".into(), reason })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if let MethodConfig::Lora(l) = &self.method {
+            l.target().validate()?;
+            if l.r == 0 {
+                return Err("method.r must be at least 1".into());
+            }
+        }
+        if self.train.steps == 0 {
+            return Err("train.steps must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serialises")
+    }
+}
+
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, raw) =
+        assignment.split_once('=').ok_or_else(|| Error::Override(format!("{assignment}: expected key=value")))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        cur = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| Error::Override(format!("{assignment}: {p} is not a table")))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+output_dir = "runs/x"
+[upstream]
+model = "builtin:tiny"
+[method]
+kind = "lora"
+r = 4
+[task]
+kind = "joint_asr_lid"
+[data]
+root = "data/demo"
+[train]
+steps = 10
+"#;
+
+    #[test]
+    fn parses_with_defaults_and_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, BASE).unwrap();
+        let c = RunConfig::load(
+            &p,
+            &["train.lr=0.01".into(), "method.target_modules=[\"k_proj\"]".into(), "data.batch.max_seconds=30".into()],
+        )
+        .unwrap();
+        assert_eq!(c.train.lr, 0.01);
+        assert_eq!(c.train.grad_clip, Some(5.0));
+        let MethodConfig::Lora(l) = &c.method else { panic!("lora") };
+        assert_eq!((l.r, l.lora_alpha), (4, 16.0));
+        assert_eq!(l.target_modules, speechtune_peft::Targets::Names(vec!["k_proj".into()]));
+        assert_eq!(c.data.batch.max_seconds, 30.0);
+        assert_eq!(RunConfig::from_toml(&c.to_toml()).unwrap(), c, "round trip");
+    }
+
+    #[test]
+    fn unknown_keys_list_the_valid_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, BASE).unwrap();
+        let e = RunConfig::load(&p, &["train.learning_rate=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("learning_rate") && e.contains("`lr`") && e.contains("c.toml"), "{e}");
+        let e = RunConfig::load(&p, &["method.rank=3".into()]).unwrap_err().to_string();
+        assert!(e.contains("rank") && e.contains("lora_alpha"), "{e}");
+    }
+}

@@ -1,0 +1,109 @@
+//! The task model: upstream (with its PEFT layers), featurizer and heads, and which of its
+//! parameters train.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use speechtune_models::{ModelInput, Upstream, UpstreamModel};
+use speechtune_tasks::{Featurizer, MeanPoolClassifier, SuperbDownstream};
+
+use crate::Result;
+use crate::config::{MethodConfig, RunConfig, TaskKind};
+
+pub use crate::config::MethodConfig as Method;
+
+#[derive(Module, Debug)]
+pub struct TaskModel {
+    pub upstream: UpstreamModel,
+    pub featurizer: Featurizer,
+    /// CTC head (ASR and joint ASR + LID).
+    pub ctc: Option<SuperbDownstream>,
+    /// Language classifier (LID).
+    pub lid: Option<MeanPoolClassifier>,
+}
+
+pub struct TaskOutput {
+    /// `[batch, frames, vocab]`
+    pub ctc_logits: Option<Tensor<3>>,
+    /// `[batch, languages]`
+    pub lid_logits: Option<Tensor<2>>,
+    pub frame_lengths: Vec<usize>,
+}
+
+impl TaskModel {
+    /// Put heads on a loaded upstream (on the training device) and set what trains.
+    pub fn build(
+        upstream: UpstreamModel,
+        cfg: &RunConfig,
+        vocab: usize,
+        languages: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut upstream = match &cfg.method {
+            MethodConfig::Frozen | MethodConfig::Lora(_) => upstream.no_grad(),
+            MethodConfig::Full { .. } => upstream,
+        };
+        match &cfg.method {
+            MethodConfig::Lora(l) => {
+                upstream.attach_lora(l, device)?;
+            }
+            MethodConfig::Full { freeze_cnn: true } => {
+                if let UpstreamModel::Ssl(m) = &mut upstream {
+                    m.feature_encoder = m.feature_encoder.clone().no_grad();
+                }
+            }
+            _ => {}
+        }
+        let d = upstream.hidden_size();
+        let n_hidden = upstream.num_layers() + 1;
+        let featurizer = Featurizer::new(n_hidden, cfg.upstream.exclude_cnn, cfg.upstream.layer_norm, device);
+        let ctc_head = || SuperbDownstream::new(d, vocab, cfg.task.dropout, device);
+        let lid_head = || MeanPoolClassifier::new(d, languages, device);
+        let (ctc, lid) = match cfg.task.kind {
+            TaskKind::Asr | TaskKind::JointAsrLid => (Some(ctc_head()), None),
+            TaskKind::Lid => (None, Some(lid_head())),
+            TaskKind::CtcPlusLid => (Some(ctc_head()), Some(lid_head())),
+        };
+        Ok(Self { upstream, featurizer, ctc, lid })
+    }
+
+    pub fn forward(&self, input: ModelInput) -> Result<TaskOutput> {
+        let out = self.upstream.forward(input)?;
+        let x = self.featurizer.forward(&out.hidden_states);
+        let lengths = out.frame_lengths;
+        Ok(TaskOutput {
+            ctc_logits: self.ctc.as_ref().map(|h| h.forward(x.clone(), &lengths)),
+            lid_logits: self.lid.as_ref().map(|h| h.forward(x, &lengths)),
+            frame_lengths: lengths,
+        })
+    }
+}
+
+struct Counter {
+    trainable: usize,
+    total: usize,
+}
+
+impl ModuleVisitor for Counter {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let n = param.shape().num_elements();
+        self.total += n;
+        if param.val().is_require_grad() {
+            self.trainable += n;
+        }
+    }
+}
+
+/// (trainable, total) parameters; trainable is meaningful on an autodiff device.
+pub fn count_parameters<M: Module>(m: &M) -> (usize, usize) {
+    let mut c = Counter { trainable: 0, total: 0 };
+    m.visit(&mut c);
+    (c.trainable, c.total)
+}
+
+/// Load the configured upstream.
+pub fn load_upstream(cfg: &RunConfig, device: &Device) -> Result<Upstream> {
+    Ok(match cfg.upstream.model.as_str() {
+        "builtin:tiny" => Upstream::tiny(cfg.upstream.seed, device)?,
+        dir => Upstream::load(std::path::Path::new(dir), device)?,
+    })
+}
