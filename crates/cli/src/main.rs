@@ -31,7 +31,7 @@ enum Command {
     /// Corpus statistics and health checks.
     #[command(subcommand)]
     Data(data::Command),
-    /// The end-to-end demo (currently: load, inspect and run the bundled tiny model).
+    /// Joint ASR + LID with LoRA on the embedded demo corpus, evaluation and a layer-weights plot.
     Demo(demo::Args),
 }
 

@@ -111,7 +111,7 @@ impl UpstreamModel {
 
 const TINY_CONFIG: &str = r#"{
   "model_type": "wav2vec2", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-  "intermediate_size": 256, "conv_dim": [32, 32, 32, 32, 32, 32, 32], "feat_extract_norm": "layer",
+  "intermediate_size": 256, "conv_dim": [64, 64, 64, 64, 64, 64, 64], "feat_extract_norm": "layer",
   "do_stable_layer_norm": true, "conv_bias": true, "num_conv_pos_embeddings": 32,
   "num_conv_pos_embedding_groups": 8, "mask_time_prob": 0.05, "layerdrop": 0.0
 }"#;
@@ -145,7 +145,7 @@ impl Upstream {
         Ok(Self { model, frontend, config, prefix: weights.prefix().to_string() })
     }
 
-    /// A small wav2vec2-shaped model with seeded random weights (0.6 M parameters: a 7-layer
+    /// A small wav2vec2-shaped model with seeded random weights (0.68 M parameters: a 7-layer
     /// CNN of 64 channels at the standard 320× downsampling, 4 transformer layers of width 128),
     /// for demos and tests until pre-training exists. It has learned nothing.
     pub fn tiny(seed: u64, device: &Device) -> Result<Self> {

@@ -308,8 +308,7 @@ fn evaluate(
         let waves: Vec<Vec<f32>> = batch.waves.iter().map(|w| w.as_ref().clone()).collect();
         let out = model.forward(frontend.prepare(&waves, device)?)?;
         for (k, &i) in batch.indices.iter().enumerate() {
-            let truth = &languages.get(dev.langs[i]).cloned().unwrap_or_default();
-            let truth = if dev.utts[i].lang.is_some() { lang_of(&dev.utts[i]) } else { truth.clone() };
+            let truth = lang_of(&dev.utts[i]);
             let mut predicted_lang = None;
             if let Some(logits) = &out.ctc_logits {
                 let [_, t, v] = logits.dims();
