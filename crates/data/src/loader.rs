@@ -161,9 +161,9 @@ impl Drop for Loader {
         // No new batches, then unblock workers waiting to send and let them finish.
         self.counter.store(usize::MAX / 2, Ordering::SeqCst);
         for w in self.workers.drain(..) {
+            // A worker may be blocked sending a finished batch: keep receiving until it exits.
             while !w.is_finished() {
-                while self.rx.try_recv().is_ok() {}
-                std::thread::yield_now();
+                let _ = self.rx.recv_timeout(std::time::Duration::from_millis(5));
             }
             let _ = w.join();
         }
