@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use speechtune_peft::{LoraConfig, LoraLayer, Proj};
+use speechtune_peft::{AdapterConfig, Bottleneck, LoraConfig, LoraLayer, Placement, Proj};
 
 use crate::upstream::UpstreamModel;
 use crate::{Error, Result};
@@ -95,6 +95,58 @@ impl UpstreamModel {
             )));
         }
         Ok(names)
+    }
+
+    /// Add bottleneck adapters to every transformer layer (Houlsby: after attention and FFN;
+    /// Pfeiffer: after FFN); returns how many were added.
+    pub fn attach_adapters(&mut self, cfg: &AdapterConfig, device: &Device) -> usize {
+        let d = self.hidden_size();
+        let houlsby = cfg.placement == Placement::Houlsby;
+        let mut n = 0;
+        let mut add = |attn: &mut Option<Bottleneck>, ffn: &mut Option<Bottleneck>| {
+            if houlsby {
+                *attn = Some(Bottleneck::new(d, cfg, device));
+                n += 1;
+            }
+            *ffn = Some(Bottleneck::new(d, cfg, device));
+            n += 1;
+        };
+        match self {
+            UpstreamModel::Ssl(m) => {
+                m.encoder.layers.iter_mut().for_each(|l| add(&mut l.adapter_attn, &mut l.adapter_ffn))
+            }
+            UpstreamModel::Whisper(m) => m.layers.iter_mut().for_each(|l| add(&mut l.adapter_attn, &mut l.adapter_ffn)),
+        }
+        n
+    }
+
+    /// The adapters present, named by their module path (`encoder.layers.3.adapter_ffn`).
+    pub fn adapters(&self) -> Vec<(String, &Bottleneck)> {
+        let layers: Vec<(String, &Option<Bottleneck>, &Option<Bottleneck>)> = match self {
+            UpstreamModel::Ssl(m) => m
+                .encoder
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (format!("encoder.layers.{i}"), &l.adapter_attn, &l.adapter_ffn))
+                .collect(),
+            UpstreamModel::Whisper(m) => m
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (format!("layers.{i}"), &l.adapter_attn, &l.adapter_ffn))
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for (path, attn, ffn) in layers {
+            if let Some(a) = attn {
+                out.push((format!("{path}.adapter_attn"), a));
+            }
+            if let Some(f) = ffn {
+                out.push((format!("{path}.adapter_ffn"), f));
+            }
+        }
+        out
     }
 
     /// Fold every LoRA update into its base weight and remove the LoRA layers.

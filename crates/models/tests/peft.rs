@@ -110,3 +110,42 @@ fn lora_targets_that_match_nothing_are_an_error() {
         ["encoder.layers.1.feed_forward.intermediate_dense", "encoder.layers.1.feed_forward.output_dense"]
     );
 }
+
+#[test]
+fn adapter_invariants() {
+    use speechtune_peft::{AdapterConfig, Placement};
+    let device = Device::flex().autodiff();
+    for name in MODELS {
+        let dir = fixtures().join(name);
+        let wave = reference(&dir.join("reference.safetensors"))["single.raw"].1.clone();
+        let mut up = Upstream::load(&dir, &device).unwrap();
+        up.model = up.model.no_grad();
+        let plain = run(&up, &wave, &device);
+        let pfeiffer = AdapterConfig { placement: Placement::Pfeiffer, reduction_factor: 4 };
+        assert_eq!(up.model.clone().attach_adapters(&pfeiffer, &device), 2, "{name}: one per layer");
+        let cfg = AdapterConfig { placement: Placement::Houlsby, reduction_factor: 4 };
+        assert_eq!(up.model.attach_adapters(&cfg, &device), 4, "{name}: two per layer");
+        assert_eq!(max_diff(&plain, &run(&up, &wave, &device)), 0.0, "{name}: adapters change the output at init");
+        let before = snapshot(&up.model);
+        let adapter_ids: Vec<ParamId> = up
+            .model
+            .adapters()
+            .iter()
+            .flat_map(|(_, a)| {
+                [a.down.weight.id, a.up.weight.id, a.down.bias.as_ref().unwrap().id, a.up.bias.as_ref().unwrap().id]
+            })
+            .collect();
+        let loss = run(&up, &wave, &device).hidden_states.last().unwrap().clone().powf_scalar(2.0).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &up.model);
+        let mut optim = AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8).init();
+        up.model = optim.step(1e-2, up.model, grads);
+        let after = snapshot(&up.model);
+        let changed: Vec<&ParamId> = before.keys().filter(|id| before[*id] != after[*id]).collect();
+        assert!(
+            !changed.is_empty() && changed.iter().all(|id| adapter_ids.contains(id)),
+            "{name}: {} changed",
+            changed.len()
+        );
+        assert!(max_diff(&plain, &run(&up, &wave, &device)) > 1e-4, "{name}: the step did not change the output");
+    }
+}

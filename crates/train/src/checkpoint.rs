@@ -1,6 +1,7 @@
 //! What a run keeps: only what was trained. The featurizer and heads go to `heads.safetensors`
 //! (names are module paths, e.g. `ctc.proj.weight`); LoRA goes to `adapter_model.safetensors` +
-//! `adapter_config.json` in Hugging Face peft's format, loadable by peft on the same base model.
+//! `adapter_config.json` in Hugging Face peft's format, loadable by peft on the same base model;
+//! bottleneck adapters to `adapters.safetensors` (`encoder.layers.{i}.adapter_ffn.down.weight`, ...).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -52,6 +53,14 @@ pub fn save(dir: &Path, model: &TaskModel, cfg: &RunConfig, upstream_prefix: &st
     }
     let meta = HashMap::from([("format".to_string(), "speechtune-heads".to_string())]);
     write_safetensors(&dir.join("heads.safetensors"), &heads, meta)?;
+    if let MethodConfig::Adapter(_) = &cfg.method {
+        let mut state = Vec::new();
+        for (name, a) in model.upstream.adapters() {
+            state.extend(named_parameters(a, &name));
+        }
+        let meta = HashMap::from([("format".to_string(), "speechtune-adapters".to_string())]);
+        write_safetensors(&dir.join("adapters.safetensors"), &state, meta)?;
+    }
     if let MethodConfig::Lora(l) = &cfg.method {
         let state = model.upstream.lora_state(upstream_prefix);
         write_safetensors(

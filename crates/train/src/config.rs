@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use speechtune_data::BatchPlan;
 use speechtune_data::text::TextNorm;
-use speechtune_peft::LoraConfig;
+use speechtune_peft::{AdapterConfig, LoraConfig};
 
 use crate::schedule::Schedule;
 use crate::{Error, Result};
@@ -49,6 +49,9 @@ pub enum MethodConfig {
     Frozen,
     /// LoRA on the targeted projections (peft's field names).
     Lora(LoraConfig),
+    /// Bottleneck adapters: `placement` houlsby (after attention and FFN) or pfeiffer (after
+    /// FFN), `reduction_factor`.
+    Adapter(AdapterConfig),
     /// Every upstream weight trains, except the CNN feature encoder when `freeze_cnn`.
     Full {
         #[serde(default = "yes")]

@@ -39,12 +39,15 @@ impl TaskModel {
         device: &Device,
     ) -> Result<Self> {
         let mut upstream = match &cfg.method {
-            MethodConfig::Frozen | MethodConfig::Lora(_) => upstream.no_grad(),
+            MethodConfig::Frozen | MethodConfig::Lora(_) | MethodConfig::Adapter(_) => upstream.no_grad(),
             MethodConfig::Full { .. } => upstream,
         };
         match &cfg.method {
             MethodConfig::Lora(l) => {
                 upstream.attach_lora(l, device)?;
+            }
+            MethodConfig::Adapter(a) => {
+                upstream.attach_adapters(a, device);
             }
             MethodConfig::Full { freeze_cnn: true } => {
                 if let UpstreamModel::Ssl(m) = &mut upstream {

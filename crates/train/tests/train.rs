@@ -58,9 +58,12 @@ fn every_task_and_method_trains() {
     mini_corpus(tmp.path());
     let mut trainable_by_method = std::collections::BTreeMap::new();
     for task in ["asr", "lid", "joint_asr_lid", "ctc_plus_lid"] {
-        for (name, method) in
-            [("frozen", "kind = \"frozen\""), ("lora", "kind = \"lora\"\nr = 4"), ("full", "kind = \"full\"")]
-        {
+        for (name, method) in [
+            ("frozen", "kind = \"frozen\""),
+            ("lora", "kind = \"lora\"\nr = 4"),
+            ("full", "kind = \"full\""),
+            ("adapter", "kind = \"adapter\"\nreduction_factor = 8"),
+        ] {
             let out = tmp.path().join(format!("run-{task}-{name}"));
             let s = train(&config(tmp.path(), &out, task, method), false)
                 .unwrap_or_else(|e| panic!("{task} × {name}: {e}"));
@@ -74,6 +77,9 @@ fn every_task_and_method_trains() {
             let mut files = vec!["config.toml", "vocab.json", "metrics.jsonl", "summary.json", "heads.safetensors"];
             if name == "lora" {
                 files.extend(["adapter_model.safetensors", "adapter_config.json"]);
+            }
+            if name == "adapter" {
+                files.push("adapters.safetensors");
             }
             for f in files {
                 assert!(out.join(f).is_file(), "{task} × {name}: {f}");
@@ -93,10 +99,12 @@ fn every_task_and_method_trains() {
     }
     // Per task: frozen < LoRA < full, and full leaves the CNN (7 × 64-channel convs + norms) out.
     for (task, rows) in trainable_by_method {
-        let (frozen, lora, full) = (rows[0].1, rows[1].1, rows[2].1);
+        let (frozen, lora, full, adapter) = (rows[0].1, rows[1].1, rows[2].1, rows[3].1);
         assert!(frozen < lora && lora < full && full < rows[2].2, "{task}: {rows:?}");
         // LoRA r=4 on q and v of 4 layers of width 128: 4 × 2 × (128×4 + 4×128).
         assert_eq!(lora - frozen, 4 * 2 * (128 * 4 + 4 * 128), "{task}");
+        // Houlsby adapters, 2 per layer, 128 → 16 → 128 with biases.
+        assert_eq!(adapter - frozen, 4 * 2 * (128 * 16 + 16 + 16 * 128 + 128), "{task}");
     }
 }
 

@@ -3,7 +3,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 
-use speechtune_peft::Proj;
+use speechtune_peft::{Bottleneck, Proj, adapt};
 
 use super::attention::Attention;
 use crate::Result;
@@ -103,6 +103,9 @@ pub struct EncoderLayer {
     pub intermediate_dense: Proj,
     pub output_dense: Proj,
     pub final_layer_norm: LayerNorm,
+    /// Bottleneck adapters on the attention and feed-forward outputs (PEFT; None when loaded).
+    pub adapter_attn: Option<Bottleneck>,
+    pub adapter_ffn: Option<Bottleneck>,
 }
 
 impl EncoderLayer {
@@ -118,12 +121,13 @@ impl EncoderLayer {
         stable: bool,
         act: Activation,
     ) -> Tensor<3> {
+        let (aa, af) = (&self.adapter_attn, &self.adapter_ffn);
         if stable {
-            let x = x.clone() + self.attention.forward(self.layer_norm.forward(x), mask, bias);
-            x.clone() + self.feed_forward(self.final_layer_norm.forward(x), act)
+            let x = x.clone() + adapt(aa, self.attention.forward(self.layer_norm.forward(x), mask, bias));
+            x.clone() + adapt(af, self.feed_forward(self.final_layer_norm.forward(x), act))
         } else {
-            let x = self.layer_norm.forward(x.clone() + self.attention.forward(x, mask, bias));
-            self.final_layer_norm.forward(x.clone() + self.feed_forward(x, act))
+            let x = self.layer_norm.forward(x.clone() + adapt(aa, self.attention.forward(x, mask, bias)));
+            self.final_layer_norm.forward(x.clone() + adapt(af, self.feed_forward(x, act)))
         }
     }
 }
@@ -189,6 +193,8 @@ impl Encoder {
                     device,
                 )?,
                 final_layer_norm: LayerNorm::load(w, &format!("{p}.final_layer_norm"), d, eps, device)?,
+                adapter_attn: None,
+                adapter_ffn: None,
             });
         }
         Ok(Self {

@@ -7,7 +7,7 @@ use crate::config::WhisperConfig;
 use crate::layers::{Activation, Conv1d, LayerNorm, load_proj};
 use crate::weights::Weights;
 use crate::{Error, Result};
-use speechtune_peft::Proj;
+use speechtune_peft::{Bottleneck, Proj, adapt};
 
 /// `WhisperForConditionalGeneration` / `WhisperModel` keep the encoder under `model.encoder.`
 /// or `encoder.`; `WhisperForAudioClassification` under `encoder.`.
@@ -26,6 +26,9 @@ pub struct WhisperLayer {
     pub fc1: Proj,
     pub fc2: Proj,
     pub heads: usize,
+    /// Bottleneck adapters on the attention and feed-forward outputs (PEFT; None when loaded).
+    pub adapter_attn: Option<Bottleneck>,
+    pub adapter_ffn: Option<Bottleneck>,
 }
 
 impl WhisperLayer {
@@ -41,9 +44,9 @@ impl WhisperLayer {
     }
 
     fn forward(&self, x: Tensor<3>, act: Activation) -> Tensor<3> {
-        let x = x.clone() + self.attention(self.self_attn_layer_norm.forward(x));
+        let x = x.clone() + adapt(&self.adapter_attn, self.attention(self.self_attn_layer_norm.forward(x)));
         let y = self.fc2.forward(act.forward(self.fc1.forward(self.final_layer_norm.forward(x.clone()))));
-        x + y
+        x + adapt(&self.adapter_ffn, y)
     }
 }
 
@@ -78,6 +81,8 @@ impl WhisperEncoder {
                 fc1: load_proj(w, &format!("{p}.fc1"), d, f, true, device)?,
                 fc2: load_proj(w, &format!("{p}.fc2"), f, d, true, device)?,
                 heads: cfg.encoder_attention_heads,
+                adapter_attn: None,
+                adapter_ffn: None,
             });
         }
         let embed = w.tensor("embed_positions.weight", [cfg.max_source_positions, d], device)?;
