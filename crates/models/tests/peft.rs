@@ -42,14 +42,31 @@ fn max_diff(a: &UpstreamOutput, b: &UpstreamOutput) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// A fixture's upstream with every pretrained weight frozen, and its test waveform.
+fn frozen(name: &str, device: &Device) -> (Upstream, Vec<f32>) {
+    let dir = fixtures().join(name);
+    let wave = reference(&dir.join("reference.safetensors"))["single.raw"].1.clone();
+    let mut up = Upstream::load(&dir, device).unwrap();
+    up.model = up.model.no_grad();
+    (up, wave)
+}
+
+/// One AdamW step on a loss over the last hidden state; returns the parameters it changed.
+fn one_step(up: &mut Upstream, wave: &[f32], device: &Device) -> Vec<ParamId> {
+    let before = snapshot(&up.model);
+    let loss = run(up, wave, device).hidden_states.last().unwrap().clone().powf_scalar(2.0).mean();
+    let grads = GradientsParams::from_grads(loss.backward(), &up.model);
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8).init();
+    up.model = optim.step(1e-2, up.model.clone(), grads);
+    let after = snapshot(&up.model);
+    before.keys().filter(|id| before[*id] != after[*id]).copied().collect()
+}
+
 #[test]
 fn lora_invariants() {
     let device = Device::flex().autodiff();
     for name in MODELS {
-        let dir = fixtures().join(name);
-        let wave = reference(&dir.join("reference.safetensors"))["single.raw"].1.clone();
-        let mut up = Upstream::load(&dir, &device).unwrap();
-        up.model = up.model.no_grad();
+        let (mut up, wave) = frozen(name, &device);
         let plain = run(&up, &wave, &device);
 
         let cfg = LoraConfig { r: 4, lora_alpha: 8.0, ..LoraConfig::default() };
@@ -57,16 +74,9 @@ fn lora_invariants() {
         assert_eq!(attached.len(), 4, "{name}: q and v in 2 layers: {attached:?}");
         assert_eq!(max_diff(&plain, &run(&up, &wave, &device)), 0.0, "{name}: LoRA changes the output at init");
 
-        // One AdamW step on a loss over the last hidden state.
-        let before = snapshot(&up.model);
         let lora_ids: Vec<ParamId> =
             up.model.projections().iter().filter_map(|p| p.lora.as_ref()).flat_map(|l| [l.a.id, l.b.id]).collect();
-        let loss = run(&up, &wave, &device).hidden_states.last().unwrap().clone().powf_scalar(2.0).mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &up.model);
-        let mut optim = AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8).init();
-        up.model = optim.step(1e-2, up.model, grads);
-        let after = snapshot(&up.model);
-        let changed: Vec<&ParamId> = before.keys().filter(|id| before[*id] != after[*id]).collect();
+        let changed = one_step(&mut up, &wave, &device);
         assert!(!changed.is_empty(), "{name}: nothing trained");
         assert!(changed.iter().all(|id| lora_ids.contains(id)), "{name}: a frozen parameter changed");
         let trained = run(&up, &wave, &device);
@@ -80,7 +90,7 @@ fn lora_invariants() {
                 && state[0].0.ends_with(".lora_A.weight")
         );
         let map: HashMap<String, (Vec<usize>, Vec<f32>)> = state.into_iter().map(|(n, s, v)| (n, (s, v))).collect();
-        let mut fresh = Upstream::load(&dir, &device).unwrap();
+        let mut fresh = Upstream::load(&fixtures().join(name), &device).unwrap();
         fresh.model.attach_lora(&cfg, &device).unwrap();
         fresh.model.load_lora_state(&fresh.prefix.clone(), &map).unwrap();
         assert_eq!(max_diff(&trained, &run(&fresh, &wave, &device)), 0.0, "{name}: save/load round trip");
@@ -116,17 +126,13 @@ fn adapter_invariants() {
     use speechtune_peft::{AdapterConfig, Placement};
     let device = Device::flex().autodiff();
     for name in MODELS {
-        let dir = fixtures().join(name);
-        let wave = reference(&dir.join("reference.safetensors"))["single.raw"].1.clone();
-        let mut up = Upstream::load(&dir, &device).unwrap();
-        up.model = up.model.no_grad();
+        let (mut up, wave) = frozen(name, &device);
         let plain = run(&up, &wave, &device);
         let pfeiffer = AdapterConfig { placement: Placement::Pfeiffer, reduction_factor: 4 };
         assert_eq!(up.model.clone().attach_adapters(&pfeiffer, &device), 2, "{name}: one per layer");
         let cfg = AdapterConfig { placement: Placement::Houlsby, reduction_factor: 4 };
         assert_eq!(up.model.attach_adapters(&cfg, &device), 4, "{name}: two per layer");
         assert_eq!(max_diff(&plain, &run(&up, &wave, &device)), 0.0, "{name}: adapters change the output at init");
-        let before = snapshot(&up.model);
         let adapter_ids: Vec<ParamId> = up
             .model
             .adapters()
@@ -135,12 +141,7 @@ fn adapter_invariants() {
                 [a.down.weight.id, a.up.weight.id, a.down.bias.as_ref().unwrap().id, a.up.bias.as_ref().unwrap().id]
             })
             .collect();
-        let loss = run(&up, &wave, &device).hidden_states.last().unwrap().clone().powf_scalar(2.0).mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &up.model);
-        let mut optim = AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8).init();
-        up.model = optim.step(1e-2, up.model, grads);
-        let after = snapshot(&up.model);
-        let changed: Vec<&ParamId> = before.keys().filter(|id| before[*id] != after[*id]).collect();
+        let changed = one_step(&mut up, &wave, &device);
         assert!(
             !changed.is_empty() && changed.iter().all(|id| adapter_ids.contains(id)),
             "{name}: {} changed",
