@@ -2,6 +2,7 @@
 //! wav2vec2 (base and large/XLS-R layouts), HuBERT, data2vec-audio, WavLM and the Whisper encoder.
 //! Every hidden state matches transformers' `output_hidden_states` (see `tests/parity.rs`).
 
+pub mod augment;
 pub mod config;
 mod device;
 mod error;
@@ -9,10 +10,12 @@ pub mod frontend;
 pub mod layers;
 pub mod peft;
 pub mod ssl;
+pub mod state;
 mod upstream;
 pub mod weights;
 pub mod whisper;
 
+pub use augment::{AugmentConfig, Perturb};
 pub use burn;
 pub use config::{ModelConfig, SUPPORTED_MODEL_TYPES};
 pub use device::parse_device;

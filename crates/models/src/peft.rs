@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use speechtune_peft::{AdapterConfig, Bottleneck, LoraConfig, LoraLayer, Placement, Proj};
+use speechtune_peft::{
+    AdapterConfig, Bottleneck, ConvAdapter, ConvAdapterConfig, LoraConfig, LoraLayer, Placement, Prefix, PrefixConfig,
+    Proj,
+};
 
 use crate::upstream::UpstreamModel;
 use crate::{Error, Result};
@@ -27,6 +30,14 @@ fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     t
+}
+
+/// Where a transformer layer takes PEFT modules.
+struct Slots<'a> {
+    adapter_attn: &'a mut Option<Bottleneck>,
+    adapter_ffn: &'a mut Option<Bottleneck>,
+    conv_adapter: &'a mut Option<ConvAdapter>,
+    prefix: &'a mut Option<Prefix>,
 }
 
 impl UpstreamModel {
@@ -97,26 +108,77 @@ impl UpstreamModel {
         Ok(names)
     }
 
+    /// The PEFT slots of every transformer layer, in order.
+    fn slots(&mut self) -> Vec<Slots<'_>> {
+        match self {
+            UpstreamModel::Ssl(m) => m
+                .encoder
+                .layers
+                .iter_mut()
+                .map(|l| Slots {
+                    adapter_attn: &mut l.adapter_attn,
+                    adapter_ffn: &mut l.adapter_ffn,
+                    conv_adapter: &mut l.conv_adapter,
+                    prefix: &mut l.attention.prefix,
+                })
+                .collect(),
+            UpstreamModel::Whisper(m) => m
+                .layers
+                .iter_mut()
+                .map(|l| Slots {
+                    adapter_attn: &mut l.adapter_attn,
+                    adapter_ffn: &mut l.adapter_ffn,
+                    conv_adapter: &mut l.conv_adapter,
+                    prefix: &mut l.prefix,
+                })
+                .collect(),
+        }
+    }
+
     /// Add bottleneck adapters to every transformer layer (Houlsby: after attention and FFN;
     /// Pfeiffer: after FFN); returns how many were added.
     pub fn attach_adapters(&mut self, cfg: &AdapterConfig, device: &Device) -> usize {
         let d = self.hidden_size();
         let houlsby = cfg.placement == Placement::Houlsby;
         let mut n = 0;
-        let mut add = |attn: &mut Option<Bottleneck>, ffn: &mut Option<Bottleneck>| {
+        for s in self.slots() {
             if houlsby {
-                *attn = Some(Bottleneck::new(d, cfg, device));
+                *s.adapter_attn = Some(Bottleneck::new(d, cfg, device));
                 n += 1;
             }
-            *ffn = Some(Bottleneck::new(d, cfg, device));
+            *s.adapter_ffn = Some(Bottleneck::new(d, cfg, device));
             n += 1;
-        };
-        match self {
-            UpstreamModel::Ssl(m) => {
-                m.encoder.layers.iter_mut().for_each(|l| add(&mut l.adapter_attn, &mut l.adapter_ffn))
-            }
-            UpstreamModel::Whisper(m) => m.layers.iter_mut().for_each(|l| add(&mut l.adapter_attn, &mut l.adapter_ffn)),
         }
+        n
+    }
+
+    /// Add a ConvAdapter after the feed-forward block of every transformer layer; returns how
+    /// many were added.
+    pub fn attach_conv_adapters(&mut self, cfg: &ConvAdapterConfig, device: &Device) -> usize {
+        let d = self.hidden_size();
+        let slots = self.slots();
+        let n = slots.len();
+        for s in slots {
+            *s.conv_adapter = Some(ConvAdapter::new(d, cfg, device));
+        }
+        n
+    }
+
+    /// Give every attention layer a learned key/value prefix; returns how many were added.
+    pub fn attach_prefixes(&mut self, cfg: &PrefixConfig, device: &Device) -> usize {
+        let d = self.hidden_size();
+        let slots = self.slots();
+        let n = slots.len();
+        for s in slots {
+            *s.prefix = Some(Prefix::new(d, cfg, device));
+        }
+        n
+    }
+
+    /// BitFit: freeze everything but the bias terms; returns how many bias values train.
+    pub fn train_biases_only(&mut self) -> usize {
+        let (m, n) = speechtune_peft::bitfit::train_biases(self.clone());
+        *self = m;
         n
     }
 

@@ -7,6 +7,7 @@ use burn::module::Module;
 use burn::prelude::*;
 
 use crate::Result;
+use crate::augment::Perturb;
 use crate::config::ModelConfig;
 use crate::frontend::{FrontEnd, ModelInput};
 use crate::ssl::{self, SslModel};
@@ -34,19 +35,25 @@ pub struct UpstreamOutput {
 impl UpstreamModel {
     /// Run on a prepared batch.
     pub fn forward(&self, input: ModelInput) -> Result<UpstreamOutput> {
+        self.forward_perturbed(input, None)
+    }
+
+    /// Run with training-time masking and LayerDrop drawn from `perturb`.
+    pub fn forward_perturbed(&self, input: ModelInput, perturb: Option<&mut Perturb>) -> Result<UpstreamOutput> {
         match (self, input) {
             (UpstreamModel::Ssl(m), ModelInput::Waveform { samples, lengths }) => {
                 let features = m.extract_features(samples);
                 let frames = features.dims()[1];
                 let frame_lengths: Vec<usize> = lengths.iter().map(|&l| m.frames_for(l).min(frames)).collect();
                 let padded = frame_lengths.iter().any(|&l| l < frames);
-                let hidden_states = m.encode(features, padded.then_some(frame_lengths.as_slice()));
+                let hidden_states = m.encode(features, padded.then_some(frame_lengths.as_slice()), perturb);
                 Ok(UpstreamOutput { hidden_states, frame_lengths })
             }
             (UpstreamModel::Whisper(m), ModelInput::LogMel { features, lengths }) => {
                 let frames = features.dims()[2];
                 let unpadded = frames != m.expected_frames();
-                let hidden_states = m.forward(features, unpadded)?;
+                let mel_lengths: Vec<usize> = lengths.iter().map(|&l| l.div_ceil(160)).collect();
+                let hidden_states = m.forward_perturbed(features, unpadded, &mel_lengths, perturb)?;
                 let t = hidden_states[0].dims()[1];
                 let frame_lengths = lengths.iter().map(|&l| l.div_ceil(self.downsampling()).min(t)).collect();
                 Ok(UpstreamOutput { hidden_states, frame_lengths })

@@ -150,3 +150,117 @@ fn adapter_invariants() {
         assert!(max_diff(&plain, &run(&up, &wave, &device)) > 1e-4, "{name}: the step did not change the output");
     }
 }
+
+/// Ids of the parameters that require gradients.
+struct Trainable(Vec<ParamId>);
+
+impl ModuleVisitor for Trainable {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if param.val().is_require_grad() {
+            self.0.push(param.id);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    ConvAdapter,
+    Prefix,
+    PrefixMlp,
+    Bitfit,
+}
+
+impl Method {
+    /// Attach to a frozen upstream; returns how many modules (or bias values) were added.
+    fn attach(self, up: &mut Upstream, device: &Device) -> usize {
+        use speechtune_peft::{ConvAdapterConfig, PrefixConfig};
+        let prefix = |mlp| PrefixConfig { num_virtual_tokens: 3, prefix_projection: mlp, encoder_hidden_size: 16 };
+        match self {
+            Method::ConvAdapter => up.model.attach_conv_adapters(&ConvAdapterConfig::default(), device),
+            Method::Prefix => up.model.attach_prefixes(&prefix(false), device),
+            Method::PrefixMlp => up.model.attach_prefixes(&prefix(true), device),
+            Method::Bitfit => up.model.train_biases_only(),
+        }
+    }
+
+    /// Whether a trainable parameter's path belongs to the method.
+    fn owns(self, path: &str) -> bool {
+        match self {
+            Method::ConvAdapter => path.contains(".conv_adapter."),
+            Method::Prefix | Method::PrefixMlp => path.contains(".prefix."),
+            Method::Bitfit => path.ends_with(".bias"),
+        }
+    }
+
+    fn identity_at_init(self) -> bool {
+        matches!(self, Method::ConvAdapter | Method::Bitfit)
+    }
+}
+
+#[test]
+fn conv_adapter_prefix_and_bitfit_invariants() {
+    use speechtune_models::state::{load_named, named_parameters};
+    let device = Device::flex().autodiff();
+    for name in MODELS {
+        for method in [Method::ConvAdapter, Method::Prefix, Method::PrefixMlp, Method::Bitfit] {
+            let what = format!("{name} / {method:?}");
+            let (mut up, wave) = frozen(name, &device);
+            let plain = run(&up, &wave, &device);
+            let added = method.attach(&mut up, &device);
+            match method {
+                Method::Bitfit => assert!(added > 100, "{what}: only {added} bias values train"),
+                _ => assert_eq!(added, 2, "{what}: one per layer"),
+            }
+            let at_init = max_diff(&plain, &run(&up, &wave, &device));
+            if method.identity_at_init() {
+                assert_eq!(at_init, 0.0, "{what}: output changed at init");
+            } else {
+                assert!(at_init > 0.0, "{what}: a prefix must change attention");
+            }
+
+            let trainable = named_parameters(&up.model, "", true);
+            assert!(!trainable.is_empty(), "{what}: nothing trainable");
+            for (path, _, _) in &trainable {
+                assert!(method.owns(path), "{what}: {path} trains but is not the method's");
+            }
+            if let Method::Bitfit = method {
+                assert_eq!(trainable.iter().map(|(_, s, _)| s.iter().product::<usize>()).sum::<usize>(), added);
+            }
+            let mut ids = Trainable(Vec::new());
+            up.model.visit(&mut ids);
+            let before = run(&up, &wave, &device);
+            let changed = one_step(&mut up, &wave, &device);
+            assert!(!changed.is_empty(), "{what}: nothing trained");
+            assert!(changed.iter().all(|id| ids.0.contains(id)), "{what}: a frozen parameter changed");
+            let trained = run(&up, &wave, &device);
+            assert!(max_diff(&before, &trained) > 1e-5, "{what}: the step did not change the output");
+
+            // Save → load into a model built the same way (fresh random method weights).
+            let state: HashMap<String, (Vec<usize>, Vec<f32>)> =
+                named_parameters(&up.model, "", true).into_iter().map(|(n, s, v)| (n, (s, v))).collect();
+            let (mut fresh, _) = frozen(name, &device);
+            method.attach(&mut fresh, &device);
+            if !matches!(method, Method::Bitfit) {
+                assert!(max_diff(&trained, &run(&fresh, &wave, &device)) > 0.0, "{what}: fresh model already equal");
+            }
+            fresh.model = load_named(fresh.model, "", &state, std::path::Path::new("state")).unwrap();
+            assert_eq!(max_diff(&trained, &run(&fresh, &wave, &device)), 0.0, "{what}: save/load round trip");
+        }
+    }
+}
+
+#[test]
+fn loading_state_into_a_differently_built_model_names_the_tensor() {
+    use speechtune_models::state::load_named;
+    let device = Device::flex();
+    let (up, _) = frozen("wav2vec2-base", &device);
+    let bad: HashMap<String, (Vec<usize>, Vec<f32>)> = [
+        ("Ssl.encoder.layers.0.conv_adapter.up.bias".to_string(), (vec![3], vec![0.0; 3])),
+        ("Ssl.projection.bias".to_string(), (vec![2], vec![0.0; 2])),
+    ]
+    .into();
+    let e = load_named(up.model, "", &bad, std::path::Path::new("run/upstream.safetensors")).unwrap_err().to_string();
+    assert!(e.contains("run/upstream.safetensors"), "{e}");
+    assert!(e.contains("Ssl.projection.bias has shape [2], the model expects [32]"), "{e}");
+    assert!(e.contains("conv_adapter.up.bias"), "{e}");
+}

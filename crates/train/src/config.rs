@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use speechtune_data::BatchPlan;
 use speechtune_data::text::TextNorm;
-use speechtune_peft::{AdapterConfig, LoraConfig};
+use speechtune_peft::{AdapterConfig, ConvAdapterConfig, LoraConfig, PrefixConfig};
 
 use crate::schedule::Schedule;
 use crate::{Error, Result};
@@ -52,11 +52,37 @@ pub enum MethodConfig {
     /// Bottleneck adapters: `placement` houlsby (after attention and FFN) or pfeiffer (after
     /// FFN), `reduction_factor`.
     Adapter(AdapterConfig),
-    /// Every upstream weight trains, except the CNN feature encoder when `freeze_cnn`.
+    /// ConvAdapter after every feed-forward block (`reduction_factor`, `se_reduction`).
+    ConvAdapter(ConvAdapterConfig),
+    /// Learned key/value prefixes in every attention layer (`num_virtual_tokens`,
+    /// `prefix_projection`, `encoder_hidden_size`).
+    Prefix(PrefixConfig),
+    /// Only the upstream's bias terms train.
+    Bitfit,
+    /// Every upstream weight trains, except the CNN feature encoder when `freeze_cnn`. For the
+    /// first `freeze_finetune_updates` updates only the featurizer and heads train (fairseq's
+    /// option of that name).
     Full {
         #[serde(default = "yes")]
         freeze_cnn: bool,
+        #[serde(default)]
+        freeze_finetune_updates: usize,
     },
+}
+
+impl MethodConfig {
+    /// The name used in configs (`kind = ...`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            MethodConfig::Frozen => "frozen",
+            MethodConfig::Lora(_) => "lora",
+            MethodConfig::Adapter(_) => "adapter",
+            MethodConfig::ConvAdapter(_) => "conv_adapter",
+            MethodConfig::Prefix(_) => "prefix",
+            MethodConfig::Bitfit => "bitfit",
+            MethodConfig::Full { .. } => "full",
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -39,22 +39,31 @@ impl TaskModel {
         device: &Device,
     ) -> Result<Self> {
         let mut upstream = match &cfg.method {
-            MethodConfig::Frozen | MethodConfig::Lora(_) | MethodConfig::Adapter(_) => upstream.no_grad(),
             MethodConfig::Full { .. } => upstream,
+            _ => upstream.no_grad(),
         };
         match &cfg.method {
+            MethodConfig::Frozen => {}
             MethodConfig::Lora(l) => {
                 upstream.attach_lora(l, device)?;
             }
             MethodConfig::Adapter(a) => {
                 upstream.attach_adapters(a, device);
             }
-            MethodConfig::Full { freeze_cnn: true } => {
-                if let UpstreamModel::Ssl(m) = &mut upstream {
+            MethodConfig::ConvAdapter(c) => {
+                upstream.attach_conv_adapters(c, device);
+            }
+            MethodConfig::Prefix(p) => {
+                upstream.attach_prefixes(p, device);
+            }
+            MethodConfig::Bitfit => {
+                upstream.train_biases_only();
+            }
+            MethodConfig::Full { freeze_cnn, .. } => {
+                if let (true, UpstreamModel::Ssl(m)) = (freeze_cnn, &mut upstream) {
                     m.feature_encoder = m.feature_encoder.clone().no_grad();
                 }
             }
-            _ => {}
         }
         let d = upstream.hidden_size();
         let n_hidden = upstream.num_layers() + 1;

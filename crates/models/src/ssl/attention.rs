@@ -7,7 +7,7 @@ use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Int, TensorData};
 
 use crate::Result;
-use speechtune_peft::Proj;
+use speechtune_peft::{Prefix, Proj};
 
 use crate::layers::{load_linear, load_proj};
 use crate::weights::Weights;
@@ -78,6 +78,8 @@ pub struct Attention {
     pub v_proj: Proj,
     pub out_proj: Proj,
     pub rel: Option<RelativePositionGate>,
+    /// Learned key/value prefix (PEFT prefix tuning; None when loaded).
+    pub prefix: Option<Prefix>,
     pub heads: usize,
 }
 
@@ -127,6 +129,7 @@ impl Attention {
             v_proj: load_proj(w, &format!("{path}.v_proj"), dim, dim, true, device)?,
             out_proj: load_proj(w, &format!("{path}.out_proj"), dim, dim, true, device)?,
             rel,
+            prefix: None,
             heads,
         })
     }
@@ -141,17 +144,26 @@ impl Attention {
         let q = split(self.q_proj.forward(x.clone())) * (hd as f64).powf(-0.5);
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x.clone()));
+        let (k, v) = match &self.prefix {
+            Some(p) => p.extend(k, v),
+            None => (k, v),
+        };
+        // Prefix keys carry no position bias and are never masked.
+        let widen = |m: Tensor<4>| match &self.prefix {
+            Some(p) => p.widen(m),
+            None => m,
+        };
         let mut scores = q.matmul(k.swap_dims(2, 3));
         if let Some(rel) = &self.rel {
             if position_bias.is_none() {
                 *position_bias = rel.position_bias(t, &x.device());
             }
             if let Some(bias) = position_bias.as_ref() {
-                scores = scores + rel.gate(x, h) * bias.clone();
+                scores = scores + widen(rel.gate(x, h) * bias.clone());
             }
         }
         if let Some(m) = mask {
-            scores = scores + m;
+            scores = scores + widen(m);
         }
         let ctx = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, d]);
         self.out_proj.forward(ctx)

@@ -3,7 +3,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 
-use speechtune_peft::{Bottleneck, Proj, adapt};
+use speechtune_peft::{Bottleneck, ConvAdapter, Proj, adapt, conv_adapt};
 
 use super::attention::Attention;
 use crate::Result;
@@ -106,11 +106,14 @@ pub struct EncoderLayer {
     /// Bottleneck adapters on the attention and feed-forward outputs (PEFT; None when loaded).
     pub adapter_attn: Option<Bottleneck>,
     pub adapter_ffn: Option<Bottleneck>,
+    /// ConvAdapter after the feed-forward block (PEFT; None when loaded).
+    pub conv_adapter: Option<ConvAdapter>,
 }
 
 impl EncoderLayer {
     fn feed_forward(&self, x: Tensor<3>, act: Activation) -> Tensor<3> {
-        self.output_dense.forward(act.forward(self.intermediate_dense.forward(x)))
+        let y = self.output_dense.forward(act.forward(self.intermediate_dense.forward(x)));
+        conv_adapt(&self.conv_adapter, adapt(&self.adapter_ffn, y))
     }
 
     fn forward(
@@ -121,13 +124,13 @@ impl EncoderLayer {
         stable: bool,
         act: Activation,
     ) -> Tensor<3> {
-        let (aa, af) = (&self.adapter_attn, &self.adapter_ffn);
+        let aa = &self.adapter_attn;
         if stable {
             let x = x.clone() + adapt(aa, self.attention.forward(self.layer_norm.forward(x), mask, bias));
-            x.clone() + adapt(af, self.feed_forward(self.final_layer_norm.forward(x), act))
+            x.clone() + self.feed_forward(self.final_layer_norm.forward(x), act)
         } else {
             let x = self.layer_norm.forward(x.clone() + adapt(aa, self.attention.forward(x, mask, bias)));
-            self.final_layer_norm.forward(x.clone() + adapt(af, self.feed_forward(x, act)))
+            self.final_layer_norm.forward(x.clone() + self.feed_forward(x, act))
         }
     }
 }
@@ -195,6 +198,7 @@ impl Encoder {
                 final_layer_norm: LayerNorm::load(w, &format!("{p}.final_layer_norm"), d, eps, device)?,
                 adapter_attn: None,
                 adapter_ffn: None,
+                conv_adapter: None,
             });
         }
         Ok(Self {
@@ -209,7 +213,8 @@ impl Encoder {
 
     /// Every hidden state as `output_hidden_states` returns them: the transformer input first,
     /// then each layer's output (the last one after the final norm in the stable layout).
-    pub fn forward(&self, x: Tensor<3>, lengths: Option<&[usize]>) -> Vec<Tensor<3>> {
+    /// Layers marked in `skip` pass their input through (LayerDrop).
+    pub fn forward(&self, x: Tensor<3>, lengths: Option<&[usize]>, skip: &[bool]) -> Vec<Tensor<3>> {
         let [_, t, _] = x.dims();
         let device = x.device();
         let (x, mask) = match lengths {
@@ -222,9 +227,11 @@ impl Encoder {
         }
         let mut hidden = Vec::with_capacity(self.layers.len() + 1);
         let mut bias = None;
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             hidden.push(x.clone());
-            x = layer.forward(x, mask.clone(), &mut bias, self.stable, self.hidden_activation);
+            if !skip.get(i).copied().unwrap_or(false) {
+                x = layer.forward(x, mask.clone(), &mut bias, self.stable, self.hidden_activation);
+            }
         }
         if self.stable {
             x = self.layer_norm.forward(x);

@@ -13,6 +13,7 @@ pub use encoder::{Encoder, EncoderLayer, PosConv};
 pub use feature_encoder::{FeatureEncoder, output_length};
 
 use crate::Result;
+use crate::augment::Perturb;
 use crate::config::SslConfig;
 use crate::layers::{LayerNorm, load_linear};
 use crate::weights::Weights;
@@ -63,13 +64,39 @@ impl SslModel {
         self.feature_encoder.forward(samples).swap_dims(1, 2)
     }
 
-    /// Project CNN features and run the transformer; returns every hidden state.
-    pub fn encode(&self, features: Tensor<3>, frame_lengths: Option<&[usize]>) -> Vec<Tensor<3>> {
+    /// Project CNN features and run the transformer; returns every hidden state. `perturb`
+    /// masks the transformer input and drops layers (training only).
+    pub fn encode(
+        &self,
+        features: Tensor<3>,
+        frame_lengths: Option<&[usize]>,
+        perturb: Option<&mut Perturb>,
+    ) -> Vec<Tensor<3>> {
         let x = match &self.feature_norm {
             Some(norm) => norm.forward(features),
             None => features,
         };
-        self.encoder.forward(self.projection.forward(x), frame_lengths)
+        let mut x = self.projection.forward(x);
+        let mut skip = Vec::new();
+        if let Some(p) = perturb {
+            let [b, t, d] = x.dims();
+            let device = x.device();
+            let lengths = frame_lengths.map(|l| l.to_vec()).unwrap_or_else(|| vec![t; b]);
+            // transformers' _mask_hidden_states: masked frames become masked_spec_embed (zeros
+            // for checkpoints saved without it), masked channels zero.
+            if let Some(m) = p.time_mask(b, t, &lengths, &device) {
+                let embed = match &self.masked_spec_embed {
+                    Some(e) => e.val().reshape([1, 1, d]),
+                    None => Tensor::zeros([1, 1, d], &device),
+                };
+                x = x * (m.clone().neg() + 1.0) + m * embed;
+            }
+            if let Some(keep) = p.channel_keep(b, d, &device) {
+                x = x * keep;
+            }
+            skip = p.dropped_layers(self.encoder.layers.len());
+        }
+        self.encoder.forward(x, frame_lengths, &skip)
     }
 
     /// Frames produced for `samples` input samples.

@@ -3,11 +3,12 @@
 use burn::module::Param;
 use burn::prelude::*;
 
+use crate::augment::Perturb;
 use crate::config::WhisperConfig;
 use crate::layers::{Activation, Conv1d, LayerNorm, load_proj};
 use crate::weights::Weights;
 use crate::{Error, Result};
-use speechtune_peft::{Bottleneck, Proj, adapt};
+use speechtune_peft::{Bottleneck, ConvAdapter, Prefix, Proj, adapt, conv_adapt};
 
 /// `WhisperForConditionalGeneration` / `WhisperModel` keep the encoder under `model.encoder.`
 /// or `encoder.`; `WhisperForAudioClassification` under `encoder.`.
@@ -29,6 +30,10 @@ pub struct WhisperLayer {
     /// Bottleneck adapters on the attention and feed-forward outputs (PEFT; None when loaded).
     pub adapter_attn: Option<Bottleneck>,
     pub adapter_ffn: Option<Bottleneck>,
+    /// ConvAdapter after the feed-forward block (PEFT; None when loaded).
+    pub conv_adapter: Option<ConvAdapter>,
+    /// Learned key/value prefix (PEFT prefix tuning; None when loaded).
+    pub prefix: Option<Prefix>,
 }
 
 impl WhisperLayer {
@@ -39,6 +44,10 @@ impl WhisperLayer {
         let q = split(self.q_proj.forward(x.clone())) * (hd as f64).powf(-0.5);
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
+        let (k, v) = match &self.prefix {
+            Some(p) => p.extend(k, v),
+            None => (k, v),
+        };
         let p = burn::tensor::activation::softmax(q.matmul(k.swap_dims(2, 3)), 3);
         self.out_proj.forward(p.matmul(v).swap_dims(1, 2).reshape([b, t, d]))
     }
@@ -46,7 +55,7 @@ impl WhisperLayer {
     fn forward(&self, x: Tensor<3>, act: Activation) -> Tensor<3> {
         let x = x.clone() + adapt(&self.adapter_attn, self.attention(self.self_attn_layer_norm.forward(x)));
         let y = self.fc2.forward(act.forward(self.fc1.forward(self.final_layer_norm.forward(x.clone()))));
-        x + adapt(&self.adapter_ffn, y)
+        x + conv_adapt(&self.conv_adapter, adapt(&self.adapter_ffn, y))
     }
 }
 
@@ -83,6 +92,8 @@ impl WhisperEncoder {
                 heads: cfg.encoder_attention_heads,
                 adapter_attn: None,
                 adapter_ffn: None,
+                conv_adapter: None,
+                prefix: None,
             });
         }
         let embed = w.tensor("embed_positions.weight", [cfg.max_source_positions, d], device)?;
@@ -106,6 +117,31 @@ impl WhisperEncoder {
     /// `features`: `[batch, n_mels, frames]`. transformers requires exactly
     /// `expected_frames()`; with `unpadded` any frame count up to that is accepted (non-standard).
     pub fn forward(&self, features: Tensor<3>, unpadded: bool) -> Result<Vec<Tensor<3>>> {
+        self.forward_perturbed(features, unpadded, &[], None)
+    }
+
+    /// [`WhisperEncoder::forward`] with SpecAugment on the log-mel input (zeroed frames and mel
+    /// bins, as transformers' `_mask_input_features`) and LayerDrop; `lengths` in mel frames.
+    pub fn forward_perturbed(
+        &self,
+        features: Tensor<3>,
+        unpadded: bool,
+        lengths: &[usize],
+        perturb: Option<&mut Perturb>,
+    ) -> Result<Vec<Tensor<3>>> {
+        let mut features = features;
+        let mut skip = Vec::new();
+        if let Some(p) = perturb {
+            let [b, m, t] = features.dims();
+            let device = features.device();
+            if let Some(mask) = p.time_mask(b, t, lengths, &device) {
+                features = features * (mask.neg() + 1.0).swap_dims(1, 2);
+            }
+            if let Some(keep) = p.channel_keep(b, m, &device) {
+                features = features * keep.swap_dims(1, 2);
+            }
+            skip = p.dropped_layers(self.layers.len());
+        }
         let [_, mels, frames] = features.dims();
         if mels != self.num_mel_bins {
             return Err(Error::Input(format!("Whisper encoder expects {} mel bins, got {mels}", self.num_mel_bins)));
@@ -123,9 +159,11 @@ impl WhisperEncoder {
         let t = x.dims()[1];
         let mut x = x + self.embed_positions.val().narrow(0, 0, t).unsqueeze_dim(0);
         let mut hidden = Vec::with_capacity(self.layers.len() + 1);
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             hidden.push(x.clone());
-            x = layer.forward(x, self.activation);
+            if !skip.get(i).copied().unwrap_or(false) {
+                x = layer.forward(x, self.activation);
+            }
         }
         hidden.push(self.layer_norm.forward(x));
         Ok(hidden)
