@@ -36,7 +36,12 @@ pub fn run(args: Args) -> Result<()> {
     overrides.extend(args.overrides);
     let cfg = RunConfig::load(&path, &overrides)?;
     println!("speechtune demo: joint ASR + LID, LoRA r=8 on q/v, built-in tiny upstream (random weights), data/demo");
-    let summary = speechtune_train::train(&cfg, true).context("training the demo")?;
+    let opts = speechtune_train::TrainOptions { progress: true, resume: false };
+    if cfg.output_dir.join("checkpoints").is_dir() {
+        // The demo always starts over.
+        std::fs::remove_dir_all(&cfg.output_dir).with_context(|| format!("clearing {}", cfg.output_dir.display()))?;
+    }
+    let summary = speechtune_train::train(&cfg, &opts).context("training the demo")?;
     print!("{}", crate::train::report(&summary));
     let runs = vec![("demo".to_string(), summary.layer_weights.clone())];
     let csv = summary.run_dir.join("layer_weights.csv");

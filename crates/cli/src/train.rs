@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use speechtune_train::{RunConfig, RunSummary};
+use speechtune_train::{EvalReport, RunConfig, RunSummary, TrainOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -12,11 +12,16 @@ pub struct Args {
     /// Override a setting, e.g. --set train.lr=5e-4 --set method.r=16 (TOML values).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Continue the run in output_dir from its latest checkpoint (after a kill or a time limit).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = RunConfig::load(&args.config, &args.overrides)?;
-    let summary = speechtune_train::train(&cfg, true).with_context(|| format!("training {}", args.config.display()))?;
+    let opts = TrainOptions { progress: true, resume: args.resume };
+    let summary =
+        speechtune_train::train(&cfg, &opts).with_context(|| format!("training {}", args.config.display()))?;
     print!("{}", report(&summary));
     Ok(())
 }
@@ -24,39 +29,58 @@ pub fn run(args: Args) -> Result<()> {
 /// The end-of-run report.
 pub fn report(s: &RunSummary) -> String {
     let mut out = format!(
-        "run {}: {} steps in {:.0} s ({} skipped), {} of {} parameters trained ({:.2}%)\n",
+        "run {}: {} steps in {:.0} s ({} skipped{}{}), {} of {} parameters trained ({:.2}%)\n",
         s.run_dir.display(),
         s.steps,
         s.seconds,
         s.skipped_steps,
+        s.resumed_from.map(|r| format!(", resumed at step {r}")).unwrap_or_default(),
+        if s.stopped_early { ", stopped early" } else { "" },
         s.trainable_parameters,
         s.total_parameters,
         100.0 * s.trainable_parameters as f64 / s.total_parameters.max(1) as f64
     );
-    for (label, e) in [("start", &s.first), ("end", &s.last)] {
+    if s.unknown_characters > 0 {
         out += &format!(
-            "dev at {label} (step {}): CER {:.1}% (per-utterance mean {:.1}%), WER {:.1}%",
-            e.step,
-            100.0 * e.cer,
-            100.0 * e.cer_per_utterance,
-            100.0 * e.wer
-        );
-        if let Some(a) = e.lid_accuracy {
-            out += &format!(", LID accuracy {:.1}%, macro-F1 {:.3}", 100.0 * a, e.lid_macro_f1.unwrap_or(0.0));
-        }
-        out += "\n";
-    }
-    out += "per language at end (utterances, CER, LID accuracy):\n";
-    for (lang, (n, cer, acc)) in &s.last.per_language {
-        out += &format!(
-            "  {lang:<6} {n:>4}  {:>5.1}%  {}\n",
-            100.0 * cer,
-            acc.map(|a| format!("{:.1}%", 100.0 * a)).unwrap_or("-".into())
+            "{} characters outside the vocabulary were mapped to <unk>: {:?}\n",
+            s.unknown_characters, s.unknown_examples
         );
     }
+    for (label, e) in [("start", &s.first), ("end", &s.last), ("best", &s.best)] {
+        out += &format!("dev at {label} (step {}): {}\n", e.step, scores(e));
+    }
+    out += &format!("best checkpoint: {}\n", s.best_dir.display());
+    out += &per_language(&s.last);
     out += &format!(
         "layer weights: {:?}\n",
         s.layer_weights.iter().map(|w| (w * 1000.0).round() / 1000.0).collect::<Vec<_>>()
     );
+    out
+}
+
+/// One line of scores.
+pub fn scores(e: &EvalReport) -> String {
+    let mut parts = Vec::new();
+    if e.per_language.values().any(|l| l.cer.is_some()) {
+        parts.push(format!(
+            "CER {:.1}% (per-utterance mean {:.1}%), WER {:.1}%",
+            100.0 * e.cer,
+            100.0 * e.cer_per_utterance,
+            100.0 * e.wer
+        ));
+    }
+    if let Some(a) = e.accuracy {
+        parts.push(format!("accuracy {:.1}%, macro-F1 {:.3}", 100.0 * a, e.macro_f1.unwrap_or(0.0)));
+    }
+    parts.join(", ")
+}
+
+/// Per-language table: utterances, CER, WER, accuracy.
+pub fn per_language(e: &EvalReport) -> String {
+    let pct = |v: Option<f64>| v.map(|x| format!("{:.1}%", 100.0 * x)).unwrap_or_else(|| "-".into());
+    let mut out = "language  utts     CER     WER  accuracy\n".to_string();
+    for (lang, l) in &e.per_language {
+        out += &format!("{lang:<8} {:>5} {:>7} {:>7} {:>9}\n", l.utterances, pct(l.cer), pct(l.wer), pct(l.accuracy));
+    }
     out
 }

@@ -8,5 +8,8 @@ mod loss;
 pub mod metrics;
 
 pub use featurizer::Featurizer;
-pub use heads::{LinearHead, MeanPoolClassifier, SuperbDownstream, frame_mask};
+pub use heads::{
+    AttentiveStatsClassifier, Classifier, LinearHead, MeanPoolClassifier, ProjectorClassifier, SuperbDownstream,
+    frame_mask,
+};
 pub use loss::ctc_loss;

@@ -78,3 +78,36 @@ fn mean_pooling_ignores_padding_and_heads_have_the_right_shapes() {
     let ds = SuperbDownstream::new(8, 11, 0.0, &device);
     assert_eq!(ds.forward(t3(vec![0.5; 2 * 5 * 8], [2, 5, 8], &device), &[5, 3]).dims(), [2, 5, 11]);
 }
+
+#[test]
+fn every_classifier_ignores_padding() {
+    use speechtune_tasks::{AttentiveStatsClassifier, Classifier, ProjectorClassifier};
+    let device = Device::flex();
+    let heads = [
+        Classifier::Mean(MeanPoolClassifier::new(2, 3, &device)),
+        Classifier::AttentiveStats(AttentiveStatsClassifier::new(2, 3, &device)),
+        Classifier::Projector(ProjectorClassifier::new(2, 3, &device)),
+    ];
+    for head in heads {
+        let padded = vals(head.forward(t3(vec![1.0, 2.0, 3.0, 5.0, 100.0, -100.0], [1, 3, 2], &device), &[2]));
+        let exact = vals(head.forward(t3(vec![1.0, 2.0, 3.0, 5.0], [1, 2, 2], &device), &[2]));
+        assert_eq!(padded.len(), 3);
+        for (a, b) in padded.iter().zip(&exact) {
+            assert!((a - b).abs() < 1e-5, "{padded:?} vs {exact:?}");
+        }
+    }
+}
+
+#[test]
+fn attentive_stats_pooling_of_equal_weights_is_mean_and_std() {
+    use burn::module::Param;
+    use speechtune_tasks::AttentiveStatsClassifier;
+    let device = Device::flex();
+    let mut head = AttentiveStatsClassifier::new(1, 2, &device);
+    // A zero score layer weighs every frame equally; an identity output reads [mean, std].
+    head.score.weight = Param::from_tensor(Tensor::zeros([1, 1], &device));
+    head.out.weight = Param::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &device);
+    head.out.bias = Some(Param::from_tensor(Tensor::zeros([2], &device)));
+    let y = vals(head.forward(t3(vec![1.0, 3.0, 5.0, 7.0], [1, 4, 1], &device), &[4]));
+    assert!((y[0] - 4.0).abs() < 1e-5 && (y[1] - 5f32.sqrt()).abs() < 1e-4, "{y:?}");
+}

@@ -1,91 +1,209 @@
-//! What a run keeps: only what was trained. The featurizer and heads go to `heads.safetensors`
-//! (names are module paths, e.g. `ctc.proj.weight`); LoRA goes to `adapter_model.safetensors` +
-//! `adapter_config.json` in Hugging Face peft's format, loadable by peft on the same base model;
-//! bottleneck adapters to `adapters.safetensors` (`encoder.layers.{i}.adapter_ffn.down.weight`, ...).
+//! What a run keeps. A checkpoint folder holds only what was trained, plus what is needed to use
+//! it: the fully resolved `config.toml`, `vocab.json`, `classes.json`, `eval.json`,
+//! `heads.safetensors` (featurizer and heads, names are module paths such as `ctc.proj.weight`),
+//! and per method: `adapter_model.safetensors` + `adapter_config.json` for LoRA (Hugging Face
+//! peft's format, loadable by peft on the same base model), or `upstream.safetensors` (every
+//! upstream parameter that trained: adapters, prefixes, biases, or the fine-tuned weights).
+//! Resumable checkpoints add `resume/` (model and optimiser state in burn's burnpack format and
+//! the loop's position). Folders are written under a temporary name and renamed.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::prelude::*;
+use speechtune_data::Vocab;
+use speechtune_models::FrontEnd;
+use speechtune_models::state::{TensorMap, load_named, named_parameters, read_safetensors};
 use speechtune_models::weights::{write_atomic, write_safetensors};
 
-use crate::Result;
 use crate::config::{MethodConfig, RunConfig};
-use crate::model::TaskModel;
+use crate::eval::EvalReport;
+use crate::model::{TaskModel, load_upstream};
+use crate::{Error, Result};
 
-/// Every float parameter of a module with its dotted path.
-struct Named {
-    path: Vec<String>,
-    out: Vec<(String, Vec<usize>, Vec<f32>)>,
+pub const HEADS: &str = "heads.safetensors";
+pub const UPSTREAM: &str = "upstream.safetensors";
+pub const LORA: &str = "adapter_model.safetensors";
+
+fn json_file(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    Ok(write_atomic(path, text.as_bytes())?)
 }
 
-impl ModuleVisitor for Named {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let v = param.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
-        self.out.push((self.path.join("."), param.val().dims().to_vec(), v));
-    }
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Write { path: path.to_path_buf(), source }
 }
 
-/// `(path, shape, values)` of every parameter of `m`, paths prefixed by `prefix`.
-pub fn named_parameters<M: Module>(m: &M, prefix: &str) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let mut v = Named { path: vec![prefix.to_string()], out: Vec::new() };
-    m.visit(&mut v);
-    v.out
-}
-
-/// Write the trained parts of `model` into `dir`.
-pub fn save(dir: &Path, model: &TaskModel, cfg: &RunConfig, upstream_prefix: &str) -> Result<()> {
-    let mut heads = named_parameters(&model.featurizer, "featurizer");
+/// Write the trained parts of `model` and the files needed to use them into `dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn save_model(
+    dir: &Path,
+    model: &TaskModel,
+    cfg: &RunConfig,
+    vocab: &Vocab,
+    classes: &[String],
+    upstream_prefix: &str,
+    report: Option<&EvalReport>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    write_atomic(&dir.join("vocab.json"), vocab.to_json().as_bytes())?;
+    json_file(&dir.join("classes.json"), &classes)?;
+    if let Some(r) = report {
+        json_file(&dir.join("eval.json"), r)?;
+    }
+    let mut heads = named_parameters(&model.featurizer, "featurizer", false);
     if let Some(h) = &model.ctc {
-        heads.extend(named_parameters(h, "ctc"));
+        heads.extend(named_parameters(h, "ctc", false));
     }
-    if let Some(h) = &model.lid {
-        heads.extend(named_parameters(h, "lid"));
+    if let Some(h) = &model.classifier {
+        heads.extend(named_parameters(h, "classifier", false));
     }
     let meta = HashMap::from([("format".to_string(), "speechtune-heads".to_string())]);
-    write_safetensors(&dir.join("heads.safetensors"), &heads, meta)?;
-    if let MethodConfig::Adapter(_) = &cfg.method {
-        let mut state = Vec::new();
-        for (name, a) in model.upstream.adapters() {
-            state.extend(named_parameters(a, &name));
+    write_safetensors(&dir.join(HEADS), &heads, meta)?;
+    match &cfg.method {
+        MethodConfig::Frozen => {}
+        MethodConfig::Lora(l) => {
+            let state = model.upstream.lora_state(upstream_prefix);
+            write_safetensors(&dir.join(LORA), &state, HashMap::from([("format".into(), "pt".into())]))?;
+            let adapter_config = serde_json::json!({
+                "peft_type": "LORA",
+                "base_model_name_or_path": cfg.upstream.model,
+                "r": l.r,
+                "lora_alpha": l.lora_alpha,
+                "lora_dropout": l.lora_dropout,
+                "target_modules": l.target_modules,
+                "layers_to_transform": l.layers_to_transform,
+                "use_rslora": l.use_rslora,
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "inference_mode": true,
+                "task_type": null,
+            });
+            json_file(&dir.join("adapter_config.json"), &adapter_config)?;
         }
-        let meta = HashMap::from([("format".to_string(), "speechtune-adapters".to_string())]);
-        write_safetensors(&dir.join("adapters.safetensors"), &state, meta)?;
-    }
-    if let MethodConfig::Lora(l) = &cfg.method {
-        let state = model.upstream.lora_state(upstream_prefix);
-        write_safetensors(
-            &dir.join("adapter_model.safetensors"),
-            &state,
-            HashMap::from([("format".into(), "pt".into())]),
-        )?;
-        let adapter_config = serde_json::json!({
-            "peft_type": "LORA",
-            "base_model_name_or_path": cfg.upstream.model,
-            "r": l.r,
-            "lora_alpha": l.lora_alpha,
-            "lora_dropout": l.lora_dropout,
-            "target_modules": l.target_modules,
-            "layers_to_transform": l.layers_to_transform,
-            "use_rslora": l.use_rslora,
-            "bias": "none",
-            "fan_in_fan_out": false,
-            "inference_mode": true,
-            "task_type": null,
-        });
-        write_atomic(
-            &dir.join("adapter_config.json"),
-            serde_json::to_string_pretty(&adapter_config).unwrap_or_default().as_bytes(),
-        )?;
+        MethodConfig::Adapter(_)
+        | MethodConfig::ConvAdapter(_)
+        | MethodConfig::Prefix(_)
+        | MethodConfig::Bitfit
+        | MethodConfig::Full { .. } => {
+            let state = named_parameters(&model.upstream, "", true);
+            let meta = HashMap::from([("format".to_string(), format!("speechtune-{}", cfg.method.name()))]);
+            write_safetensors(&dir.join(UPSTREAM), &state, meta)?;
+        }
     }
     Ok(())
+}
+
+/// A trained model read back from a checkpoint folder.
+pub struct Loaded {
+    pub cfg: RunConfig,
+    pub vocab: Vocab,
+    pub classes: Vec<String>,
+    pub model: TaskModel,
+    pub frontend: FrontEnd,
+    pub dir: PathBuf,
+}
+
+fn subset(map: &TensorMap, prefix: &str) -> TensorMap {
+    map.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The checkpoint a run folder points to: `best/` when present, else the latest of
+/// `checkpoints/step-N/`; a checkpoint folder itself is returned as it is.
+pub fn resolve(dir: &Path) -> Result<PathBuf> {
+    if dir.join(HEADS).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    if dir.join("best").join(HEADS).is_file() {
+        return Ok(dir.join("best"));
+    }
+    if let Some((_, last)) = checkpoints(dir).pop() {
+        return Ok(last);
+    }
+    Err(Error::Config {
+        path: dir.to_path_buf(),
+        reason: "no trained model here (expected heads.safetensors, best/ or checkpoints/step-N/)".into(),
+    })
+}
+
+/// The complete checkpoints of a run, oldest first.
+pub fn checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path().join(HEADS).is_file().then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Read a checkpoint (or the one a run folder points to, see [`resolve`]) onto `device`.
+pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
+    let dir = resolve(dir)?;
+    let cfg = RunConfig::load(&dir.join("config.toml"), &[])?;
+    let vocab = Vocab::load(&dir.join("vocab.json"))?;
+    let classes_path = dir.join("classes.json");
+    let classes: Vec<String> = std::fs::read_to_string(&classes_path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        .map_err(|reason| Error::Config { path: classes_path.clone(), reason })?;
+    let upstream = load_upstream(&cfg, device)?;
+    let frontend = upstream.frontend.clone();
+    let prefix = upstream.prefix.clone();
+    let mut model = TaskModel::build(upstream.model, &cfg, vocab.len(), classes.len(), device)?;
+    let heads_path = dir.join(HEADS);
+    let heads = read_safetensors(&heads_path)?;
+    model.featurizer = load_named(model.featurizer, "featurizer", &subset(&heads, "featurizer."), &heads_path)?;
+    if let Some(h) = model.ctc.take() {
+        model.ctc = Some(load_named(h, "ctc", &subset(&heads, "ctc."), &heads_path)?);
+    }
+    if let Some(h) = model.classifier.take() {
+        model.classifier = Some(load_named(h, "classifier", &subset(&heads, "classifier."), &heads_path)?);
+    }
+    match &cfg.method {
+        MethodConfig::Frozen => {}
+        MethodConfig::Lora(_) => {
+            let path = dir.join(LORA);
+            model.upstream.load_lora_state(&prefix, &read_safetensors(&path)?)?;
+        }
+        _ => {
+            let path = dir.join(UPSTREAM);
+            model.upstream = load_named(model.upstream, "", &read_safetensors(&path)?, &path)?;
+        }
+    }
+    Ok(Loaded { cfg, vocab, classes, model, frontend, dir })
+}
+
+struct TrainableIds(Vec<ParamId>);
+
+impl ModuleVisitor for TrainableIds {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if param.val().is_require_grad() {
+            self.0.push(param.id);
+        }
+    }
+}
+
+/// The trainable parameters of `model` (with their ids, which key the optimiser state) as
+/// burnpack bytes.
+pub fn trainable_record(model: &TaskModel) -> Result<Vec<u8>> {
+    let mut ids = TrainableIds(Vec::new());
+    model.visit(&mut ids);
+    let record = model.clone().into_record_group(ParamGroup::from_ids(ids.0));
+    let bytes = record.into_bytes().map_err(|e| Error::Diverged(format!("cannot serialise the model: {e}")))?;
+    Ok(bytes.to_vec())
+}
+
+/// Apply bytes from [`trainable_record`] to a model built from the same config.
+pub fn load_trainable_record(model: TaskModel, bytes: Vec<u8>, path: &Path) -> Result<TaskModel> {
+    let bad = |e: burn::store::RecordError| Error::Config { path: path.to_path_buf(), reason: e.to_string() };
+    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(bad)?;
+    model.try_load_record(record.allow_partial(true)).map_err(bad)
 }

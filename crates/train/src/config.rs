@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use speechtune_data::BatchPlan;
 use speechtune_data::text::TextNorm;
+use speechtune_models::AugmentConfig;
 use speechtune_peft::{AdapterConfig, ConvAdapterConfig, LoraConfig, PrefixConfig};
 
 use crate::schedule::Schedule;
@@ -21,6 +22,9 @@ pub struct RunConfig {
     pub data: DataConfig,
     #[serde(default)]
     pub train: TrainConfig,
+    /// SpecAugment-style masking and LayerDrop while training (off by default).
+    #[serde(default)]
+    pub augment: AugmentConfig,
     /// Where checkpoints, metrics and the resolved config go.
     pub output_dir: PathBuf,
 }
@@ -94,14 +98,22 @@ fn yes() -> bool {
 pub enum TaskKind {
     /// CTC on characters.
     Asr,
-    /// Language identification: mean pooling and a linear classifier.
+    /// Language identification: utterance classification of the language.
     Lid,
+    /// Utterance classification of the manifest's `label` column (emotion, keyword, speaker).
+    Classify,
     /// ESPnet's ML-SUPERB joint ASR + LID: `[lang]` prepended to the CTC target; the language is
     /// read from the first token emitted.
     JointAsrLid,
     /// A CTC head and a pooled LID head on the same features, trained on
     /// `(1 - lid_weight) · CTC + lid_weight · cross-entropy`.
     CtcPlusLid,
+}
+
+impl TaskKind {
+    pub fn has_ctc(self) -> bool {
+        !matches!(self, TaskKind::Lid | TaskKind::Classify)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +128,23 @@ pub struct TaskConfig {
     /// Weight of the LID loss for `ctc_plus_lid`.
     #[serde(default = "lid_weight")]
     pub lid_weight: f64,
+    /// Utterance classification head (lid, classify, ctc_plus_lid).
+    #[serde(default)]
+    pub pooling: Pooling,
+}
+
+/// How frame features become one vector per utterance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean over valid frames, then a linear classifier.
+    #[default]
+    Mean,
+    /// Attentive statistics pooling (weighted mean and standard deviation), then a linear classifier.
+    AttentiveStats,
+    /// transformers' `WhisperForAudioClassification` head: projector to 256, mean pooling,
+    /// classifier.
+    Projector,
 }
 
 fn lid_weight() -> f64 {
@@ -170,8 +199,36 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Abort after this many consecutive steps with a non-finite loss.
     pub max_bad_steps: usize,
-    /// Stop after this many seconds of wall time (the last evaluation still runs).
+    /// Stop after this many seconds of wall time (the last evaluation and checkpoint still
+    /// happen; `--resume` continues from there).
     pub time_budget_seconds: Option<f64>,
+    /// Batches whose gradients are summed per update.
+    pub grad_accumulation: usize,
+    /// Save a resumable checkpoint every N updates (0: at each evaluation and at the end).
+    pub checkpoint_every: usize,
+    /// How many of the latest checkpoints to keep (the best is kept apart, in `best/`).
+    pub keep_last: usize,
+    /// Metric that picks the best checkpoint: cer, wer (lower is better), accuracy, macro_f1
+    /// (higher is better). Default: cer for tasks with CTC, accuracy otherwise.
+    pub best_metric: Option<Metric>,
+    /// Stop after this many evaluations without improvement of `best_metric`.
+    pub early_stopping_patience: Option<usize>,
+}
+
+/// Dev metrics that can select the best checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Cer,
+    Wer,
+    Accuracy,
+    MacroF1,
+}
+
+impl Metric {
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, Metric::Accuracy | Metric::MacroF1)
+    }
 }
 
 impl Default for TrainConfig {
@@ -186,6 +243,11 @@ impl Default for TrainConfig {
             seed: 0,
             max_bad_steps: 10,
             time_budget_seconds: None,
+            grad_accumulation: 1,
+            checkpoint_every: 0,
+            keep_last: 2,
+            best_metric: None,
+            early_stopping_patience: None,
         }
     }
 }
@@ -222,7 +284,28 @@ impl RunConfig {
         if self.train.steps == 0 {
             return Err("train.steps must be at least 1".into());
         }
+        if self.train.grad_accumulation == 0 {
+            return Err("train.grad_accumulation must be at least 1".into());
+        }
+        if self.train.keep_last == 0 {
+            return Err("train.keep_last must be at least 1 (the last checkpoint is what --resume reads)".into());
+        }
+        let has_ctc = self.task.kind.has_ctc();
+        match self.best_metric() {
+            Metric::Cer | Metric::Wer if !has_ctc => {
+                return Err(format!("train.best_metric: a {:?} task has no CER/WER", self.task.kind));
+            }
+            Metric::Accuracy | Metric::MacroF1 if self.task.kind == TaskKind::Asr => {
+                return Err("train.best_metric: an asr task has no accuracy; use cer or wer".into());
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// The metric that selects the best checkpoint.
+    pub fn best_metric(&self) -> Metric {
+        self.train.best_metric.unwrap_or(if self.task.kind.has_ctc() { Metric::Cer } else { Metric::Accuracy })
     }
 
     pub fn to_toml(&self) -> String {

@@ -4,12 +4,16 @@
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod eval;
 mod model;
+pub mod prepare;
 mod run;
 mod schedule;
+mod tensorboard;
 
 pub use config::RunConfig;
 pub use error::{Error, Result};
+pub use eval::{EvalReport, Prediction};
 pub use model::{Method, TaskModel, TaskOutput, count_parameters, load_upstream};
-pub use run::{EvalReport, RunSummary, train};
+pub use run::{RunSummary, TrainOptions, train};
 pub use schedule::Schedule;

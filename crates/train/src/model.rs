@@ -3,11 +3,13 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
-use speechtune_models::{ModelInput, Upstream, UpstreamModel};
-use speechtune_tasks::{Featurizer, MeanPoolClassifier, SuperbDownstream};
+use speechtune_models::{ModelInput, Perturb, Upstream, UpstreamModel};
+use speechtune_tasks::{
+    AttentiveStatsClassifier, Classifier, Featurizer, MeanPoolClassifier, ProjectorClassifier, SuperbDownstream,
+};
 
 use crate::Result;
-use crate::config::{MethodConfig, RunConfig, TaskKind};
+use crate::config::{MethodConfig, Pooling, RunConfig};
 
 pub use crate::config::MethodConfig as Method;
 
@@ -17,15 +19,15 @@ pub struct TaskModel {
     pub featurizer: Featurizer,
     /// CTC head (ASR and joint ASR + LID).
     pub ctc: Option<SuperbDownstream>,
-    /// Language classifier (LID).
-    pub lid: Option<MeanPoolClassifier>,
+    /// Utterance classifier (LID, labels).
+    pub classifier: Option<Classifier>,
 }
 
 pub struct TaskOutput {
     /// `[batch, frames, vocab]`
     pub ctc_logits: Option<Tensor<3>>,
-    /// `[batch, languages]`
-    pub lid_logits: Option<Tensor<2>>,
+    /// `[batch, classes]`
+    pub class_logits: Option<Tensor<2>>,
     pub frame_lengths: Vec<usize>,
 }
 
@@ -35,7 +37,7 @@ impl TaskModel {
         upstream: UpstreamModel,
         cfg: &RunConfig,
         vocab: usize,
-        languages: usize,
+        classes: usize,
         device: &Device,
     ) -> Result<Self> {
         let mut upstream = match &cfg.method {
@@ -68,23 +70,37 @@ impl TaskModel {
         let d = upstream.hidden_size();
         let n_hidden = upstream.num_layers() + 1;
         let featurizer = Featurizer::new(n_hidden, cfg.upstream.exclude_cnn, cfg.upstream.layer_norm, device);
-        let ctc_head = || SuperbDownstream::new(d, vocab, cfg.task.dropout, device);
-        let lid_head = || MeanPoolClassifier::new(d, languages, device);
-        let (ctc, lid) = match cfg.task.kind {
-            TaskKind::Asr | TaskKind::JointAsrLid => (Some(ctc_head()), None),
-            TaskKind::Lid => (None, Some(lid_head())),
-            TaskKind::CtcPlusLid => (Some(ctc_head()), Some(lid_head())),
-        };
-        Ok(Self { upstream, featurizer, ctc, lid })
+        let kind = cfg.task.kind;
+        let ctc = kind.has_ctc().then(|| SuperbDownstream::new(d, vocab, cfg.task.dropout, device));
+        let classify = matches!(
+            kind,
+            crate::config::TaskKind::Lid | crate::config::TaskKind::Classify | crate::config::TaskKind::CtcPlusLid
+        );
+        let classifier = classify.then(|| match cfg.task.pooling {
+            Pooling::Mean => Classifier::Mean(MeanPoolClassifier::new(d, classes, device)),
+            Pooling::AttentiveStats => Classifier::AttentiveStats(AttentiveStatsClassifier::new(d, classes, device)),
+            Pooling::Projector => Classifier::Projector(ProjectorClassifier::new(d, classes, device)),
+        });
+        Ok(Self { upstream, featurizer, ctc, classifier })
     }
 
-    pub fn forward(&self, input: ModelInput) -> Result<TaskOutput> {
-        let out = self.upstream.forward(input)?;
+    /// `perturb`: training-time masking and LayerDrop; `detach_upstream`: no gradient flows
+    /// into the upstream (fairseq's `freeze_finetune_updates` phase).
+    pub fn forward(
+        &self,
+        input: ModelInput,
+        perturb: Option<&mut Perturb>,
+        detach_upstream: bool,
+    ) -> Result<TaskOutput> {
+        let mut out = self.upstream.forward_perturbed(input, perturb)?;
+        if detach_upstream {
+            out.hidden_states = out.hidden_states.into_iter().map(|h| h.detach()).collect();
+        }
         let x = self.featurizer.forward(&out.hidden_states);
         let lengths = out.frame_lengths;
         Ok(TaskOutput {
             ctc_logits: self.ctc.as_ref().map(|h| h.forward(x.clone(), &lengths)),
-            lid_logits: self.lid.as_ref().map(|h| h.forward(x, &lengths)),
+            class_logits: self.classifier.as_ref().map(|h| h.forward(x, &lengths)),
             frame_lengths: lengths,
         })
     }

@@ -1,143 +1,140 @@
-//! The training loop: data preparation, optimisation with evaluation on the dev split, metrics
-//! to `metrics.jsonl`, and the trained weights in the run folder.
+//! The training loop: updates with gradient accumulation, evaluation on the dev split, the best
+//! checkpoint and the last N, early stopping, and exact resumption after the process is killed.
+//!
+//! Exactness: every random draw of a step (dropout through the backend's generator, SpecAugment
+//! masks and LayerDrop through our own) is seeded from (seed, step, micro-batch), the batch
+//! order is a function of (seed, epoch), and the optimiser state, the step and the position in
+//! the epoch are saved with the weights; a resumed run therefore repeats exactly what the
+//! uninterrupted run does.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, TensorData};
-use serde::Serialize;
-use speechtune_data::corpus::{Layout, fill_durations};
-use speechtune_data::text::normalize;
-use speechtune_data::{
-    BatchPlan, Loader, LoaderOptions, Problems, Split, Utterance, Vocab, drop_longer_than, plan_batches,
-};
-use speechtune_models::FrontEnd;
-use speechtune_tasks::ctc::greedy;
+use serde::{Deserialize, Serialize};
+use speechtune_data::{BatchPlan, Loader, LoaderOptions, Split, Vocab, drop_longer_than, plan_batches};
+use speechtune_models::weights::write_atomic;
+use speechtune_models::{FrontEnd, Perturb};
 use speechtune_tasks::ctc_loss;
-use speechtune_tasks::metrics::{AsrScore, Confusion};
 
-use crate::config::{RunConfig, TaskKind};
+use crate::checkpoint::{checkpoints, load_trainable_record, save_model, trainable_record};
+use crate::config::{MethodConfig, RunConfig, TaskKind};
+use crate::eval::{EvalReport, evaluate};
 use crate::model::{TaskModel, count_parameters, load_upstream};
+use crate::prepare::{class_names, prepare, read_split, texts};
+use crate::tensorboard::EventWriter;
 use crate::{Error, Result};
 
-/// Utterances with their training targets.
-struct Prepared {
-    utts: Arc<Vec<Utterance>>,
-    /// Normalised transcripts.
-    texts: Vec<String>,
-    /// CTC token ids (with the `[lang]` token first for joint ASR + LID).
-    targets: Vec<Vec<u32>>,
-    /// Index into the language list.
-    langs: Vec<usize>,
-    durations: Vec<f64>,
-}
-
-/// One evaluation on the dev split.
-#[derive(Debug, Clone, Serialize)]
-pub struct EvalReport {
-    pub step: usize,
-    pub utterances: usize,
-    /// Corpus-level CER and WER, and the per-utterance mean CER.
-    pub cer: f64,
-    pub cer_per_utterance: f64,
-    pub wer: f64,
-    pub lid_accuracy: Option<f64>,
-    pub lid_macro_f1: Option<f64>,
-    /// Per language: (utterances, CER, LID accuracy).
-    pub per_language: BTreeMap<String, (usize, f64, Option<f64>)>,
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// Continue from the run folder's latest checkpoint.
+    pub resume: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub run_dir: PathBuf,
+    /// Updates done (including skipped ones), and the step training resumed from.
     pub steps: usize,
+    pub resumed_from: Option<usize>,
     pub skipped_steps: usize,
     /// Training utterances dropped because their audio gives fewer frames than CTC needs.
     pub dropped_too_short: usize,
-    /// Characters of dev transcripts not in the training vocabulary (mapped to `<unk>`).
+    /// Characters of training and dev transcripts not in the vocabulary (mapped to `<unk>`).
     pub unknown_characters: usize,
+    pub unknown_examples: String,
     pub trainable_parameters: usize,
     pub total_parameters: usize,
     pub seconds: f64,
+    pub stopped_early: bool,
     pub first: EvalReport,
     pub last: EvalReport,
+    /// The best evaluation and where its checkpoint is.
+    pub best: EvalReport,
+    pub best_dir: PathBuf,
     pub layer_weights: Vec<f32>,
 }
 
-fn lang_of(u: &Utterance) -> String {
-    u.lang.clone().unwrap_or_else(|| "-".into())
+/// Where the loop is; saved with each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LoopState {
+    step: usize,
+    epoch: u64,
+    /// Batches of this epoch's plan already consumed.
+    batch_in_epoch: usize,
+    skipped: usize,
+    bad_in_a_row: usize,
+    audio_seconds: f64,
+    seconds: f64,
+    evals_without_improvement: usize,
+    first: EvalReport,
+    last: EvalReport,
+    best: EvalReport,
 }
 
-fn prepare(
-    mut utts: Vec<Utterance>,
-    cfg: &RunConfig,
-    vocab: &Vocab,
-    languages: &[String],
-    min_frames: impl Fn(f64) -> usize,
-) -> (Prepared, usize, usize) {
-    let joint = cfg.task.kind == TaskKind::JointAsrLid;
-    let mut dropped = 0;
-    let mut unknown = 0;
-    let mut keep = Vec::new();
-    let (mut texts, mut targets, mut langs, mut durations) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for u in utts.drain(..) {
-        let text = normalize(u.text.as_deref().unwrap_or(""), &cfg.task.text);
-        let lang = lang_of(&u);
-        let (ids, unk) = vocab.encode(&text, joint.then_some(lang.as_str()));
-        let seconds = u.seconds().unwrap_or(0.0);
-        // CTC needs a frame per token plus one between repeated tokens.
-        let needed = ids.len() + ids.windows(2).filter(|w| w[0] == w[1]).count();
-        if cfg.task.kind != TaskKind::Lid && min_frames(seconds) < needed {
-            dropped += 1;
-            continue;
-        }
-        unknown += unk;
-        texts.push(text);
-        targets.push(ids);
-        langs.push(languages.iter().position(|l| *l == lang).unwrap_or(0));
-        durations.push(seconds);
-        keep.push(u);
+/// A seed for draw `k` of `step`, decorrelated from neighbours (SplitMix64 finaliser).
+fn step_seed(seed: u64, step: usize, k: usize) -> u64 {
+    let mut z =
+        seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn is_better(metric: crate::config::Metric, new: f64, old: f64) -> bool {
+    if metric.higher_is_better() { new > old } else { new < old }
+}
+
+/// Keep only the lines of `metrics.jsonl` up to `step` (a resumed run rewrites what follows).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let keep: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let s = v.get("step").or_else(|| v.get("eval").and_then(|e| e.get("step")));
+            s.and_then(|s| s.as_u64()).is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    let mut out = keep.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
     }
-    (Prepared { utts: Arc::new(keep), texts, targets, langs, durations }, dropped, unknown)
+    Ok(write_atomic(path, out.as_bytes())?)
 }
 
-fn read_split(layout: &Layout, split: Split, cfg: &RunConfig) -> Result<Vec<Utterance>> {
-    let mut problems = Problems::new(false);
-    let mut utts = layout.read_split(split, &cfg.data.duration, &mut problems)?;
-    if let Some(p) = fill_durations(&mut utts, cfg.data.workers).into_iter().next() {
-        return Err(speechtune_data::Error::Bad(p).into());
-    }
-    Ok(utts)
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(speechtune_models::weights::write_atomic(path, bytes)?)
-}
-
-/// Train as configured; `progress` draws a progress bar on stderr.
-pub fn train(cfg: &RunConfig, progress: bool) -> Result<RunSummary> {
+/// Train as configured.
+pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
     let started = Instant::now();
     let device = Device::flex().autodiff();
     let plain = device.clone().without_autodiff();
     device.seed(cfg.train.seed);
+    let run_dir = cfg.output_dir.clone();
+    let latest = checkpoints(&run_dir).into_iter().rev().find(|(_, p)| p.join("resume/state.json").is_file());
+    if latest.is_some() && !opts.resume {
+        return Err(Error::Config {
+            path: run_dir.clone(),
+            reason: "this run folder has checkpoints: pass --resume to continue it, or choose another output_dir"
+                .into(),
+        });
+    }
 
-    let layout = Layout::detect(&cfg.data.root)?;
-    let mut train_utts = read_split(&layout, Split::Train, cfg)?;
+    let kind = cfg.task.kind;
+    let mut train_utts = read_split(Split::Train, cfg)?;
     drop_longer_than(&mut train_utts, cfg.data.max_seconds);
-    let dev_utts = read_split(&layout, Split::Dev, cfg)?;
-    let languages: Vec<String> = train_utts.iter().map(lang_of).collect::<BTreeSet<_>>().into_iter().collect();
-    let train_texts: Vec<String> =
-        train_utts.iter().map(|u| normalize(u.text.as_deref().unwrap_or(""), &cfg.task.text)).collect();
-    let joint = cfg.task.kind == TaskKind::JointAsrLid;
+    let dev_utts = read_split(Split::Dev, cfg)?;
+    let classes = class_names(&train_utts, kind);
+    let languages: Vec<String> = class_names(&train_utts, TaskKind::Lid);
+    let joint = kind == TaskKind::JointAsrLid;
+    let train_texts = texts(&train_utts, cfg);
     let vocab = Vocab::build(train_texts.iter().map(|s| s.as_str()), if joint { &languages } else { &[] });
 
     let upstream = load_upstream(cfg, &device)?;
@@ -145,221 +142,295 @@ pub fn train(cfg: &RunConfig, progress: bool) -> Result<RunSummary> {
     let upstream_prefix = upstream.prefix.clone();
     let per_frame = upstream.model.downsampling() as f64 / 16000.0;
     let frames = move |s: f64| (s / per_frame).floor() as usize;
-    let (train_set, dropped, _) = prepare(train_utts, cfg, &vocab, &languages, frames);
-    let (dev_set, _, unknown) = prepare(dev_utts, cfg, &vocab, &languages, |_| usize::MAX);
-    let mut model = TaskModel::build(upstream.model, cfg, vocab.len(), languages.len(), &device)?;
+    let train_set = prepare(train_utts, cfg, &vocab, &classes, Some(&frames));
+    let dev_set = prepare(dev_utts, cfg, &vocab, &classes, None);
+    let mut model = TaskModel::build(upstream.model, cfg, vocab.len(), classes.len(), &device)?;
     let (trainable, total) = count_parameters(&model);
     eprintln!(
-        "trainable parameters: {trainable} of {total} ({:.2}%); {} training and {} dev utterances in {} languages",
+        "trainable parameters: {trainable} of {total} ({:.2}%), method {}; {} training and {} dev utterances, {} classes",
         100.0 * trainable as f64 / total.max(1) as f64,
+        cfg.method.name(),
         train_set.utts.len(),
         dev_set.utts.len(),
-        languages.len()
+        classes.len()
     );
+    let unknown = train_set.unknown_characters + dev_set.unknown_characters;
+    let unknown_examples: String = train_set.unknown_examples.union(&dev_set.unknown_examples).collect();
+    if unknown > 0 {
+        eprintln!("{unknown} characters outside the vocabulary were mapped to <unk>: {unknown_examples:?}");
+    }
 
-    let run_dir = cfg.output_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|source| Error::Write { path: run_dir.clone(), source })?;
-    write_file(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    write_file(&run_dir.join("vocab.json"), vocab.to_json().as_bytes())?;
+    write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    write_atomic(&run_dir.join("vocab.json"), vocab.to_json().as_bytes())?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics =
-        std::fs::File::create(&metrics_path).map_err(|source| Error::Write { path: metrics_path.clone(), source })?;
-    let mut log = |v: serde_json::Value| {
-        let _ = writeln!(metrics, "{v}");
-    };
 
     let eval = |model: &TaskModel, step: usize| {
-        evaluate(&model.valid(), &frontend, &dev_set, cfg, &vocab, &languages, step, &plain)
+        evaluate(&model.valid(), &frontend, &dev_set, cfg, &vocab, &classes, step, 1, &plain, |_, _| {})
     };
-    let first = eval(&model, 0)?;
-    log(serde_json::json!({"eval": &first}));
-
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(cfg.train.weight_decay as f32)
         .with_grad_clipping(cfg.train.grad_clip.map(GradientClippingConfig::Norm))
         .init();
-    let opts = LoaderOptions { workers: cfg.data.workers, prefetch: 4, cache: cfg.data.cache };
+    let save_best = |model: &TaskModel, report: &EvalReport| -> Result<()> {
+        let tmp = run_dir.join(".best.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        save_model(&tmp, model, cfg, &vocab, &classes, &upstream_prefix, Some(report))?;
+        let best = run_dir.join("best");
+        let _ = std::fs::remove_dir_all(&best);
+        std::fs::rename(&tmp, &best).map_err(|source| Error::Write { path: best, source })
+    };
+
+    let mut st = match &latest {
+        Some((step, dir)) if opts.resume => {
+            let state_path = dir.join("resume/state.json");
+            let text = std::fs::read_to_string(&state_path).unwrap_or_default();
+            let st: LoopState = serde_json::from_str(&text)
+                .map_err(|e| Error::Config { path: state_path.clone(), reason: e.to_string() })?;
+            let model_path = dir.join("resume/model.bpk");
+            let bytes =
+                std::fs::read(&model_path).map_err(|source| Error::Write { path: model_path.clone(), source })?;
+            model = load_trainable_record(model, bytes, &model_path)?;
+            let optim_path = dir.join("resume/optim.bpk");
+            let bytes =
+                std::fs::read(&optim_path).map_err(|source| Error::Write { path: optim_path.clone(), source })?;
+            optim = optim
+                .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+                .map_err(|e| Error::Config { path: optim_path.clone(), reason: e.to_string() })?;
+            truncate_metrics(&metrics_path, *step)?;
+            eprintln!("resuming {} at step {step}", run_dir.display());
+            st
+        }
+        _ => {
+            let first = eval(&model, 0)?;
+            std::fs::write(&metrics_path, "").map_err(|source| Error::Write { path: metrics_path.clone(), source })?;
+            LoopState {
+                step: 0,
+                epoch: 0,
+                batch_in_epoch: 0,
+                skipped: 0,
+                bad_in_a_row: 0,
+                audio_seconds: 0.0,
+                seconds: 0.0,
+                evals_without_improvement: 0,
+                last: first.clone(),
+                best: first.clone(),
+                first,
+            }
+        }
+    };
+    let resumed_from = opts.resume.then_some(st.step).filter(|_| latest.is_some());
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|source| Error::Write { path: metrics_path.clone(), source })?;
+    let mut events = EventWriter::create(&run_dir, resumed_from.is_some())?;
+    let mut log = |v: serde_json::Value| {
+        let _ = writeln!(metrics, "{v}");
+    };
+    if resumed_from.is_none() {
+        log(serde_json::json!({"eval": &st.first}));
+        events.eval(&st.first);
+    }
+
+    let loader_opts = LoaderOptions { workers: cfg.data.workers, prefetch: 4, cache: cfg.data.cache };
     let cache = Loader::cache_handle();
     let plan_for = |epoch: u64| {
         let plan = BatchPlan { seed: cfg.train.seed.wrapping_add(epoch), ..cfg.data.batch.clone() };
         plan_batches(&train_set.durations, &plan)
     };
-    let mut epoch = 0u64;
-    let mut loader = Loader::with_cache(train_set.utts.clone(), plan_for(epoch), &opts, cache.clone());
-    let bar =
-        if progress { indicatif::ProgressBar::new(cfg.train.steps as u64) } else { indicatif::ProgressBar::hidden() };
+    let loader_at = |epoch: u64, skip: usize| {
+        let plan: Vec<Vec<usize>> = plan_for(epoch).into_iter().skip(skip).collect();
+        Loader::with_cache(train_set.utts.clone(), plan, &loader_opts, cache.clone())
+    };
+    if plan_for(0).is_empty() {
+        return Err(Error::Diverged("no training batches".into()));
+    }
+    let mut loader = loader_at(st.epoch, st.batch_in_epoch);
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(cfg.train.steps as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
             .expect("valid template"),
     );
-    let (mut bad_in_a_row, mut skipped, mut audio_seconds, mut steps_done) = (0usize, 0usize, 0.0f64, 0usize);
-    let mut last = first.clone();
+    bar.set_position(st.step as u64);
     let ce = CrossEntropyLossConfig::new().init(&device);
-    for step in 0..cfg.train.steps {
-        let batch = match loader.next() {
-            Some(b) => b?,
-            None => {
-                epoch += 1;
-                loader = Loader::with_cache(train_set.utts.clone(), plan_for(epoch), &opts, cache.clone());
-                loader.next().ok_or_else(|| Error::Diverged("no training batches".into()))??
-            }
-        };
-        let waves: Vec<Vec<f32>> = batch.waves.iter().map(|w| w.as_ref().clone()).collect();
-        audio_seconds += batch.seconds();
-        let out = model.forward(frontend.prepare(&waves, &device)?)?;
-        let ctc = out.ctc_logits.as_ref().map(|logits| {
-            let targets: Vec<Vec<u32>> = batch.indices.iter().map(|&i| train_set.targets[i].clone()).collect();
-            ctc_loss(logits.clone(), &out.frame_lengths, &targets, vocab.blank()).mean()
-        });
-        let lid = out.lid_logits.as_ref().map(|logits| {
-            let t: Vec<i64> = batch.indices.iter().map(|&i| train_set.langs[i] as i64).collect();
-            ce.forward(logits.clone(), Tensor::<1, Int>::from_data(TensorData::new(t, [batch.len()]), &device))
-        });
-        let w = cfg.task.lid_weight;
-        let loss: Tensor<1> = match (ctc, lid) {
-            (Some(c), Some(l)) => c * (1.0 - w) + l * w,
-            (Some(c), None) => c,
-            (None, Some(l)) => l,
-            (None, None) => unreachable!("every task has a head"),
-        };
-        let value: f32 = loss.clone().into_scalar();
+    let metric = cfg.best_metric();
+    let freeze_updates = match cfg.method {
+        MethodConfig::Full { freeze_finetune_updates, .. } => freeze_finetune_updates,
+        _ => 0,
+    };
+    let accum = cfg.train.grad_accumulation;
+    let checkpoint_every =
+        if cfg.train.checkpoint_every > 0 { cfg.train.checkpoint_every } else { cfg.train.eval_every };
+    let process_start_seconds = st.seconds;
+    let mut stopped_early = false;
+    let mut out_of_time = false;
+    if resumed_from.is_none() {
+        save_best(&model, &st.best)?;
+    }
+
+    while st.step < cfg.train.steps && !stopped_early && !out_of_time {
+        let step = st.step;
         let lr = cfg.train.schedule.lr(cfg.train.lr, step, cfg.train.steps);
-        if !value.is_finite() {
-            skipped += 1;
-            bad_in_a_row += 1;
-            if bad_in_a_row >= cfg.train.max_bad_steps {
+        let mut accumulator = GradientsAccumulator::<TaskModel>::new();
+        let mut loss_sum = 0.0f32;
+        let mut finite = true;
+        for micro in 0..accum {
+            let batch = match loader.next() {
+                Some(b) => b?,
+                None => {
+                    st.epoch += 1;
+                    st.batch_in_epoch = 0;
+                    loader = loader_at(st.epoch, 0);
+                    loader.next().ok_or_else(|| Error::Diverged("no training batches".into()))??
+                }
+            };
+            st.batch_in_epoch += 1;
+            st.audio_seconds += batch.seconds();
+            if !finite {
+                continue; // this update is skipped; keep the data position in step with the plan
+            }
+            device.seed(step_seed(cfg.train.seed, step, micro));
+            let mut perturb = Perturb::new(&cfg.augment, step_seed(cfg.train.seed ^ 0x5eed, step, micro));
+            let perturb = (!cfg.augment.is_off()).then_some(&mut perturb);
+            let waves: Vec<Vec<f32>> = batch.waves.iter().map(|w| w.as_ref().clone()).collect();
+            let out = model.forward(frontend.prepare(&waves, &device)?, perturb, step < freeze_updates)?;
+            let ctc = out.ctc_logits.as_ref().map(|logits| {
+                let targets: Vec<Vec<u32>> = batch.indices.iter().map(|&i| train_set.targets[i].clone()).collect();
+                ctc_loss(logits.clone(), &out.frame_lengths, &targets, vocab.blank()).mean()
+            });
+            let cls = out.class_logits.as_ref().map(|logits| {
+                let t: Vec<i64> = batch.indices.iter().map(|&i| train_set.classes[i].unwrap_or(0) as i64).collect();
+                ce.forward(logits.clone(), Tensor::<1, Int>::from_data(TensorData::new(t, [batch.len()]), &device))
+            });
+            let w = cfg.task.lid_weight;
+            let loss: Tensor<1> = match (ctc, cls) {
+                (Some(c), Some(l)) => c * (1.0 - w) + l * w,
+                (Some(c), None) => c,
+                (None, Some(l)) => l,
+                (None, None) => unreachable!("every task has a head"),
+            };
+            let value: f32 = loss.clone().into_scalar();
+            if !value.is_finite() {
+                finite = false;
+                continue;
+            }
+            loss_sum += value / accum as f32;
+            let grads = GradientsParams::from_grads((loss / accum as f32).backward(), &model);
+            accumulator.accumulate(&model, grads);
+        }
+        st.step += 1;
+        if finite {
+            st.bad_in_a_row = 0;
+            model = optim.step(lr, model, accumulator.grads());
+        } else {
+            st.skipped += 1;
+            st.bad_in_a_row += 1;
+            if st.bad_in_a_row >= cfg.train.max_bad_steps {
                 return Err(Error::Diverged(format!(
-                    "{bad_in_a_row} steps in a row with a non-finite loss (step {step})"
+                    "{} steps in a row with a non-finite loss (step {})",
+                    st.bad_in_a_row, st.step
                 )));
             }
-            continue;
         }
-        bad_in_a_row = 0;
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(lr, model, grads);
-        steps_done = step + 1;
-        let speed = audio_seconds / started.elapsed().as_secs_f64();
-        bar.set_position(steps_done as u64);
-        bar.set_message(format!("loss {value:.3} lr {lr:.2e} {speed:.1} audio s/s"));
-        log(serde_json::json!({"step": steps_done, "loss": value, "lr": lr, "audio_seconds_per_second": speed}));
-        let out_of_time = cfg.train.time_budget_seconds.is_some_and(|b| started.elapsed().as_secs_f64() > b);
-        if cfg.train.eval_every > 0
-            && steps_done % cfg.train.eval_every == 0
-            && steps_done < cfg.train.steps
-            && !out_of_time
-        {
-            last = eval(&model, steps_done)?;
-            log(serde_json::json!({"eval": &last}));
+        let elapsed = started.elapsed().as_secs_f64();
+        st.seconds = process_start_seconds + elapsed;
+        let speed = st.audio_seconds / st.seconds.max(1e-9);
+        bar.set_position(st.step as u64);
+        bar.set_message(format!("loss {loss_sum:.3} lr {lr:.2e} {speed:.1} audio s/s"));
+        if finite {
+            log(serde_json::json!({"step": st.step, "loss": loss_sum, "lr": lr, "audio_seconds_per_second": speed}));
+            events.scalars(st.step, &[("train/loss", loss_sum as f64), ("train/lr", lr)]);
         }
-        if out_of_time {
-            break;
+        out_of_time = cfg.train.time_budget_seconds.is_some_and(|b| elapsed > b);
+        let last_step = st.step == cfg.train.steps || out_of_time;
+        if (cfg.train.eval_every > 0 && st.step.is_multiple_of(cfg.train.eval_every)) || last_step {
+            st.last = eval(&model, st.step)?;
+            log(serde_json::json!({"eval": &st.last}));
+            events.eval(&st.last);
+            let (new, old) = (st.last.metric(metric), st.best.metric(metric));
+            if let (Some(n), Some(o)) = (new, old)
+                && (is_better(metric, n, o) || st.best.step == 0)
+            {
+                st.best = st.last.clone();
+                st.evals_without_improvement = 0;
+                save_best(&model, &st.last)?;
+            } else {
+                st.evals_without_improvement += 1;
+                if cfg.train.early_stopping_patience.is_some_and(|p| st.evals_without_improvement >= p) {
+                    eprintln!(
+                        "early stopping at step {}: no improvement of {metric:?} in {} evaluations",
+                        st.step, st.evals_without_improvement
+                    );
+                    stopped_early = true;
+                }
+            }
+        }
+        let checkpoint_due = checkpoint_every > 0 && st.step.is_multiple_of(checkpoint_every);
+        if checkpoint_due || last_step || stopped_early {
+            save_checkpoint(&run_dir, &model, &optim, &st, cfg, &vocab, &classes, &upstream_prefix)?;
         }
     }
     bar.finish_and_clear();
-    if last.step != steps_done {
-        last = eval(&model, steps_done)?;
-        log(serde_json::json!({"eval": &last}));
-    }
-    crate::checkpoint::save(&run_dir, &model, cfg, &upstream_prefix)?;
     let layer_weights = model.featurizer.layer_weights();
     let summary = RunSummary {
-        run_dir,
-        steps: steps_done,
-        skipped_steps: skipped,
-        dropped_too_short: dropped,
+        run_dir: run_dir.clone(),
+        steps: st.step,
+        resumed_from,
+        skipped_steps: st.skipped,
+        dropped_too_short: train_set.dropped_too_short,
         unknown_characters: unknown,
+        unknown_examples,
         trainable_parameters: trainable,
         total_parameters: total,
-        seconds: started.elapsed().as_secs_f64(),
-        first,
-        last,
+        seconds: st.seconds,
+        stopped_early,
+        first: st.first.clone(),
+        last: st.last.clone(),
+        best: st.best.clone(),
+        best_dir: run_dir.join("best"),
         layer_weights,
     };
-    write_file(
-        &summary.run_dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes(),
-    )?;
+    write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
     Ok(summary)
 }
 
-/// Greedy CTC decoding or classification on the dev split, with CER, WER and LID accuracy.
+/// `checkpoints/step-N/` with the model files and `resume/`, written under a temporary name and
+/// renamed; older checkpoints beyond `keep_last` are removed.
 #[allow(clippy::too_many_arguments)]
-fn evaluate(
+fn save_checkpoint(
+    run_dir: &Path,
     model: &TaskModel,
-    frontend: &FrontEnd,
-    dev: &Prepared,
+    optim: &ModuleOptimizer,
+    st: &LoopState,
     cfg: &RunConfig,
     vocab: &Vocab,
-    languages: &[String],
-    step: usize,
-    device: &Device,
-) -> Result<EvalReport> {
-    let plan = plan_batches(&dev.durations, &BatchPlan { shuffle: false, ..cfg.data.batch.clone() });
-    let opts = LoaderOptions { workers: cfg.data.workers, prefetch: 2, cache: false };
-    let joint = cfg.task.kind == TaskKind::JointAsrLid;
-    let mut asr: BTreeMap<String, AsrScore> = BTreeMap::new();
-    let mut overall = AsrScore::default();
-    let mut lid: BTreeMap<String, Confusion> = BTreeMap::new();
-    let mut lid_all = Confusion::default();
-    let lang_tokens: BTreeMap<u32, String> = vocab.languages().into_iter().collect();
-    for batch in Loader::new(dev.utts.clone(), plan, &opts) {
-        let batch = batch?;
-        let waves: Vec<Vec<f32>> = batch.waves.iter().map(|w| w.as_ref().clone()).collect();
-        let out = model.forward(frontend.prepare(&waves, device)?)?;
-        for (k, &i) in batch.indices.iter().enumerate() {
-            let truth = lang_of(&dev.utts[i]);
-            let mut predicted_lang = None;
-            if let Some(logits) = &out.ctc_logits {
-                let [_, t, v] = logits.dims();
-                let lp = log_softmax(logits.clone().narrow(0, k, 1), 2).narrow(1, 0, out.frame_lengths[k].min(t));
-                let lp: Vec<f32> = lp.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
-                let mut ids = greedy(&lp, v, vocab.blank());
-                if joint && let Some(first) = ids.first().copied() {
-                    if let Some(l) = lang_tokens.get(&first) {
-                        predicted_lang = Some(l.clone());
-                    }
-                    ids.retain(|id| !lang_tokens.contains_key(id));
-                }
-                let hyp = vocab.decode(&ids);
-                overall.add(&hyp, &dev.texts[i]);
-                asr.entry(truth.clone()).or_default().add(&hyp, &dev.texts[i]);
-                if joint {
-                    predicted_lang.get_or_insert_with(|| "<none>".into());
-                }
-            }
-            if let Some(logits) = &out.lid_logits {
-                let row: Vec<f32> = logits
-                    .clone()
-                    .narrow(0, k, 1)
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .unwrap_or_default();
-                let best = row.iter().enumerate().fold((0, f32::MIN), |m, (j, &x)| if x > m.1 { (j, x) } else { m }).0;
-                predicted_lang = languages.get(best).cloned();
-            }
-            if let Some(p) = predicted_lang {
-                lid_all.add(&truth, &p);
-                lid.entry(truth.clone()).or_default().add(&truth, &p);
-            }
-        }
+    classes: &[String],
+    upstream_prefix: &str,
+) -> Result<()> {
+    let root = run_dir.join("checkpoints");
+    let tmp = root.join(format!(".step-{}.tmp", st.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    save_model(&tmp, model, cfg, vocab, classes, upstream_prefix, Some(&st.last))?;
+    let resume = tmp.join("resume");
+    write_atomic(&resume.join("model.bpk"), &trainable_record(model)?)?;
+    let optim_bytes =
+        optim.into_bytes().map_err(|e| Error::Diverged(format!("cannot serialise the optimiser: {e}")))?;
+    write_atomic(&resume.join("optim.bpk"), &optim_bytes)?;
+    // Written last: a checkpoint without it is incomplete and never resumed from.
+    write_atomic(&resume.join("state.json"), serde_json::to_string_pretty(st).unwrap_or_default().as_bytes())?;
+    let dst = root.join(format!("step-{}", st.step));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::rename(&tmp, &dst).map_err(|source| Error::Write { path: dst.clone(), source })?;
+    let all = checkpoints(run_dir);
+    for (_, old) in all.iter().take(all.len().saturating_sub(cfg.train.keep_last)) {
+        let _ = std::fs::remove_dir_all(old);
     }
-    let has_lid = lid_all.total() > 0;
-    let mut per_language = BTreeMap::new();
-    for lang in asr.keys().chain(lid.keys()).collect::<BTreeSet<_>>() {
-        let n = asr.get(lang).map(|s| s.cer.utterances).or_else(|| lid.get(lang).map(|c| c.total())).unwrap_or(0);
-        let cer = asr.get(lang).map(|s| s.cer.corpus()).unwrap_or(0.0);
-        per_language.insert(lang.clone(), (n, cer, lid.get(lang).map(|c| c.accuracy())));
-    }
-    Ok(EvalReport {
-        step,
-        utterances: dev.utts.len(),
-        cer: overall.cer.corpus(),
-        cer_per_utterance: overall.cer.per_utterance_mean(),
-        wer: overall.wer.corpus(),
-        lid_accuracy: has_lid.then(|| lid_all.accuracy()),
-        lid_macro_f1: has_lid.then(|| lid_all.macro_f1()),
-        per_language,
-    })
+    Ok(())
 }

@@ -2,15 +2,17 @@
 
 use std::path::{Path, PathBuf};
 
-use speechtune_train::{RunConfig, train};
+use speechtune_train::{RunConfig, TrainOptions, train};
 
 fn demo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/demo")
 }
 
-/// Two languages, 6 training and 2 dev utterances each, in ML-SUPERB layout.
+/// Two languages, 6 training and 2 dev utterances each, in ML-SUPERB layout, and the same
+/// files in a TSV manifest whose `label` is the language family (for `classify`).
 fn mini_corpus(root: &Path) {
-    for lang in ["deu", "spa"] {
+    let mut manifest = String::from("path\tlang\tlabel\tsplit\n");
+    for (lang, family) in [("deu", "germanic"), ("spa", "romance")] {
         let src = demo().join("espeak").join(lang);
         let dst = root.join("mini").join(lang);
         std::fs::create_dir_all(dst.join("wav")).unwrap();
@@ -21,13 +23,16 @@ fn mini_corpus(root: &Path) {
                 let id = l.split_whitespace().next().unwrap();
                 std::fs::copy(src.join("wav").join(format!("{id}.ogg")), dst.join("wav").join(format!("{id}.ogg")))
                     .unwrap();
+                manifest += &format!("mini/{lang}/wav/{id}.ogg\t{lang}\t{family}\t{split}\n");
             }
             std::fs::write(dst.join(format!("transcript_10min_{split}.txt")), lines.join("\n") + "\n").unwrap();
         }
     }
+    std::fs::write(root.join("families.tsv"), manifest).unwrap();
 }
 
-fn config(root: &Path, out: &Path, task: &str, method: &str) -> RunConfig {
+fn config(root: &Path, out: &Path, task: &str, method: &str, extra: &str) -> RunConfig {
+    let data = if task == "classify" { root.join("families.tsv") } else { root.to_path_buf() };
     RunConfig::from_toml(&format!(
         r#"
 output_dir = {out:?}
@@ -45,11 +50,26 @@ max_seconds = 12.0
 [train]
 steps = 3
 lr = 1e-3
+{extra}
 "#,
         out = out.display().to_string(),
-        root = root.display().to_string(),
+        root = data.display().to_string(),
     ))
     .unwrap()
+}
+
+const METHODS: [(&str, &str); 7] = [
+    ("frozen", "kind = \"frozen\""),
+    ("lora", "kind = \"lora\"\nr = 4"),
+    ("full", "kind = \"full\""),
+    ("adapter", "kind = \"adapter\"\nreduction_factor = 8"),
+    ("conv_adapter", "kind = \"conv_adapter\""),
+    ("prefix", "kind = \"prefix\"\nnum_virtual_tokens = 4"),
+    ("bitfit", "kind = \"bitfit\""),
+];
+
+fn opts() -> TrainOptions {
+    TrainOptions { progress: false, resume: false }
 }
 
 #[test]
@@ -57,33 +77,43 @@ fn every_task_and_method_trains() {
     let tmp = tempfile::tempdir().unwrap();
     mini_corpus(tmp.path());
     let mut trainable_by_method = std::collections::BTreeMap::new();
-    for task in ["asr", "lid", "joint_asr_lid", "ctc_plus_lid"] {
-        for (name, method) in [
-            ("frozen", "kind = \"frozen\""),
-            ("lora", "kind = \"lora\"\nr = 4"),
-            ("full", "kind = \"full\""),
-            ("adapter", "kind = \"adapter\"\nreduction_factor = 8"),
-        ] {
+    for task in ["asr", "lid", "classify", "joint_asr_lid", "ctc_plus_lid"] {
+        for (name, method) in METHODS {
             let out = tmp.path().join(format!("run-{task}-{name}"));
-            let s = train(&config(tmp.path(), &out, task, method), false)
+            let s = train(&config(tmp.path(), &out, task, method, ""), &opts())
                 .unwrap_or_else(|e| panic!("{task} × {name}: {e}"));
             assert_eq!((s.steps, s.skipped_steps), (3, 0), "{task} × {name}");
             assert_eq!(s.last.utterances, 4, "{task} × {name}");
-            if task == "lid" {
-                assert!(s.last.lid_accuracy.is_some() && s.last.per_language.len() == 2);
+            if task == "lid" || task == "classify" {
+                assert!(s.last.accuracy.is_some() && s.last.per_language.len() == 2, "{task} × {name}");
+                assert_eq!(s.last.confusion.iter().flatten().sum::<usize>(), 4, "{task} × {name}");
             } else {
                 assert!(s.last.cer > 0.0, "{task} × {name}: CER {}", s.last.cer);
             }
-            let mut files = vec!["config.toml", "vocab.json", "metrics.jsonl", "summary.json", "heads.safetensors"];
-            if name == "lora" {
-                files.extend(["adapter_model.safetensors", "adapter_config.json"]);
-            }
-            if name == "adapter" {
-                files.push("adapters.safetensors");
+            let ckpt = out.join("checkpoints/step-3");
+            let mut files = vec![
+                "config.toml",
+                "vocab.json",
+                "classes.json",
+                "eval.json",
+                "heads.safetensors",
+                "resume/state.json",
+                "resume/model.bpk",
+                "resume/optim.bpk",
+            ];
+            match name {
+                "frozen" => {}
+                "lora" => files.extend(["adapter_model.safetensors", "adapter_config.json"]),
+                _ => files.push("upstream.safetensors"),
             }
             for f in files {
-                assert!(out.join(f).is_file(), "{task} × {name}: {f}");
+                assert!(ckpt.join(f).is_file(), "{task} × {name}: {f}");
             }
+            assert!(out.join("best/heads.safetensors").is_file() && out.join("summary.json").is_file());
+            let classes: Vec<String> =
+                serde_json::from_str(&std::fs::read_to_string(ckpt.join("classes.json")).unwrap()).unwrap();
+            let expect: &[&str] = if task == "classify" { &["germanic", "romance"] } else { &["deu", "spa"] };
+            assert_eq!(classes, expect, "{task} × {name}");
             let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
                 .unwrap()
                 .lines()
@@ -97,14 +127,25 @@ fn every_task_and_method_trains() {
             ));
         }
     }
-    // Per task: frozen < LoRA < full, and full leaves the CNN (7 × 64-channel convs + norms) out.
     for (task, rows) in trainable_by_method {
-        let (frozen, lora, full, adapter) = (rows[0].1, rows[1].1, rows[2].1, rows[3].1);
-        assert!(frozen < lora && lora < full && full < rows[2].2, "{task}: {rows:?}");
+        let n = |m: &str| rows.iter().find(|r| r.0 == m).unwrap().1;
+        let frozen = n("frozen");
+        let total = rows.iter().find(|r| r.0 == "full").unwrap().2;
+        assert!(
+            frozen < n("bitfit") && n("bitfit") < n("lora") && n("lora") < n("full") && n("full") < total,
+            "{task}: {rows:?}"
+        );
         // LoRA r=4 on q and v of 4 layers of width 128: 4 × 2 × (128×4 + 4×128).
-        assert_eq!(lora - frozen, 4 * 2 * (128 * 4 + 4 * 128), "{task}");
+        assert_eq!(n("lora") - frozen, 4 * 2 * (128 * 4 + 4 * 128), "{task}");
         // Houlsby adapters, 2 per layer, 128 → 16 → 128 with biases.
-        assert_eq!(adapter - frozen, 4 * 2 * (128 * 16 + 16 + 16 * 128 + 128), "{task}");
+        assert_eq!(n("adapter") - frozen, 4 * 2 * (128 * 16 + 16 + 16 * 128 + 128), "{task}");
+        // Prefix: 4 layers × 4 tokens × (key + value) of width 128.
+        assert_eq!(n("prefix") - frozen, 4 * 4 * 2 * 128, "{task}");
+        // ConvAdapter per layer: LayerNorm 2·128, grouped conv 128→64 (k=3, 2 inputs each) + bias,
+        // conv 64→64 k=5 + bias, conv 64→128 k=3 + bias, SE 128→8→128 with biases.
+        let conv =
+            2 * 128 + (64 * 2 * 3 + 64) + (64 * 64 * 5 + 64) + (128 * 64 * 3 + 128) + (128 * 8 + 8 + 8 * 128 + 128);
+        assert_eq!(n("conv_adapter") - frozen, 4 * conv, "{task}");
     }
 }
 
