@@ -2,10 +2,12 @@
 
 mod data;
 mod demo;
+mod eval;
 mod features;
 mod inspect;
 mod output;
 mod train;
+mod transcribe;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,12 @@ enum Command {
     Inspect(inspect::Args),
     /// Fine-tune an upstream on a task with a PEFT method.
     Train(train::Args),
+    /// Score a trained model on a split: CER/WER, accuracy, macro-F1, per language, confusion.
+    Eval(eval::Args),
+    /// Transcribe audio files with a trained CTC model.
+    Transcribe(transcribe::Args),
+    /// Identify the language (or class) of audio files with a trained model.
+    Identify(transcribe::Args),
     /// Corpus statistics and health checks.
     #[command(subcommand)]
     Data(data::Command),
@@ -41,6 +49,9 @@ fn main() {
         Command::Features(a) => features::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Transcribe(a) => transcribe::run(a, transcribe::Mode::Transcribe),
+        Command::Identify(a) => transcribe::run(a, transcribe::Mode::Identify),
         Command::Data(c) => data::run(c),
         Command::Demo(a) => demo::run(a),
     };

@@ -169,3 +169,131 @@ fn data_check_reports_every_problem() {
     let listed = std::fs::read_to_string(&skipped).unwrap();
     assert_eq!(listed.lines().count(), 1 + 6, "{listed}");
 }
+
+/// Two languages of the demo corpus, 6 training and 2 dev/test utterances each (ML-SUPERB layout).
+fn mini_corpus(root: &std::path::Path) {
+    for lang in ["deu", "spa"] {
+        let src = self::root().join("data/demo/espeak").join(lang);
+        let dst = root.join("mini").join(lang);
+        std::fs::create_dir_all(dst.join("wav")).unwrap();
+        for (split, from, take) in [("train", "train", 6), ("dev", "dev", 2), ("test", "dev", 2)] {
+            let text = std::fs::read_to_string(src.join(format!("transcript_10min_{from}.txt"))).unwrap();
+            let lines: Vec<&str> = text.lines().take(take).collect();
+            for l in &lines {
+                let id = l.split_whitespace().next().unwrap();
+                std::fs::copy(src.join("wav").join(format!("{id}.ogg")), dst.join("wav").join(format!("{id}.ogg")))
+                    .unwrap();
+            }
+            std::fs::write(dst.join(format!("transcript_10min_{split}.txt")), lines.join("\n") + "\n").unwrap();
+        }
+    }
+}
+
+fn write_config(dir: &std::path::Path, corpus: &std::path::Path, out: &std::path::Path, steps: usize) -> PathBuf {
+    let path = dir.join(format!("{}.toml", out.file_name().unwrap().to_string_lossy()));
+    std::fs::write(
+        &path,
+        format!(
+            r#"output_dir = {out:?}
+[upstream]
+model = "builtin:tiny"
+[method]
+kind = "lora"
+r = 4
+[task]
+kind = "joint_asr_lid"
+[data]
+root = {corpus:?}
+workers = 1
+[data.batch]
+max_seconds = 12.0
+[train]
+steps = {steps}
+lr = 1e-3
+checkpoint_every = 1
+eval_every = 4
+"#,
+            out = out.display().to_string(),
+            corpus = corpus.display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_killed_training_process_resumes_to_the_same_weights_and_the_model_is_usable() {
+    let tmp = tempfile::tempdir().unwrap();
+    mini_corpus(tmp.path());
+    let corpus = tmp.path().to_path_buf();
+    let steps = 8;
+    let whole = tmp.path().join("whole");
+    let cfg = write_config(tmp.path(), &corpus, &whole, steps);
+    let (ok, out, err) = speechtune(&["train", cfg.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("dev at end (step 8)") && out.contains("best checkpoint"), "{out}");
+
+    // The same run, killed with SIGKILL once its second checkpoint exists, then resumed.
+    let killed = tmp.path().join("killed");
+    let cfg = write_config(tmp.path(), &corpus, &killed, steps);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_speechtune"))
+        .args(["train", cfg.to_str().unwrap()])
+        .current_dir(root())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let second = killed.join("checkpoints/step-2/resume/state.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !second.is_file() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint after 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join(format!("checkpoints/step-{steps}")).exists(), "the run finished before it was killed");
+    let (ok, _, err) = speechtune(&["train", cfg.to_str().unwrap()]);
+    assert!(!ok && err.contains("--resume"), "{err}");
+    let (ok, out, err) = speechtune(&["train", cfg.to_str().unwrap(), "--resume"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("resumed at step"), "{out}");
+    for f in ["heads.safetensors", "adapter_model.safetensors"] {
+        let a = std::fs::read(whole.join(format!("checkpoints/step-{steps}")).join(f)).unwrap();
+        let b = std::fs::read(killed.join(format!("checkpoints/step-{steps}")).join(f)).unwrap();
+        assert!(a == b, "{f} differs after kill and resume");
+    }
+    // Only the last keep_last = 2 checkpoints remain.
+    let left: Vec<String> = std::fs::read_dir(killed.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(left, ["step-7", "step-8"]);
+
+    // eval, transcribe, identify on the trained run.
+    let run = whole.to_str().unwrap();
+    let (ok, out, err) = speechtune(&["eval", run, "--split", "test"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("on test (4 utterances): CER") && out.contains("confusion"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("best/eval_test.json")).unwrap()).unwrap();
+    assert_eq!(report["utterances"], 4);
+    assert!(report["cer"].as_f64().unwrap() > 0.0);
+    let predictions = std::fs::read_to_string(whole.join("best/predictions_test.tsv")).unwrap();
+    assert_eq!(predictions.lines().count(), 5, "{predictions}");
+    let (ok, _, err) = speechtune(&["eval", run, "--split", "valid"]);
+    assert!(!ok && err.contains("--split valid: expected train, dev or test"), "{err}");
+
+    let wav = corpus.join("mini/deu/wav");
+    let first = std::fs::read_dir(&wav).unwrap().next().unwrap().unwrap().path();
+    let (ok, out, err) = speechtune(&["transcribe", run, first.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let fields: Vec<&str> = out.trim_end().split('\t').collect();
+    assert_eq!(fields.len(), 3, "path, text, language: {out:?}");
+    assert_eq!(fields[0], first.to_str().unwrap());
+    let (ok, out, err) = speechtune(&["identify", run, first.to_str().unwrap(), "tests/fixtures/audio/mono16k.wav"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (ok, _, err) = speechtune(&["transcribe", run, "missing.wav"]);
+    assert!(!ok && err.contains("missing.wav"), "{err}");
+}
