@@ -192,7 +192,8 @@ pub struct TrainConfig {
     pub lr: f64,
     pub weight_decay: f64,
     pub schedule: Schedule,
-    /// Clip the global gradient norm (None: no clipping).
+    /// Clip the global gradient norm over all parameters, as PyTorch's clip_grad_norm_ (None: no
+    /// clipping).
     pub grad_clip: Option<f32>,
     /// Evaluate on the dev split every N steps (0: only at the end).
     pub eval_every: usize,

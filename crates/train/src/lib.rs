@@ -2,6 +2,7 @@
 //! heads) and the training loop with evaluation.
 
 pub mod checkpoint;
+mod clip;
 pub mod config;
 mod error;
 pub mod eval;

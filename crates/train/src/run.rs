@@ -11,7 +11,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -24,6 +23,7 @@ use speechtune_models::{FrontEnd, Perturb};
 use speechtune_tasks::ctc_loss;
 
 use crate::checkpoint::{checkpoints, load_trainable_record, save_model, trainable_record};
+use crate::clip::clip_global_norm;
 use crate::config::{MethodConfig, RunConfig, TaskKind};
 use crate::eval::{EvalReport, evaluate};
 use crate::model::{TaskModel, count_parameters, load_upstream};
@@ -168,11 +168,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
     let eval = |model: &TaskModel, step: usize| {
         evaluate(&model.valid(), &frontend, &dev_set, cfg, &vocab, &classes, step, 1, &plain, |_, _| {})
     };
-    let mut optim = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(cfg.train.weight_decay as f32)
-        .with_grad_clipping(cfg.train.grad_clip.map(GradientClippingConfig::Norm))
-        .init();
+    let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(cfg.train.weight_decay as f32).init();
     let save_best = |model: &TaskModel, report: &EvalReport| -> Result<()> {
         let tmp = run_dir.join(".best.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
@@ -281,6 +277,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
         let mut accumulator = GradientsAccumulator::<TaskModel>::new();
         let mut loss_sum = 0.0f32;
         let mut finite = true;
+        let mut grad_norm = 0.0f32;
         for micro in 0..accum {
             let batch = match loader.next() {
                 Some(b) => b?,
@@ -328,7 +325,9 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
         st.step += 1;
         if finite {
             st.bad_in_a_row = 0;
-            model = optim.step(lr, model, accumulator.grads());
+            let mut grads = accumulator.grads();
+            grad_norm = clip_global_norm(&model, &mut grads, cfg.train.grad_clip);
+            model = optim.step(lr, model, grads);
         } else {
             st.skipped += 1;
             st.bad_in_a_row += 1;
@@ -345,8 +344,13 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
         bar.set_position(st.step as u64);
         bar.set_message(format!("loss {loss_sum:.3} lr {lr:.2e} {speed:.1} audio s/s"));
         if finite {
-            log(serde_json::json!({"step": st.step, "loss": loss_sum, "lr": lr, "audio_seconds_per_second": speed}));
-            events.scalars(st.step, &[("train/loss", loss_sum as f64), ("train/lr", lr)]);
+            log(serde_json::json!({
+                "step": st.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "audio_seconds_per_second": speed
+            }));
+            events.scalars(
+                st.step,
+                &[("train/loss", loss_sum as f64), ("train/lr", lr), ("train/grad_norm", grad_norm as f64)],
+            );
         }
         out_of_time = cfg.train.time_budget_seconds.is_some_and(|b| elapsed > b);
         let last_step = st.step == cfg.train.steps || out_of_time;

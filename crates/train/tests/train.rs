@@ -160,7 +160,15 @@ fn every_shipped_config_parses() {
             n += 1;
         }
     }
-    assert!(n >= 5, "{n} configs");
+    // One per task × method, each of that task and method, plus the demo's.
+    for task in ["asr", "lid", "classify", "joint_asr_lid", "ctc_plus_lid"] {
+        for (method, _) in METHODS {
+            let cfg = RunConfig::load(&dir.join(format!("{task}_{method}.toml")), &[]).unwrap();
+            assert_eq!(cfg.method.name(), method);
+            assert_eq!(serde_json::to_value(cfg.task.kind).unwrap(), task);
+        }
+    }
+    assert_eq!(n, 5 * METHODS.len() + 1);
 }
 
 fn files_equal(a: &Path, b: &Path) -> bool {
