@@ -153,7 +153,9 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio").join(name)
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
+            .join("../../tests/fixtures/audio")
+            .join(name)
     }
 
     #[test]
@@ -200,7 +202,11 @@ mod tests {
     #[test]
     fn every_container_decodes_to_the_same_speech() {
         // The same 1.5-s recording encoded by sox (scripts/make_audio_fixtures.sh).
-        let fx = |p: &str| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(p);
+        let fx = |p: &str| {
+            PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
+                .join("../../tests/fixtures")
+                .join(p)
+        };
         let reference = decode_file(&fx("logmel/speech_1500ms.wav")).unwrap().samples;
         // (file, samples at 16 kHz, lag of the content, minimum correlation)
         let cases = [

@@ -1,5 +1,6 @@
 //! `speechtune`: fine-tune and analyse self-supervised speech models.
 
+mod analyze;
 mod data;
 mod demo;
 mod eval;
@@ -39,6 +40,9 @@ enum Command {
     /// Corpus statistics and health checks.
     #[command(subcommand)]
     Data(data::Command),
+    /// Analyse trained runs: layer weights.
+    #[command(subcommand)]
+    Analyze(analyze::Command),
     /// Joint ASR + LID with LoRA on the embedded demo corpus, evaluation and a layer-weights plot.
     Demo(demo::Args),
 }
@@ -53,6 +57,7 @@ fn main() {
         Command::Transcribe(a) => transcribe::run(a, transcribe::Mode::Transcribe),
         Command::Identify(a) => transcribe::run(a, transcribe::Mode::Identify),
         Command::Data(c) => data::run(c),
+        Command::Analyze(c) => analyze::run(c),
         Command::Demo(a) => demo::run(a),
     };
     if let Err(e) = result {

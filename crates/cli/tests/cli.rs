@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../..")
 }
 
 fn speechtune(args: &[&str]) -> (bool, String, String) {
@@ -296,4 +296,70 @@ fn a_killed_training_process_resumes_to_the_same_weights_and_the_model_is_usable
     assert_eq!(out.lines().count(), 2, "{out}");
     let (ok, _, err) = speechtune(&["transcribe", run, "missing.wav"]);
     assert!(!ok && err.contains("missing.wav"), "{err}");
+}
+
+#[test]
+fn analyze_layers_tabulates_and_plots_several_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    mini_corpus(tmp.path());
+    let mut runs = Vec::new();
+    for name in ["run_a", "run_b"] {
+        let out = tmp.path().join(name);
+        let cfg = write_config(tmp.path(), tmp.path(), &out, 2);
+        let (ok, _, err) = speechtune(&["train", cfg.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        runs.push(out);
+    }
+    let plots = tmp.path().join("plots");
+    let (ok, out, err) = speechtune(&[
+        "analyze",
+        "layers",
+        runs[0].to_str().unwrap(),
+        runs[1].join("checkpoints/step-2").to_str().unwrap(),
+        "--out",
+        plots.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let csv = std::fs::read_to_string(plots.join("layer_weights.csv")).unwrap();
+    assert_eq!(csv, out.lines().take(6).collect::<Vec<_>>().join("\n") + "\n");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "layer,run_a,run_b");
+    assert_eq!(rows.len(), 6, "CNN output + 4 layers: {csv}");
+    for col in 1..=2 {
+        let sum: f64 = rows[1..].iter().map(|r| r.split(',').nth(col).unwrap().parse::<f64>().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "weights sum to 1: {csv}");
+    }
+    let svg = std::fs::read_to_string(plots.join("layer_weights.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("run_a") && svg.contains("run_b") && svg.len() > 2000);
+}
+
+#[test]
+fn analyze_cost_measures_each_method_in_its_own_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    mini_corpus(tmp.path());
+    let cfg = write_config(tmp.path(), tmp.path(), &tmp.path().join("base"), 2);
+    let (ok, out, err) = speechtune(&[
+        "analyze",
+        "cost",
+        cfg.to_str().unwrap(),
+        "--methods",
+        "frozen,lora,full",
+        "--steps",
+        "2",
+        "--out",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let csv = std::fs::read_to_string(tmp.path().join("cost.csv")).unwrap();
+    let rows: Vec<Vec<f64>> =
+        csv.lines().skip(1).map(|l| l.split(',').skip(1).map(|x| x.parse().unwrap()).collect()).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    let (frozen, lora, full) = (&rows[0], &rows[1], &rows[2]);
+    assert!(frozen[0] < lora[0] && lora[0] < full[0], "trainable: {csv}");
+    assert!(frozen[1] == full[1], "same total without LoRA: {csv}");
+    // A full fine-tuning checkpoint holds the upstream too.
+    assert!(full[3] > lora[3] && lora[3] > frozen[3], "checkpoint bytes: {csv}");
+    for r in &rows {
+        assert!(r[4] > 0.0 && r[5] > 10e6, "step time and peak RSS measured: {csv}");
+    }
 }

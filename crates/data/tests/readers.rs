@@ -9,7 +9,7 @@ use speechtune_data::readers::{commonvoice, manifest, mlsuperb, shards};
 use speechtune_data::{AudioSource, BatchPlan, Loader, LoaderOptions, Problems, Split, plan_batches};
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../..")
 }
 
 fn demo() -> PathBuf {

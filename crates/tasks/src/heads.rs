@@ -152,3 +152,22 @@ impl Classifier {
         }
     }
 }
+
+#[allow(clippy::large_enum_variant)] // one per model
+/// A CTC head: ML-SUPERB's downstream on the weighted layer sum, or fairseq's linear layer on
+/// the last hidden state.
+#[derive(Module, Debug)]
+pub enum CtcHead {
+    Superb(SuperbDownstream),
+    Linear(LinearHead),
+}
+
+impl CtcHead {
+    /// `weighted`: the featurizer's output; `last`: the upstream's last hidden state.
+    pub fn forward(&self, weighted: Tensor<3>, last: Tensor<3>, lengths: &[usize]) -> Tensor<3> {
+        match self {
+            CtcHead::Superb(h) => h.forward(weighted, lengths),
+            CtcHead::Linear(h) => h.forward(last),
+        }
+    }
+}

@@ -9,7 +9,7 @@ pub mod metrics;
 
 pub use featurizer::Featurizer;
 pub use heads::{
-    AttentiveStatsClassifier, Classifier, LinearHead, MeanPoolClassifier, ProjectorClassifier, SuperbDownstream,
-    frame_mask,
+    AttentiveStatsClassifier, Classifier, CtcHead, LinearHead, MeanPoolClassifier, ProjectorClassifier,
+    SuperbDownstream, frame_mask,
 };
 pub use loss::ctc_loss;

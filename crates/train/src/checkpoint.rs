@@ -1,6 +1,7 @@
 //! What a run keeps. A checkpoint folder holds only what was trained, plus what is needed to use
 //! it: the fully resolved `config.toml`, `vocab.json`, `classes.json`, `eval.json`,
-//! `heads.safetensors` (featurizer and heads, names are module paths such as `ctc.proj.weight`),
+//! `heads.safetensors` (featurizer and heads, names are module paths such as
+//! `ctc.Superb.proj.weight`),
 //! and per method: `adapter_model.safetensors` + `adapter_config.json` for LoRA (Hugging Face
 //! peft's format, loadable by peft on the same base model), or `upstream.safetensors` (every
 //! upstream parameter that trained: adapters, prefixes, biases, or the fine-tuned weights).

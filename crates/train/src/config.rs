@@ -131,6 +131,21 @@ pub struct TaskConfig {
     /// Utterance classification head (lid, classify, ctc_plus_lid).
     #[serde(default)]
     pub pooling: Pooling,
+    /// CTC head (asr, joint_asr_lid, ctc_plus_lid).
+    #[serde(default)]
+    pub head: CtcHeadKind,
+}
+
+/// The CTC head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CtcHeadKind {
+    /// ML-SUPERB's downstream on the featurizer's weighted sum: linear to 256, 2-layer
+    /// Transformer, linear to the vocabulary.
+    #[default]
+    Superb,
+    /// fairseq's fine-tuning head: one linear layer on the last hidden state.
+    Linear,
 }
 
 /// How frame features become one vector per utterance.
@@ -214,6 +229,9 @@ pub struct TrainConfig {
     pub best_metric: Option<Metric>,
     /// Stop after this many evaluations without improvement of `best_metric`.
     pub early_stopping_patience: Option<usize>,
+    /// `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature (default: the first GPU
+    /// in such a build, else the CPU).
+    pub device: Option<String>,
 }
 
 /// Dev metrics that can select the best checkpoint.
@@ -249,6 +267,7 @@ impl Default for TrainConfig {
             keep_last: 2,
             best_metric: None,
             early_stopping_patience: None,
+            device: None,
         }
     }
 }

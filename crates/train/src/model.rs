@@ -5,11 +5,12 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use speechtune_models::{ModelInput, Perturb, Upstream, UpstreamModel};
 use speechtune_tasks::{
-    AttentiveStatsClassifier, Classifier, Featurizer, MeanPoolClassifier, ProjectorClassifier, SuperbDownstream,
+    AttentiveStatsClassifier, Classifier, CtcHead, Featurizer, LinearHead, MeanPoolClassifier, ProjectorClassifier,
+    SuperbDownstream,
 };
 
 use crate::Result;
-use crate::config::{MethodConfig, Pooling, RunConfig};
+use crate::config::{CtcHeadKind, MethodConfig, Pooling, RunConfig};
 
 pub use crate::config::MethodConfig as Method;
 
@@ -18,7 +19,7 @@ pub struct TaskModel {
     pub upstream: UpstreamModel,
     pub featurizer: Featurizer,
     /// CTC head (ASR and joint ASR + LID).
-    pub ctc: Option<SuperbDownstream>,
+    pub ctc: Option<CtcHead>,
     /// Utterance classifier (LID, labels).
     pub classifier: Option<Classifier>,
 }
@@ -71,7 +72,10 @@ impl TaskModel {
         let n_hidden = upstream.num_layers() + 1;
         let featurizer = Featurizer::new(n_hidden, cfg.upstream.exclude_cnn, cfg.upstream.layer_norm, device);
         let kind = cfg.task.kind;
-        let ctc = kind.has_ctc().then(|| SuperbDownstream::new(d, vocab, cfg.task.dropout, device));
+        let ctc = kind.has_ctc().then(|| match cfg.task.head {
+            CtcHeadKind::Superb => CtcHead::Superb(SuperbDownstream::new(d, vocab, cfg.task.dropout, device)),
+            CtcHeadKind::Linear => CtcHead::Linear(LinearHead::new(d, vocab, device)),
+        });
         let classify = matches!(
             kind,
             crate::config::TaskKind::Lid | crate::config::TaskKind::Classify | crate::config::TaskKind::CtcPlusLid
@@ -98,8 +102,9 @@ impl TaskModel {
         }
         let x = self.featurizer.forward(&out.hidden_states);
         let lengths = out.frame_lengths;
+        let last = out.hidden_states.last().cloned().unwrap_or_else(|| x.clone());
         Ok(TaskOutput {
-            ctc_logits: self.ctc.as_ref().map(|h| h.forward(x.clone(), &lengths)),
+            ctc_logits: self.ctc.as_ref().map(|h| h.forward(x.clone(), last, &lengths)),
             class_logits: self.classifier.as_ref().map(|h| h.forward(x, &lengths)),
             frame_lengths: lengths,
         })

@@ -5,7 +5,8 @@
 //! masks and LayerDrop through our own) is seeded from (seed, step, micro-batch), the batch
 //! order is a function of (seed, epoch), and the optimiser state, the step and the position in
 //! the epoch are saved with the weights; a resumed run therefore repeats exactly what the
-//! uninterrupted run does.
+//! uninterrupted run does. (The backend's generator is per process: two trainings running in
+//! threads of one process would draw from it in turn and lose that exactness.)
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,10 @@ pub struct RunSummary {
     pub trainable_parameters: usize,
     pub total_parameters: usize,
     pub seconds: f64,
+    /// Mean wall time of a training update in this process (evaluation and checkpoints excluded).
+    pub seconds_per_step: f64,
+    /// Peak resident memory of the process (Linux: VmHWM), when known.
+    pub peak_rss_bytes: Option<u64>,
     pub stopped_early: bool,
     pub first: EvalReport,
     pub last: EvalReport,
@@ -114,7 +119,7 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
 /// Train as configured.
 pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
     let started = Instant::now();
-    let device = Device::flex().autodiff();
+    let device = speechtune_models::parse_device(cfg.train.device.as_deref())?.autodiff();
     let plain = device.clone().without_autodiff();
     device.seed(cfg.train.seed);
     let run_dir = cfg.output_dir.clone();
@@ -271,8 +276,10 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
         save_best(&model, &st.best)?;
     }
 
+    let (mut step_seconds, mut steps_here) = (0.0f64, 0usize);
     while st.step < cfg.train.steps && !stopped_early && !out_of_time {
         let step = st.step;
+        let step_started = Instant::now();
         let lr = cfg.train.schedule.lr(cfg.train.lr, step, cfg.train.steps);
         let mut accumulator = GradientsAccumulator::<TaskModel>::new();
         let mut loss_sum = 0.0f32;
@@ -338,6 +345,8 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
                 )));
             }
         }
+        step_seconds += step_started.elapsed().as_secs_f64();
+        steps_here += 1;
         let elapsed = started.elapsed().as_secs_f64();
         st.seconds = process_start_seconds + elapsed;
         let speed = st.audio_seconds / st.seconds.max(1e-9);
@@ -394,6 +403,8 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
         trainable_parameters: trainable,
         total_parameters: total,
         seconds: st.seconds,
+        seconds_per_step: step_seconds / steps_here.max(1) as f64,
+        peak_rss_bytes: peak_rss(),
         stopped_early,
         first: st.first.clone(),
         last: st.last.clone(),
@@ -437,4 +448,12 @@ fn save_checkpoint(
         let _ = std::fs::remove_dir_all(old);
     }
     Ok(())
+}
+
+/// Peak resident set size of this process (`VmHWM` in /proc/self/status), Linux only.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

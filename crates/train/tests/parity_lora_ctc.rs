@@ -14,7 +14,7 @@ use speechtune_peft::LoraConfig;
 use speechtune_tasks::{LinearHead, ctc_loss};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../../tests/fixtures")
 }
 
 /// Every tensor of a safetensors file as f64 (f32, f64 or i64 on disk).

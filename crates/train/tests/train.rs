@@ -1,76 +1,11 @@
 //! Every task × method trains for a few steps on a small corpus cut from the demo corpus.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use speechtune_train::{RunConfig, TrainOptions, train};
+mod common;
 
-fn demo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/demo")
-}
-
-/// Two languages, 6 training and 2 dev utterances each, in ML-SUPERB layout, and the same
-/// files in a TSV manifest whose `label` is the language family (for `classify`).
-fn mini_corpus(root: &Path) {
-    let mut manifest = String::from("path\tlang\tlabel\tsplit\n");
-    for (lang, family) in [("deu", "germanic"), ("spa", "romance")] {
-        let src = demo().join("espeak").join(lang);
-        let dst = root.join("mini").join(lang);
-        std::fs::create_dir_all(dst.join("wav")).unwrap();
-        for (split, take) in [("train", 6), ("dev", 2)] {
-            let text = std::fs::read_to_string(src.join(format!("transcript_10min_{split}.txt"))).unwrap();
-            let lines: Vec<&str> = text.lines().take(take).collect();
-            for l in &lines {
-                let id = l.split_whitespace().next().unwrap();
-                std::fs::copy(src.join("wav").join(format!("{id}.ogg")), dst.join("wav").join(format!("{id}.ogg")))
-                    .unwrap();
-                manifest += &format!("mini/{lang}/wav/{id}.ogg\t{lang}\t{family}\t{split}\n");
-            }
-            std::fs::write(dst.join(format!("transcript_10min_{split}.txt")), lines.join("\n") + "\n").unwrap();
-        }
-    }
-    std::fs::write(root.join("families.tsv"), manifest).unwrap();
-}
-
-fn config(root: &Path, out: &Path, task: &str, method: &str, extra: &str) -> RunConfig {
-    let data = if task == "classify" { root.join("families.tsv") } else { root.to_path_buf() };
-    RunConfig::from_toml(&format!(
-        r#"
-output_dir = {out:?}
-[upstream]
-model = "builtin:tiny"
-[method]
-{method}
-[task]
-kind = "{task}"
-[data]
-root = {root:?}
-workers = 1
-[data.batch]
-max_seconds = 12.0
-[train]
-steps = 3
-lr = 1e-3
-{extra}
-"#,
-        out = out.display().to_string(),
-        root = data.display().to_string(),
-    ))
-    .unwrap()
-}
-
-const METHODS: [(&str, &str); 7] = [
-    ("frozen", "kind = \"frozen\""),
-    ("lora", "kind = \"lora\"\nr = 4"),
-    ("full", "kind = \"full\""),
-    ("adapter", "kind = \"adapter\"\nreduction_factor = 8"),
-    ("conv_adapter", "kind = \"conv_adapter\""),
-    ("prefix", "kind = \"prefix\"\nnum_virtual_tokens = 4"),
-    ("bitfit", "kind = \"bitfit\""),
-];
-
-fn opts() -> TrainOptions {
-    TrainOptions { progress: false, resume: false }
-}
+use common::{METHODS, config, mini_corpus, opts};
+use speechtune_train::{RunConfig, train};
 
 #[test]
 fn every_task_and_method_trains() {
@@ -151,7 +86,7 @@ fn every_task_and_method_trains() {
 
 #[test]
 fn every_shipped_config_parses() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../../configs");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -171,50 +106,29 @@ fn every_shipped_config_parses() {
     assert_eq!(n, 5 * METHODS.len() + 1);
 }
 
-fn files_equal(a: &Path, b: &Path) -> bool {
-    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
-}
-
 #[test]
-fn a_resumed_run_ends_with_the_same_weights() {
+fn early_stopping_and_the_linear_ctc_head() {
     let tmp = tempfile::tempdir().unwrap();
     mini_corpus(tmp.path());
-    // Everything random at once: LoRA dropout, downstream dropout, time/channel masks, LayerDrop,
-    // two micro-batches per update, reshuffled epochs (12 utterances in 12-s batches: an epoch
-    // is a few updates).
-    let extra = "eval_every = 2\ngrad_accumulation = 2\nkeep_last = 5\n[augment]\nmask_time_prob = 0.3\nmask_time_length = 3\nmask_feature_prob = 0.2\nlayerdrop = 0.2";
-    let method = "kind = \"lora\"\nr = 4\nlora_dropout = 0.1";
-    let whole = tmp.path().join("whole");
-    let mut cfg = config(tmp.path(), &whole, "joint_asr_lid", method, extra);
-    cfg.train.steps = 6;
-    let a = train(&cfg, &opts()).unwrap();
-    assert_eq!(a.steps, 6);
-
-    // The same run "killed" after its step-2 checkpoint: later checkpoints never happened.
-    let killed = tmp.path().join("killed");
-    let mut cfg_b = cfg.clone();
-    cfg_b.output_dir = killed.clone();
-    train(&cfg_b, &opts()).unwrap();
-    for step in [4, 6] {
-        std::fs::remove_dir_all(killed.join(format!("checkpoints/step-{step}"))).unwrap();
-    }
-    let again = train(&cfg_b, &opts()).unwrap_err().to_string();
-    assert!(again.contains("--resume"), "{again}");
-    let b = train(&cfg_b, &TrainOptions { progress: false, resume: true }).unwrap();
-    assert_eq!((b.resumed_from, b.steps), (Some(2), 6));
-    // (The optimiser files differ by parameter ids, which are random per process.)
-    for f in ["heads.safetensors", "adapter_model.safetensors"] {
-        assert!(
-            files_equal(&whole.join("checkpoints/step-6").join(f), &killed.join("checkpoints/step-6").join(f)),
-            "{f} differs after resuming"
-        );
-    }
-    assert_eq!(a.last, b.last);
-    // The metrics log has each step once.
-    let steps: Vec<u64> = std::fs::read_to_string(killed.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("step")?.as_u64())
-        .collect();
-    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+    // lr 0: nothing improves after the first evaluation, so patience 2 stops at step 3.
+    let out = tmp.path().join("stop");
+    let extra = "eval_every = 1\nearly_stopping_patience = 2\nbest_metric = \"wer\"";
+    let mut cfg = config(tmp.path(), &out, "asr", "kind = \"frozen\"", extra);
+    cfg.train.steps = 10;
+    cfg.train.lr = 0.0;
+    cfg.task.head = speechtune_train::config::CtcHeadKind::Linear;
+    let s = train(&cfg, &opts()).unwrap();
+    assert!(s.stopped_early);
+    assert_eq!((s.steps, s.best.step), (3, 1));
+    assert_eq!(s.last.wer, s.best.wer);
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("best/eval.json")).unwrap()).unwrap();
+    assert_eq!(best["step"], 1);
+    // fairseq's head: one linear layer (128 → vocabulary) on the last hidden state.
+    let bytes = std::fs::read(out.join("best/heads.safetensors")).unwrap();
+    let heads = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = heads.names().into_iter().map(String::from).collect();
+    names.sort();
+    assert_eq!(names, ["ctc.Linear.out.bias", "ctc.Linear.out.weight", "featurizer.weights"]);
+    assert_eq!(heads.tensor("ctc.Linear.out.weight").unwrap().shape()[0], 128);
 }

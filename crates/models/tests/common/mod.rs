@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use speechtune_models::burn::prelude::*;
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../../tests/fixtures")
 }
 
 /// Every tensor of `tests/fixtures/NAME/reference.safetensors` as (shape, f32 values).

@@ -1,0 +1,74 @@
+//! A small corpus cut from the demo corpus and run configs over it, shared by the training tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use speechtune_train::{RunConfig, TrainOptions};
+
+fn demo() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../../data/demo")
+}
+
+/// Two languages, 6 training and 2 dev utterances each, in ML-SUPERB layout, and the same
+/// files in a TSV manifest whose `label` is the language family (for `classify`).
+pub fn mini_corpus(root: &Path) {
+    let mut manifest = String::from("path\tlang\tlabel\tsplit\n");
+    for (lang, family) in [("deu", "germanic"), ("spa", "romance")] {
+        let src = demo().join("espeak").join(lang);
+        let dst = root.join("mini").join(lang);
+        std::fs::create_dir_all(dst.join("wav")).unwrap();
+        for (split, take) in [("train", 6), ("dev", 2)] {
+            let text = std::fs::read_to_string(src.join(format!("transcript_10min_{split}.txt"))).unwrap();
+            let lines: Vec<&str> = text.lines().take(take).collect();
+            for l in &lines {
+                let id = l.split_whitespace().next().unwrap();
+                std::fs::copy(src.join("wav").join(format!("{id}.ogg")), dst.join("wav").join(format!("{id}.ogg")))
+                    .unwrap();
+                manifest += &format!("mini/{lang}/wav/{id}.ogg\t{lang}\t{family}\t{split}\n");
+            }
+            std::fs::write(dst.join(format!("transcript_10min_{split}.txt")), lines.join("\n") + "\n").unwrap();
+        }
+    }
+    std::fs::write(root.join("families.tsv"), manifest).unwrap();
+}
+
+pub fn config(root: &Path, out: &Path, task: &str, method: &str, extra: &str) -> RunConfig {
+    let data = if task == "classify" { root.join("families.tsv") } else { root.to_path_buf() };
+    RunConfig::from_toml(&format!(
+        r#"
+output_dir = {out:?}
+[upstream]
+model = "builtin:tiny"
+[method]
+{method}
+[task]
+kind = "{task}"
+[data]
+root = {root:?}
+workers = 1
+[data.batch]
+max_seconds = 12.0
+[train]
+steps = 3
+lr = 1e-3
+{extra}
+"#,
+        out = out.display().to_string(),
+        root = data.display().to_string(),
+    ))
+    .unwrap()
+}
+
+pub const METHODS: [(&str, &str); 7] = [
+    ("frozen", "kind = \"frozen\""),
+    ("lora", "kind = \"lora\"\nr = 4"),
+    ("full", "kind = \"full\""),
+    ("adapter", "kind = \"adapter\"\nreduction_factor = 8"),
+    ("conv_adapter", "kind = \"conv_adapter\""),
+    ("prefix", "kind = \"prefix\"\nnum_virtual_tokens = 4"),
+    ("bitfit", "kind = \"bitfit\""),
+];
+
+pub fn opts() -> TrainOptions {
+    TrainOptions { progress: false, resume: false }
+}
