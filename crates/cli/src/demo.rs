@@ -37,8 +37,8 @@ pub fn run(args: Args) -> Result<()> {
     let cfg = RunConfig::load(&path, &overrides)?;
     println!("speechtune demo: joint ASR + LID, LoRA r=8 on q/v, built-in tiny upstream (random weights), data/demo");
     let opts = speechtune_train::TrainOptions { progress: true, resume: false };
-    if cfg.output_dir.join("checkpoints").is_dir() {
-        // The demo always starts over.
+    if cfg.output_dir.join("config.toml").is_file() {
+        // The demo always starts over (in a folder a previous demo or run wrote).
         std::fs::remove_dir_all(&cfg.output_dir).with_context(|| format!("clearing {}", cfg.output_dir.display()))?;
     }
     let summary = speechtune_train::train(&cfg, &opts).context("training the demo")?;

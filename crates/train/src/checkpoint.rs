@@ -114,14 +114,14 @@ fn subset(map: &TensorMap, prefix: &str) -> TensorMap {
 /// The checkpoint a run folder points to: `best/` when present, else the latest of
 /// `checkpoints/step-N/`; a checkpoint folder itself is returned as it is.
 pub fn resolve(dir: &Path) -> Result<PathBuf> {
-    if dir.join(HEADS).is_file() {
-        return Ok(dir.to_path_buf());
-    }
     if dir.join("best").join(HEADS).is_file() {
         return Ok(dir.join("best"));
     }
     if let Some((_, last)) = checkpoints(dir).pop() {
         return Ok(last);
+    }
+    if dir.join(HEADS).is_file() {
+        return Ok(dir.to_path_buf());
     }
     Err(Error::Config {
         path: dir.to_path_buf(),

@@ -76,7 +76,21 @@ pub fn decode(
             if beam > 1 { prefix_beam_search(&lp, v, vocab.blank(), beam).0 } else { greedy(&lp, v, vocab.blank()) };
         if kind == TaskKind::JointAsrLid {
             let lang_tokens: BTreeMap<u32, String> = vocab.languages().into_iter().collect();
-            p.class = Some(ids.first().and_then(|id| lang_tokens.get(id)).cloned().unwrap_or_else(|| "<none>".into()));
+            // ESPnet reads the language from the first token of the hypothesis. When the
+            // hypothesis does not start with one, the language token with the largest summed
+            // posterior over frames (its expected count) decides; `<none>` only for a
+            // vocabulary without language tokens.
+            let first = ids.first().and_then(|id| lang_tokens.get(id)).cloned();
+            let frames = lp.len() / v.max(1);
+            let most_probable = lang_tokens
+                .iter()
+                .map(|(&id, l)| {
+                    let expected: f32 = (0..frames).map(|f| lp[f * v + id as usize].exp()).sum();
+                    (expected, l)
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, l)| l.clone());
+            p.class = Some(first.or(most_probable).unwrap_or_else(|| "<none>".into()));
             ids.retain(|id| !lang_tokens.contains_key(id));
         }
         p.text = Some(vocab.decode(&ids));
