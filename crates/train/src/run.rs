@@ -98,6 +98,42 @@ fn is_better(metric: crate::config::Metric, new: f64, old: f64) -> bool {
     if metric.higher_is_better() { new > old } else { new < old }
 }
 
+/// A run resumes only with the settings it was trained with; the number of steps, the time
+/// budget and evaluation/checkpoint intervals may change.
+fn check_resumable(cfg: &RunConfig, saved_path: &Path) -> Result<()> {
+    let saved = RunConfig::load(saved_path, &[])?;
+    let mut differ = Vec::new();
+    if saved.upstream != cfg.upstream {
+        differ.push("upstream");
+    }
+    if saved.method != cfg.method {
+        differ.push("method");
+    }
+    if saved.task != cfg.task {
+        differ.push("task");
+    }
+    if saved.data != cfg.data {
+        differ.push("data");
+    }
+    if saved.augment != cfg.augment {
+        differ.push("augment");
+    }
+    let t = |c: &RunConfig| {
+        (c.train.lr, c.train.weight_decay, c.train.schedule.clone(), c.train.grad_accumulation, c.train.seed)
+    };
+    if t(&saved) != t(cfg) {
+        differ.push("train (lr, weight_decay, schedule, grad_accumulation or seed)");
+    }
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config {
+            path: saved_path.to_path_buf(),
+            reason: format!("cannot resume with different settings: {} changed", differ.join(", ")),
+        })
+    }
+}
+
 /// Keep only the lines of `metrics.jsonl` up to `step` (a resumed run rewrites what follows).
 fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -185,17 +221,18 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
 
     let mut st = match &latest {
         Some((step, dir)) if opts.resume => {
+            check_resumable(cfg, &dir.join("config.toml"))?;
             let state_path = dir.join("resume/state.json");
             let text = std::fs::read_to_string(&state_path).unwrap_or_default();
             let st: LoopState = serde_json::from_str(&text)
                 .map_err(|e| Error::Config { path: state_path.clone(), reason: e.to_string() })?;
             let model_path = dir.join("resume/model.bpk");
-            let bytes =
-                std::fs::read(&model_path).map_err(|source| Error::Write { path: model_path.clone(), source })?;
+            let bytes = std::fs::read(&model_path)
+                .map_err(|e| Error::Config { path: model_path.clone(), reason: e.to_string() })?;
             model = load_trainable_record(model, bytes, &model_path)?;
             let optim_path = dir.join("resume/optim.bpk");
-            let bytes =
-                std::fs::read(&optim_path).map_err(|source| Error::Write { path: optim_path.clone(), source })?;
+            let bytes = std::fs::read(&optim_path)
+                .map_err(|e| Error::Config { path: optim_path.clone(), reason: e.to_string() })?;
             optim = optim
                 .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
                 .map_err(|e| Error::Config { path: optim_path.clone(), reason: e.to_string() })?;

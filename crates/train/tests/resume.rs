@@ -38,7 +38,13 @@ fn a_resumed_run_ends_with_the_same_weights() {
     }
     let again = train(&cfg_b, &opts()).unwrap_err().to_string();
     assert!(again.contains("--resume"), "{again}");
-    let b = train(&cfg_b, &TrainOptions { progress: false, resume: true }).unwrap();
+    let resume = TrainOptions { progress: false, resume: true };
+    let mut changed = cfg_b.clone();
+    changed.train.lr *= 2.0;
+    changed.task.dropout = 0.0;
+    let e = train(&changed, &resume).unwrap_err().to_string();
+    assert!(e.contains("cannot resume with different settings: task, train (lr"), "{e}");
+    let b = train(&cfg_b, &resume).unwrap();
     assert_eq!((b.resumed_from, b.steps), (Some(2), 6));
     // (The optimiser files differ by parameter ids, which are random per process.)
     for f in ["heads.safetensors", "adapter_model.safetensors"] {
