@@ -8,8 +8,8 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use speechtune_peft::{
-    AdapterConfig, Bottleneck, ConvAdapter, ConvAdapterConfig, LoraConfig, LoraLayer, Placement, Prefix, PrefixConfig,
-    Proj,
+    AdapterConfig, Bottleneck, ConvAdapter, ConvAdapterConfig, LoraConfig, LoraLayer, MaskConfig, MaskLayer, Placement,
+    Prefix, PrefixConfig, Proj,
 };
 
 use crate::upstream::UpstreamModel;
@@ -173,6 +173,21 @@ impl UpstreamModel {
             *s.prefix = Some(Prefix::new(d, cfg, device));
         }
         n
+    }
+
+    /// S3-Router: a binary mask with learnable scores on every feed-forward projection, and on
+    /// the attention projections unless `fix_attn`; returns the masked projections' names.
+    pub fn attach_masks(&mut self, cfg: &MaskConfig) -> Vec<String> {
+        let mut names = Vec::new();
+        for p in self.projections_mut() {
+            let attention = p.name.contains(".attention.") || p.name.contains(".self_attn.");
+            if cfg.fix_attn && attention {
+                continue;
+            }
+            p.mask = Some(MaskLayer::new(&p.base.weight.val(), cfg));
+            names.push(p.name.clone());
+        }
+        names
     }
 
     /// BitFit: freeze everything but the bias terms; returns how many bias values train.

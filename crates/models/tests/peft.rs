@@ -264,3 +264,47 @@ fn loading_state_into_a_differently_built_model_names_the_tensor() {
     assert!(e.contains("Ssl.projection.bias has shape [2], the model expects [32]"), "{e}");
     assert!(e.contains("conv_adapter.up.bias"), "{e}");
 }
+
+#[test]
+fn s3_router_masks_keep_the_top_scores_and_train_only_the_scores() {
+    use speechtune_peft::mask::kept;
+    use speechtune_peft::{MaskConfig, ScoreInit};
+    let device = Device::flex().autodiff();
+    for name in MODELS {
+        // Keeping everything changes nothing.
+        let (mut up, wave) = frozen(name, &device);
+        let plain = run(&up, &wave, &device);
+        let all = MaskConfig { prune_rate: 1.0, ..MaskConfig::default() };
+        assert_eq!(up.model.attach_masks(&all).len(), 12, "{name}: 6 projections × 2 layers");
+        assert_eq!(max_diff(&plain, &run(&up, &wave, &device)), 0.0, "{name}");
+
+        // fix_attn leaves q, k, v, out alone.
+        let (mut up, _) = frozen(name, &device);
+        let ffn_only = up.model.attach_masks(&MaskConfig { fix_attn: true, ..MaskConfig::default() });
+        assert_eq!(ffn_only.len(), 4, "{name}: {ffn_only:?}");
+
+        // prune_rate 0.9 keeps exactly 90% per layer, and weight_rank starts as magnitude pruning.
+        let (mut up, wave) = frozen(name, &device);
+        up.model.attach_masks(&MaskConfig { prune_rate: 0.9, score_init: ScoreInit::WeightRank, fix_attn: false });
+        for p in up.model.projections() {
+            let m = values(&p.mask.as_ref().unwrap().hard());
+            let w = values(&p.base.weight.val());
+            let ones = m.iter().filter(|&&x| x == 1.0).count();
+            assert_eq!(ones, kept(w.len(), 0.9), "{name} {}", p.name);
+            assert!(m.iter().all(|&x| x == 0.0 || x == 1.0));
+            let smallest_kept =
+                w.iter().zip(&m).filter(|(_, m)| **m == 1.0).map(|(w, _)| w.abs()).fold(f32::MAX, f32::min);
+            let largest_dropped =
+                w.iter().zip(&m).filter(|(_, m)| **m == 0.0).map(|(w, _)| w.abs()).fold(0.0, f32::max);
+            assert!(smallest_kept >= largest_dropped, "{name} {}: not magnitude order", p.name);
+        }
+        let pruned = run(&up, &wave, &device);
+        assert!(max_diff(&plain, &pruned) > 1e-4, "{name}: pruning 10% must change the output");
+
+        // Straight-through: the scores get gradients and are the only thing that changes.
+        let scores: Vec<ParamId> = up.model.projections().iter().map(|p| p.mask.as_ref().unwrap().scores.id).collect();
+        let changed = one_step(&mut up, &wave, &device);
+        assert!(!changed.is_empty(), "{name}: no score moved");
+        assert!(changed.iter().all(|id| scores.contains(id)), "{name}: a weight changed");
+    }
+}

@@ -2,6 +2,7 @@ use burn::nn::Linear;
 use burn::prelude::*;
 
 use crate::lora::LoraLayer;
+use crate::mask::MaskLayer;
 
 /// Every projection a PEFT method may target: the pretrained linear layer and the method
 /// layers attached to it. `name` is the module's path in the checkpoint (relative to the base
@@ -10,12 +11,14 @@ use crate::lora::LoraLayer;
 pub struct Proj {
     pub base: Linear,
     pub lora: Option<LoraLayer>,
+    /// S3-Router binary mask over the base weight.
+    pub mask: Option<MaskLayer>,
     pub name: String,
 }
 
 impl Proj {
     pub fn new(base: Linear, name: impl Into<String>) -> Self {
-        Self { base, lora: None, name: name.into() }
+        Self { base, lora: None, mask: None, name: name.into() }
     }
 
     pub fn d_in(&self) -> usize {
@@ -27,9 +30,20 @@ impl Proj {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let base = match &self.mask {
+            None => self.base.forward(x.clone()),
+            Some(m) => {
+                let w = (self.base.weight.val() * m.mask()).unsqueeze::<D>();
+                let y = x.clone().matmul(w);
+                match &self.base.bias {
+                    Some(b) => y + b.val().unsqueeze::<D>(),
+                    None => y,
+                }
+            }
+        };
         match &self.lora {
-            None => self.base.forward(x),
-            Some(lora) => self.base.forward(x.clone()) + lora.forward(x),
+            None => base,
+            Some(lora) => base + lora.forward(x),
         }
     }
 }
