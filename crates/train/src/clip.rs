@@ -2,6 +2,8 @@
 //! (and so fairseq and transformers' Trainer) does. burn's optimiser option clips each tensor
 //! by its own norm, which is a different method.
 
+use std::collections::HashSet;
+
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -26,17 +28,16 @@ impl ModuleVisitor for SquaredNorm<'_> {
 struct Scale<'a> {
     grads: &'a mut GradientsParams,
     factor: f32,
-    seen: Vec<ParamId>,
+    seen: HashSet<ParamId>,
 }
 
 impl ModuleVisitor for Scale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.seen.contains(&param.id) {
-            return;
-        }
-        if let Some(g) = self.grads.remove::<D>(param.id) {
+        // A parameter shared by two modules is visited twice but scaled once.
+        if self.seen.insert(param.id)
+            && let Some(g) = self.grads.remove::<D>(param.id)
+        {
             self.grads.register(param.id, g * self.factor);
-            self.seen.push(param.id);
         }
     }
 }
@@ -50,7 +51,7 @@ pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_n
     if let Some(max) = max_norm
         && norm > max
     {
-        let mut s = Scale { grads, factor: max / (norm + 1e-6), seen: Vec::new() };
+        let mut s = Scale { grads, factor: max / (norm + 1e-6), seen: HashSet::new() };
         model.visit(&mut s);
     }
     norm

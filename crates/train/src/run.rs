@@ -338,10 +338,10 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
                 continue; // this update is skipped; keep the data position in step with the plan
             }
             device.seed(step_seed(cfg.train.seed, step, micro));
-            let mut perturb = Perturb::new(&cfg.augment, step_seed(cfg.train.seed ^ 0x5eed, step, micro));
-            let perturb = (!cfg.augment.is_off()).then_some(&mut perturb);
+            let mut perturb = (!cfg.augment.is_off())
+                .then(|| Perturb::new(&cfg.augment, step_seed(cfg.train.seed ^ 0x5eed, step, micro)));
             let waves: Vec<Vec<f32>> = batch.waves.iter().map(|w| w.as_ref().clone()).collect();
-            let out = model.forward(frontend.prepare(&waves, &device)?, perturb, step < freeze_updates)?;
+            let out = model.forward(frontend.prepare(&waves, &device)?, perturb.as_mut(), step < freeze_updates)?;
             let ctc = out.ctc_logits.as_ref().map(|logits| {
                 let targets: Vec<Vec<u32>> = batch.indices.iter().map(|&i| train_set.targets[i].clone()).collect();
                 ctc_loss(logits.clone(), &out.frame_lengths, &targets, vocab.blank()).mean()
