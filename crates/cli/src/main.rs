@@ -4,6 +4,7 @@ mod analyze;
 mod data;
 mod demo;
 mod eval;
+mod export;
 mod features;
 mod inspect;
 mod output;
@@ -43,6 +44,11 @@ enum Command {
     /// Analyse trained runs: layer weights.
     #[command(subcommand)]
     Analyze(analyze::Command),
+    /// Write a trained run's upstream as a Hugging Face model directory (S3-Router masks applied,
+    /// LoRA merged), with its masks and a sparsity report.
+    Export(export::ExportArgs),
+    /// One-shot magnitude pruning of a model (per layer or global), written like `export`.
+    Prune(export::PruneArgs),
     /// Joint ASR + LID with LoRA on the embedded demo corpus, evaluation and a layer-weights plot.
     Demo(demo::Args),
 }
@@ -58,6 +64,8 @@ fn main() {
         Command::Identify(a) => transcribe::run(a, transcribe::Mode::Identify),
         Command::Data(c) => data::run(c),
         Command::Analyze(c) => analyze::run(c),
+        Command::Export(a) => export::export(a),
+        Command::Prune(a) => export::prune(a),
         Command::Demo(a) => demo::run(a),
     };
     if let Err(e) = result {

@@ -15,11 +15,19 @@ pub struct Args {
     /// Continue the run in output_dir from its latest checkpoint (after a kill or a time limit).
     #[arg(long)]
     pub resume: bool,
+    /// One run per training language, in output_dir/LANG (S3-Router's multilingual setting:
+    /// one mask per language over the same pretrained weights). `transcribe --lang/--lid`
+    /// picks among them; `analyze masks` compares them.
+    #[arg(long)]
+    pub per_language: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = RunConfig::load(&args.config, &args.overrides)?;
     let opts = TrainOptions { progress: true, resume: args.resume };
+    if args.per_language {
+        return train_per_language(cfg, &opts, &args.config);
+    }
     let summary =
         speechtune_train::train(&cfg, &opts).with_context(|| format!("training {}", args.config.display()))?;
     print!("{}", report(&summary));
@@ -83,4 +91,25 @@ pub fn per_language(e: &EvalReport) -> String {
         out += &format!("{lang:<8} {:>5} {:>7} {:>7} {:>9}\n", l.utterances, pct(l.cer), pct(l.wer), pct(l.accuracy));
     }
     out
+}
+
+fn train_per_language(cfg: RunConfig, opts: &TrainOptions, config: &std::path::Path) -> Result<()> {
+    let utts = speechtune_train::prepare::read_split(speechtune_data::Split::Train, &cfg)?;
+    let languages = speechtune_train::prepare::class_names(&utts, speechtune_train::config::TaskKind::Lid);
+    if languages.is_empty() {
+        anyhow::bail!("{}: the training split names no language", cfg.data.root.display());
+    }
+    std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+    let index = serde_json::to_string_pretty(&languages)?;
+    crate::output::write_atomic(&cfg.output_dir.join(crate::transcribe::LANGUAGES), index.as_bytes())?;
+    for lang in &languages {
+        let mut c = cfg.clone();
+        c.data.languages = vec![lang.clone()];
+        c.output_dir = cfg.output_dir.join(lang);
+        println!("== {lang}: {}", c.output_dir.display());
+        let summary =
+            speechtune_train::train(&c, opts).with_context(|| format!("training {} for {lang}", config.display()))?;
+        print!("{}", report(&summary));
+    }
+    Ok(())
 }

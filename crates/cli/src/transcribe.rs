@@ -22,6 +22,27 @@ pub struct Args {
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long)]
     pub device: Option<String>,
+    /// For a run trained with `train --per-language` (one model per language, e.g. S3-Router
+    /// masks over shared weights): use this language's model for every file.
+    #[arg(long, conflicts_with = "lid")]
+    pub lang: Option<String>,
+    /// For a per-language run: pick each file's language with this LID run (a run folder of a
+    /// `lid`, `ctc_plus_lid` or `joint_asr_lid` model).
+    #[arg(long)]
+    pub lid: Option<PathBuf>,
+}
+
+/// `languages.json` of a `train --per-language` folder: the languages with a run below it.
+pub const LANGUAGES: &str = "languages.json";
+
+/// The languages of a per-language folder, if `run` is one.
+pub fn per_language(run: &std::path::Path) -> Result<Option<Vec<String>>> {
+    let path = run.join(LANGUAGES);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -32,6 +53,15 @@ pub enum Mode {
 
 pub fn run(args: Args, mode: Mode) -> Result<()> {
     let device: Device = speechtune_models::parse_device(args.device.as_deref())?;
+    if let Some(languages) = per_language(&args.run)? {
+        return run_per_language(&args, mode, &languages, &device);
+    }
+    if args.lang.is_some() || args.lid.is_some() {
+        bail!(
+            "--lang and --lid choose among the runs of a `train --per-language` folder; {} is one run",
+            args.run.display()
+        );
+    }
     let loaded = checkpoint::load(&args.run, &device).with_context(|| format!("loading {}", args.run.display()))?;
     let kind = loaded.cfg.task.kind;
     match mode {
@@ -57,6 +87,54 @@ pub fn run(args: Args, mode: Mode) -> Result<()> {
             }
         }
         println!("{}", line.join("\t"));
+    }
+    Ok(())
+}
+
+/// Transcribe with the model of each file's language: given (`--lang`) or identified (`--lid`).
+fn run_per_language(args: &Args, mode: Mode, languages: &[String], device: &Device) -> Result<()> {
+    if mode == Mode::Identify {
+        bail!("{} holds one model per language: identify with a LID run instead", args.run.display());
+    }
+    let lid = match (&args.lang, &args.lid) {
+        (None, None) => bail!(
+            "{} holds one model per language ({}): pass --lang LANG or --lid LID_RUN",
+            args.run.display(),
+            languages.join(", ")
+        ),
+        (_, Some(dir)) => Some(checkpoint::load(dir, device).with_context(|| format!("loading {}", dir.display()))?),
+        (Some(_), None) => None,
+    };
+    let mut models: std::collections::HashMap<String, checkpoint::Loaded> = Default::default();
+    for path in &args.audio {
+        let wave = speechtune_audio::load_mono_16k(path).with_context(|| format!("reading {}", path.display()))?;
+        let lang = match (&args.lang, &lid) {
+            (Some(l), _) => l.clone(),
+            (None, Some(m)) => {
+                let out = m.model.forward(m.frontend.prepare(std::slice::from_ref(&wave), device)?, None, false)?;
+                decode(&out, 0, m.cfg.task.kind, &m.vocab, &m.classes, 1)
+                    .class
+                    .with_context(|| format!("{}: the LID run gave no language", path.display()))?
+            }
+            (None, None) => unreachable!("checked above"),
+        };
+        if !languages.contains(&lang) {
+            bail!(
+                "{}: no model for language {lang} in {} (it has {})",
+                path.display(),
+                args.run.display(),
+                languages.join(", ")
+            );
+        }
+        if !models.contains_key(&lang) {
+            let dir = args.run.join(&lang);
+            let m = checkpoint::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+            models.insert(lang.clone(), m);
+        }
+        let m = &models[&lang];
+        let out = m.model.forward(m.frontend.prepare(&[wave], device)?, None, false)?;
+        let p = decode(&out, 0, m.cfg.task.kind, &m.vocab, &m.classes, args.beam);
+        println!("{}\t{}\t{lang}", path.display(), p.text.unwrap_or_default());
     }
     Ok(())
 }

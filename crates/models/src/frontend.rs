@@ -37,6 +37,9 @@ pub enum ModelInput {
     Waveform { samples: Tensor<2>, lengths: Vec<usize> },
     /// `[batch, n_mels, frames]` and the valid audio samples of each item.
     LogMel { features: Tensor<3>, lengths: Vec<usize> },
+    /// An SSL model's CNN output computed earlier (`SslModel::extract_features`, one utterance
+    /// at a time), zero-padded to `[batch, frames, channels]`, and the valid frames of each item.
+    CnnFeatures { features: Tensor<3>, frame_lengths: Vec<usize> },
 }
 
 impl FrontEnd {

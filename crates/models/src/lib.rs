@@ -6,6 +6,7 @@ pub mod augment;
 pub mod config;
 mod device;
 mod error;
+pub mod export;
 pub mod frontend;
 pub mod layers;
 pub mod peft;

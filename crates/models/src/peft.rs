@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use speechtune_peft::{
     AdapterConfig, Bottleneck, ConvAdapter, ConvAdapterConfig, LoraConfig, LoraLayer, MaskConfig, MaskLayer, Placement,
-    Prefix, PrefixConfig, Proj,
+    Prefix, PrefixConfig, Proj, PruneScope, magnitude_masks,
 };
 
 use crate::upstream::UpstreamModel;
@@ -185,6 +185,24 @@ impl UpstreamModel {
                 continue;
             }
             p.mask = Some(MaskLayer::new(&p.base.weight.val(), cfg));
+            names.push(p.name.clone());
+        }
+        names
+    }
+
+    /// One-shot magnitude pruning of the projections S3-Router masks (feed-forward, and
+    /// attention unless `fix_attn`), as fixed masks; returns their names.
+    pub fn prune_magnitude(&mut self, keep: f64, scope: PruneScope, fix_attn: bool) -> Vec<String> {
+        let mut chosen: Vec<&mut Proj> = self
+            .projections_mut()
+            .into_iter()
+            .filter(|p| !(fix_attn && (p.name.contains(".attention.") || p.name.contains(".self_attn."))))
+            .collect();
+        let weights: Vec<Tensor<2>> = chosen.iter().map(|p| p.base.weight.val()).collect();
+        let masks = magnitude_masks(&weights, keep, scope);
+        let mut names = Vec::new();
+        for (p, m) in chosen.iter_mut().zip(masks) {
+            p.mask = Some(m);
             names.push(p.name.clone());
         }
         names

@@ -49,6 +49,12 @@ impl UpstreamModel {
                 let hidden_states = m.encode(features, padded.then_some(frame_lengths.as_slice()), perturb);
                 Ok(UpstreamOutput { hidden_states, frame_lengths })
             }
+            (UpstreamModel::Ssl(m), ModelInput::CnnFeatures { features, frame_lengths }) => {
+                let frames = features.dims()[1];
+                let padded = frame_lengths.iter().any(|&l| l < frames);
+                let hidden_states = m.encode(features, padded.then_some(frame_lengths.as_slice()), perturb);
+                Ok(UpstreamOutput { hidden_states, frame_lengths })
+            }
             (UpstreamModel::Whisper(m), ModelInput::LogMel { features, lengths }) => {
                 let frames = features.dims()[2];
                 let unpadded = frames != m.expected_frames();
@@ -116,7 +122,7 @@ impl UpstreamModel {
     }
 }
 
-const TINY_CONFIG: &str = r#"{
+pub(crate) const TINY_CONFIG: &str = r#"{
   "model_type": "wav2vec2", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
   "intermediate_size": 256, "conv_dim": [64, 64, 64, 64, 64, 64, 64], "feat_extract_norm": "layer",
   "do_stable_layer_norm": true, "conv_bias": true, "num_conv_pos_embeddings": 32,
@@ -136,6 +142,11 @@ pub struct Upstream {
 impl Upstream {
     /// Load a Hugging Face model directory (`config.json` + safetensors weights).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Ok(Self::load_with_weights(dir, device)?.0)
+    }
+
+    /// Like [`Upstream::load`], also returning the opened weights (which list what was read).
+    pub fn load_with_weights(dir: &Path, device: &Device) -> Result<(Self, Weights)> {
         let config = ModelConfig::from_dir(dir)?;
         let mut weights = Weights::open_dir(dir)?;
         let model = match &config {
@@ -149,17 +160,24 @@ impl Upstream {
             }
         };
         let frontend = FrontEnd::from_dir(dir, &config)?;
-        Ok(Self { model, frontend, config, prefix: weights.prefix().to_string() })
+        let prefix = weights.prefix().to_string();
+        Ok((Self { model, frontend, config, prefix }, weights))
     }
 
     /// A small wav2vec2-shaped model with seeded random weights (0.68 M parameters: a 7-layer
     /// CNN of 64 channels at the standard 320× downsampling, 4 transformer layers of width 128),
     /// for demos and tests until pre-training exists. It has learned nothing.
     pub fn tiny(seed: u64, device: &Device) -> Result<Self> {
+        Ok(Self::tiny_with_weights(seed, device)?.0)
+    }
+
+    /// Like [`Upstream::tiny`], also returning its weight source (which lists what was read).
+    pub fn tiny_with_weights(seed: u64, device: &Device) -> Result<(Self, Weights)> {
         let config = ModelConfig::from_json(TINY_CONFIG.as_bytes(), Path::new("<built-in tiny upstream>"))?;
         let ModelConfig::Ssl(c) = &config else { unreachable!("the tiny config is wav2vec2") };
-        let model = UpstreamModel::Ssl(SslModel::load(c, &Weights::random(seed), device)?);
-        Ok(Self { model, frontend: FrontEnd::Waveform { normalize: true }, config, prefix: String::new() })
+        let weights = Weights::random(seed);
+        let model = UpstreamModel::Ssl(SslModel::load(c, &weights, device)?);
+        Ok((Self { model, frontend: FrontEnd::Waveform { normalize: true }, config, prefix: String::new() }, weights))
     }
 
     /// Prepare a batch of 16-kHz waveforms and run the model.

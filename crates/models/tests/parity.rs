@@ -86,6 +86,7 @@ fn frontend_inputs_match_the_feature_extractors() {
             ModelInput::LogMel { features, .. } => {
                 (values(&features), features.dims().to_vec(), "batch.input_features")
             }
+            ModelInput::CnnFeatures { .. } => unreachable!("the front-end prepares audio"),
         };
         let d = max_abs_diff(name, &dims, &got, &r[key]);
         assert!(d <= TOL, "{name}: {key} differs by {d}");

@@ -14,7 +14,7 @@ mod target;
 pub use adapter::{AdapterConfig, Bottleneck, Placement, adapt};
 pub use conv_adapter::{ConvAdapter, ConvAdapterConfig, conv_adapt};
 pub use lora::{LoraConfig, LoraLayer};
-pub use mask::{MaskConfig, MaskLayer, ScoreInit};
+pub use mask::{MaskConfig, MaskLayer, PruneScope, ScoreInit, magnitude_masks};
 pub use prefix::{Prefix, PrefixConfig};
 pub use proj::Proj;
 pub use target::{TargetSpec, Targets, layer_index};

@@ -88,6 +88,7 @@ pub fn save_model(
         | MethodConfig::ConvAdapter(_)
         | MethodConfig::Prefix(_)
         | MethodConfig::Bitfit
+        | MethodConfig::S3Router(_)
         | MethodConfig::Full { .. } => {
             let state = named_parameters(&model.upstream, "", true);
             let meta = HashMap::from([("format".to_string(), format!("speechtune-{}", cfg.method.name()))]);

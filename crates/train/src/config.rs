@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use speechtune_data::BatchPlan;
 use speechtune_data::text::TextNorm;
 use speechtune_models::AugmentConfig;
-use speechtune_peft::{AdapterConfig, ConvAdapterConfig, LoraConfig, PrefixConfig};
+use speechtune_peft::{AdapterConfig, ConvAdapterConfig, LoraConfig, MaskConfig, PrefixConfig, ScoreInit};
 
 use crate::schedule::Schedule;
 use crate::{Error, Result};
@@ -63,6 +63,9 @@ pub enum MethodConfig {
     Prefix(PrefixConfig),
     /// Only the upstream's bias terms train.
     Bitfit,
+    /// S3-Router: binary masks with learnable scores over the frozen weights (`prune_rate` =
+    /// fraction of weights KEPT, `score_init`, `fix_attn`, `trainable_proj`).
+    S3Router(S3RouterConfig),
     /// Every upstream weight trains, except the CNN feature encoder when `freeze_cnn`. For the
     /// first `freeze_finetune_updates` updates only the featurizer and heads train (fairseq's
     /// option of that name).
@@ -84,6 +87,7 @@ impl MethodConfig {
             MethodConfig::ConvAdapter(_) => "conv_adapter",
             MethodConfig::Prefix(_) => "prefix",
             MethodConfig::Bitfit => "bitfit",
+            MethodConfig::S3Router(_) => "s3_router",
             MethodConfig::Full { .. } => "full",
         }
     }
@@ -91,6 +95,34 @@ impl MethodConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// S3-Router settings, in the seed's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3RouterConfig {
+    /// Fraction of each masked layer's weights KEPT, as the seed's `prune_rate`: 0.9 keeps 90%
+    /// (10% sparsity).
+    pub prune_rate: f64,
+    /// weight_rank (largest scores on the largest |weights|), weight_magnitude or random.
+    pub score_init: ScoreInit,
+    /// Leave the attention projections unmasked (only the feed-forward layers get masks).
+    pub fix_attn: bool,
+    /// Train the heads (the seed's `trainable_proj`); false keeps them at their initial values.
+    pub trainable_proj: bool,
+}
+
+impl Default for S3RouterConfig {
+    fn default() -> Self {
+        let m = MaskConfig::default();
+        Self { prune_rate: m.prune_rate, score_init: m.score_init, fix_attn: m.fix_attn, trainable_proj: true }
+    }
+}
+
+impl S3RouterConfig {
+    pub fn mask(&self) -> MaskConfig {
+        MaskConfig { prune_rate: self.prune_rate, score_init: self.score_init, fix_attn: self.fix_attn }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +220,18 @@ pub struct DataConfig {
     /// Keep decoded training audio in memory across epochs.
     #[serde(default = "yes")]
     pub cache: bool,
+    /// Keep the CNN features of training audio in memory, up to this many GB, when the CNN does
+    /// not train (SSL upstreams with every method but BitFit and full fine-tuning with an
+    /// unfrozen CNN); later epochs skip the CNN. 0 turns it off.
+    #[serde(default = "four")]
+    pub cache_features_gb: f64,
+    /// Only these languages (ISO codes as in the corpus); empty: all.
+    #[serde(default)]
+    pub languages: Vec<String>,
+}
+
+fn four() -> f64 {
+    4.0
 }
 
 fn ten_min() -> String {

@@ -62,6 +62,9 @@ impl TaskModel {
             MethodConfig::Bitfit => {
                 upstream.train_biases_only();
             }
+            MethodConfig::S3Router(s) => {
+                upstream.attach_masks(&s.mask());
+            }
             MethodConfig::Full { freeze_cnn, .. } => {
                 if let (true, UpstreamModel::Ssl(m)) = (freeze_cnn, &mut upstream) {
                     m.feature_encoder = m.feature_encoder.clone().no_grad();
@@ -85,7 +88,15 @@ impl TaskModel {
             Pooling::AttentiveStats => Classifier::AttentiveStats(AttentiveStatsClassifier::new(d, classes, device)),
             Pooling::Projector => Classifier::Projector(ProjectorClassifier::new(d, classes, device)),
         });
-        Ok(Self { upstream, featurizer, ctc, classifier })
+        let mut model = Self { upstream, featurizer, ctc, classifier };
+        if let MethodConfig::S3Router(s) = &cfg.method
+            && !s.trainable_proj
+        {
+            model.featurizer = model.featurizer.no_grad();
+            model.ctc = model.ctc.map(|h| h.no_grad());
+            model.classifier = model.classifier.map(|h| h.no_grad());
+        }
+        Ok(model)
     }
 
     /// `perturb`: training-time masking and LayerDrop; `detach_upstream`: no gradient flows

@@ -96,6 +96,9 @@ pub fn read_split(split: Split, cfg: &RunConfig) -> Result<Vec<Utterance>> {
     let layout = Layout::detect(&cfg.data.root)?;
     let mut problems = Problems::new(false);
     let mut utts = layout.read_split(split, &cfg.data.duration, &mut problems)?;
+    if !cfg.data.languages.is_empty() {
+        utts.retain(|u| u.lang.as_ref().is_some_and(|l| cfg.data.languages.contains(l)));
+    }
     if let Some(p) = fill_durations(&mut utts, cfg.data.workers).into_iter().next() {
         return Err(speechtune_data::Error::Bad(p).into());
     }

@@ -27,6 +27,7 @@ use crate::checkpoint::{checkpoints, load_trainable_record, save_model, trainabl
 use crate::clip::clip_global_norm;
 use crate::config::{MethodConfig, RunConfig, TaskKind};
 use crate::eval::{EvalReport, evaluate};
+use crate::feature_cache::{CacheStats, FeatureCache};
 use crate::model::{TaskModel, count_parameters, load_upstream};
 use crate::prepare::{class_names, prepare, read_split, texts};
 use crate::tensorboard::EventWriter;
@@ -60,6 +61,8 @@ pub struct RunSummary {
     /// Peak resident memory of the process (Linux: VmHWM), when known.
     pub peak_rss_bytes: Option<u64>,
     pub stopped_early: bool,
+    /// The frozen-CNN feature cache of this process, where one was used.
+    pub feature_cache: Option<CacheStats>,
     pub first: EvalReport,
     pub last: EvalReport,
     /// The best evaluation and where its checkpoint is.
@@ -287,6 +290,8 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
         return Err(Error::Diverged("no training batches".into()));
     }
     let mut loader = loader_at(st.epoch, st.batch_in_epoch);
+    let mut feature_cache =
+        FeatureCache::for_model(&model.upstream, &frontend, (cfg.data.cache_features_gb * 1e9) as usize);
     let bar = if opts.progress {
         indicatif::ProgressBar::new(cfg.train.steps as u64)
     } else {
@@ -341,7 +346,11 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
             let mut perturb = (!cfg.augment.is_off())
                 .then(|| Perturb::new(&cfg.augment, step_seed(cfg.train.seed ^ 0x5eed, step, micro)));
             let waves: Vec<Vec<f32>> = batch.waves.iter().map(|w| w.as_ref().clone()).collect();
-            let out = model.forward(frontend.prepare(&waves, &device)?, perturb.as_mut(), step < freeze_updates)?;
+            let input = match feature_cache.as_mut() {
+                Some(c) => c.input(&model.upstream, &batch.indices, &waves, &device)?,
+                None => frontend.prepare(&waves, &device)?,
+            };
+            let out = model.forward(input, perturb.as_mut(), step < freeze_updates)?;
             let ctc = out.ctc_logits.as_ref().map(|logits| {
                 let targets: Vec<Vec<u32>> = batch.indices.iter().map(|&i| train_set.targets[i].clone()).collect();
                 ctc_loss(logits.clone(), &out.frame_lengths, &targets, vocab.blank()).mean()
@@ -443,6 +452,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
         seconds_per_step: step_seconds / steps_here.max(1) as f64,
         peak_rss_bytes: peak_rss(),
         stopped_early,
+        feature_cache: feature_cache.as_ref().map(|c| c.stats()),
         first: st.first.clone(),
         last: st.last.clone(),
         best: st.best.clone(),

@@ -6,7 +6,7 @@
 mod save;
 mod torch_zip;
 
-pub use save::{write_atomic, write_safetensors};
+pub use save::{write_atomic, write_bool_safetensors, write_safetensors};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,9 @@ pub enum DType {
     F16,
     BF16,
     F64,
-    /// Integer or boolean tensors (e.g. BatchNorm counters): never loaded as weights.
+    /// Boolean tensors (masks), read as 0.0 / 1.0.
+    Bool,
+    /// Integer tensors (e.g. BatchNorm counters): never loaded as weights.
     Other(&'static str),
 }
 
@@ -34,7 +36,7 @@ impl DType {
             DType::F16 | DType::BF16 => 2,
             DType::F32 => 4,
             DType::F64 => 8,
-            DType::Other(_) => 1,
+            DType::Bool | DType::Other(_) => 1,
         }
     }
 }
@@ -64,6 +66,8 @@ pub struct Weights {
     prefix: String,
     /// Random initialisation instead of a checkpoint (see [`Weights::random`]).
     random: Option<u64>,
+    /// Every tensor read so far, relative to the prefix, with its shape, in order.
+    requested: std::sync::Mutex<Vec<(String, Vec<usize>)>>,
 }
 
 impl Weights {
@@ -109,7 +113,8 @@ impl Weights {
                     S::F16 => DType::F16,
                     S::BF16 => DType::BF16,
                     S::F64 => DType::F64,
-                    _ => DType::Other("an integer or boolean type"),
+                    S::BOOL => DType::Bool,
+                    _ => DType::Other("an integer type"),
                 };
                 let offset = 8 + n + info.data_offsets.0;
                 index
@@ -117,7 +122,7 @@ impl Weights {
             }
             files.push(WeightFile { path: path.clone(), bytes });
         }
-        Ok(Self { files, index, prefix: String::new(), random: None })
+        Ok(Self { files, index, prefix: String::new(), random: None, requested: Default::default() })
     }
 
     /// Open a `torch.save` zip checkpoint without executing its pickle.
@@ -138,6 +143,7 @@ impl Weights {
             index,
             prefix: String::new(),
             random: None,
+            requested: Default::default(),
         })
     }
 
@@ -146,7 +152,13 @@ impl Weights {
     /// and weight-norm gains at 1, everything else ~ N(0, 1/fan_in) (fan_in = all but the
     /// first dimension), so activations stay O(1) through the stack.
     pub fn random(seed: u64) -> Self {
-        Self { files: Vec::new(), index: HashMap::new(), prefix: String::new(), random: Some(seed) }
+        Self {
+            files: Vec::new(),
+            index: HashMap::new(),
+            prefix: String::new(),
+            random: Some(seed),
+            requested: Default::default(),
+        }
     }
 
     fn random_values(seed: u64, name: &str, shape: &[usize]) -> Vec<f32> {
@@ -189,6 +201,12 @@ impl Weights {
         }
     }
 
+    /// The tensors read so far (names relative to the prefix, shapes), in the order read: after
+    /// building a model, everything it is made of.
+    pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
+        self.requested.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -213,6 +231,9 @@ impl Weights {
 
     /// A tensor as f32 values in row-major order, checking its shape.
     pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Ok(mut r) = self.requested.lock() {
+            r.push((name.to_string(), shape.to_vec()));
+        }
         if let Some(seed) = self.random {
             return Ok(Self::random_values(seed, name, shape));
         }
@@ -253,6 +274,7 @@ impl Weights {
                 DType::F16 => half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
                 DType::BF16 => half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
                 DType::F64 => f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
+                DType::Bool => f32::from(b[0] != 0),
                 DType::Other(_) => unreachable!("rejected above"),
             }
         };

@@ -17,6 +17,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     tmp.write_all(data).map_err(io)?;
+    // Temporary files start private (0600); outputs are ordinary files.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+    }
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
@@ -36,6 +42,28 @@ pub fn write_safetensors(
         .zip(&bytes)
         .map(|((name, shape, _), b)| {
             safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| bad(format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, Some(metadata)).map_err(|e| bad(e.to_string()))?;
+    write_atomic(path, &data)
+}
+
+/// Write named boolean tensors (masks; `torch.bool` when loaded by PyTorch) as a safetensors file,
+/// atomically.
+pub fn write_bool_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<bool>)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().map(|&b| u8::from(b)).collect()).collect();
+    let bad = |reason: String| Error::Safetensors { path: path.to_path_buf(), reason };
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::BOOL, shape.clone(), b)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| bad(format!("tensor {name}: {e}")))
         })

@@ -94,6 +94,40 @@ impl MaskLayer {
     }
 }
 
+/// Scope of one-shot magnitude pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PruneScope {
+    /// Each layer keeps its own `keep` fraction of largest |weights|.
+    Layer,
+    /// One threshold over all layers: `keep` of all the weights survive, unevenly per layer.
+    Global,
+}
+
+/// One-shot magnitude pruning as masks (scores = |weight|), one per weight matrix: the baseline
+/// S3-Router is compared with. With `Global`, each layer keeps at least one weight.
+pub fn magnitude_masks(weights: &[Tensor<2>], keep: f64, scope: PruneScope) -> Vec<MaskLayer> {
+    let keeps: Vec<f64> = match scope {
+        PruneScope::Layer => vec![keep; weights.len()],
+        PruneScope::Global => {
+            let abs: Vec<Vec<f32>> = weights
+                .iter()
+                .map(|w| w.clone().abs().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default())
+                .collect();
+            let mut all: Vec<f32> = abs.iter().flatten().copied().collect();
+            let k = kept(all.len(), keep);
+            all.sort_by(|a, b| b.total_cmp(a));
+            let threshold = all[k - 1];
+            abs.iter().map(|a| a.iter().filter(|&&x| x >= threshold).count() as f64 / a.len() as f64).collect()
+        }
+    };
+    weights
+        .iter()
+        .zip(keeps)
+        .map(|(w, k)| MaskLayer { scores: Param::from_tensor(w.clone().abs().detach()), keep: k })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +149,20 @@ mod tests {
         let g: Vec<f32> = layer.scores.val().grad(&grads).unwrap().into_data().try_to_vec().unwrap();
         assert_eq!(g, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "the gradient passes straight through");
         assert_eq!((kept(10, 0.9), kept(10, 0.0), kept(3, 1.0)), (9, 1, 3));
+    }
+
+    #[test]
+    fn magnitude_pruning_per_layer_and_global() {
+        let device = Device::flex();
+        let a = Tensor::<2>::from_data(TensorData::new(vec![0.1f32, -0.2, 0.3, -0.4], [2, 2]), &device);
+        let b = Tensor::<2>::from_data(TensorData::new(vec![5.0f32, 6.0, -7.0, 8.0], [2, 2]), &device);
+        let hard = |m: &MaskLayer| -> Vec<f32> { m.hard().into_data().try_to_vec().unwrap() };
+        let per_layer = magnitude_masks(&[a.clone(), b.clone()], 0.5, PruneScope::Layer);
+        assert_eq!(hard(&per_layer[0]), [0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(hard(&per_layer[1]), [0.0, 0.0, 1.0, 1.0]);
+        // Globally the 4 largest of 8 are all in b; a keeps its one largest (at least one per layer).
+        let global = magnitude_masks(&[a, b], 0.5, PruneScope::Global);
+        assert_eq!(hard(&global[1]), [1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(hard(&global[0]), [0.0, 0.0, 0.0, 1.0]);
     }
 }

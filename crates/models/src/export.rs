@@ -1,0 +1,170 @@
+//! An adapted upstream written back as a Hugging Face model directory: every tensor of the
+//! source checkpoint under its own name, with each projection's weight replaced by what the
+//! model computes with (weight ⊙ mask for S3-Router or magnitude pruning, LoRA merged in), plus
+//! the binary masks and a per-layer sparsity report. transformers loads the folder like the
+//! source (`Wav2Vec2Model.from_pretrained(DIR)`), and the pruned weights are exact zeros.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+
+use crate::upstream::TINY_CONFIG;
+use crate::weights::{Weights, write_atomic, write_bool_safetensors, write_safetensors};
+use crate::{Error, Result, Upstream, UpstreamModel};
+
+/// Where an upstream's weights come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A Hugging Face model directory.
+    Dir(PathBuf),
+    /// The built-in tiny model with this seed.
+    Tiny(u64),
+}
+
+impl Source {
+    /// `builtin:tiny` or a directory, as run configs name upstreams.
+    pub fn parse(model: &str, seed: u64) -> Self {
+        if model == "builtin:tiny" { Source::Tiny(seed) } else { Source::Dir(PathBuf::from(model)) }
+    }
+
+    /// Build the upstream; the weights list every tensor it read.
+    pub fn open(&self, device: &Device) -> Result<(Upstream, Weights)> {
+        match self {
+            Source::Dir(d) => Upstream::load_with_weights(d, device),
+            Source::Tiny(seed) => Upstream::tiny_with_weights(*seed, device),
+        }
+    }
+}
+
+/// One masked (or merged) projection in the export.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LayerSparsity {
+    /// The weight's name in the checkpoint.
+    pub name: String,
+    pub weights: usize,
+    pub kept: usize,
+}
+
+impl LayerSparsity {
+    pub fn sparsity(&self) -> f64 {
+        1.0 - self.kept as f64 / self.weights.max(1) as f64
+    }
+}
+
+/// `layer,weights,kept,sparsity` with a `total` row.
+pub fn sparsity_csv(layers: &[LayerSparsity]) -> String {
+    let mut out = String::from("layer,weights,kept,sparsity\n");
+    for l in layers {
+        out += &format!("{},{},{},{:.6}\n", l.name, l.weights, l.kept, l.sparsity());
+    }
+    let total = LayerSparsity {
+        name: "total".into(),
+        weights: layers.iter().map(|l| l.weights).sum(),
+        kept: layers.iter().map(|l| l.kept).sum(),
+    };
+    out += &format!("total,{},{},{:.6}\n", total.weights, total.kept, total.sparsity());
+    out
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+}
+
+/// burn's `[in, out]` → PyTorch's `[out, in]`.
+fn to_torch(v: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
+    let mut t = vec![0.0; v.len()];
+    for i in 0..d_in {
+        for o in 0..d_out {
+            t[o * d_in + i] = v[i * d_out + o];
+        }
+    }
+    t
+}
+
+/// Write `model` (built from `source`, with masks and/or LoRA attached) to `out`:
+/// `config.json`, `preprocessor_config.json`, `model.safetensors`, `masks.safetensors` (bool,
+/// `[out, in]`, named as the weights; only where masks exist) and `sparsity.csv`. The folder is
+/// written under a temporary name and renamed. Returns the per-layer sparsity.
+pub fn export_hf(source: &Source, model: &UpstreamModel, out: &Path) -> Result<Vec<LayerSparsity>> {
+    let device = Device::flex();
+    let (fresh, weights) = source.open(&device)?;
+    let prefix = fresh.prefix.clone();
+    let mut replaced: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut masks = Vec::new();
+    let mut layers = Vec::new();
+    for p in model.projections() {
+        let (d_in, d_out) = (p.d_in(), p.d_out());
+        let mut w = values(p.base.weight.val());
+        if let Some(m) = &p.mask {
+            let keep = values(m.hard());
+            for (x, k) in w.iter_mut().zip(&keep) {
+                *x *= k;
+            }
+            let kept = keep.iter().filter(|&&k| k > 0.5).count();
+            let name = format!("{prefix}{}.weight", p.name);
+            layers.push(LayerSparsity { name: name.clone(), weights: keep.len(), kept });
+            let torch: Vec<bool> = to_torch(&keep, d_in, d_out).into_iter().map(|k| k > 0.5).collect();
+            masks.push((name, vec![d_out, d_in], torch));
+        }
+        if let Some(l) = &p.lora {
+            for (x, d) in w.iter_mut().zip(values(l.delta())) {
+                *x += d;
+            }
+        }
+        if p.mask.is_some() || p.lora.is_some() {
+            replaced.insert(format!("{}.weight", p.name), to_torch(&w, d_in, d_out));
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut tensors = Vec::new();
+    for (name, shape) in weights.requested() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let v = match replaced.remove(&name) {
+            Some(v) => {
+                if v.len() != shape.iter().product::<usize>() {
+                    return Err(Error::Input(format!("{name}: the adapted weight does not match shape {shape:?}")));
+                }
+                v
+            }
+            None => weights.values(&name, &shape)?,
+        };
+        tensors.push((format!("{prefix}{name}"), shape, v));
+    }
+    if let Some(name) = replaced.keys().next() {
+        return Err(Error::Input(format!("{name} is not a tensor of the source checkpoint")));
+    }
+
+    let tmp = out.with_extension("tmp-export");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_safetensors(&tmp.join("model.safetensors"), &tensors, meta.clone())?;
+    if !masks.is_empty() {
+        write_bool_safetensors(&tmp.join("masks.safetensors"), &masks, meta)?;
+        write_atomic(&tmp.join("sparsity.csv"), sparsity_csv(&layers).as_bytes())?;
+    }
+    match source {
+        Source::Dir(d) => {
+            for f in ["config.json", "preprocessor_config.json"] {
+                if d.join(f).is_file() {
+                    std::fs::copy(d.join(f), tmp.join(f)).map_err(io(&d.join(f)))?;
+                }
+            }
+        }
+        Source::Tiny(_) => {
+            write_atomic(&tmp.join("config.json"), TINY_CONFIG.as_bytes())?;
+            let pp = r#"{"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "sampling_rate": 16000, "padding_value": 0.0, "do_normalize": true, "return_attention_mask": true}"#;
+            write_atomic(&tmp.join("preprocessor_config.json"), pp.as_bytes())?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::rename(&tmp, out).map_err(io(out))?;
+    Ok(layers)
+}
