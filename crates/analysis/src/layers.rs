@@ -22,6 +22,17 @@ pub fn layer_weights_csv(runs: &[(String, Vec<f32>)]) -> String {
 
 /// Grouped bars of layer weights per run, as SVG.
 pub fn plot_layer_weights(path: &Path, title: &str, runs: &[(String, Vec<f32>)]) -> Result<(), String> {
+    plot_per_layer(path, title, ("hidden state (0 = CNN output)", "weight"), 0, runs)
+}
+
+/// Grouped bars of one value per layer and run, as SVG; `first` is the index of the first bar.
+pub fn plot_per_layer(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    first: usize,
+    runs: &[(String, Vec<f32>)],
+) -> Result<(), String> {
     let layers = runs.iter().map(|r| r.1.len()).max().unwrap_or(0);
     if layers == 0 {
         return Err("no layer weights to plot".into());
@@ -39,10 +50,10 @@ pub fn plot_layer_weights(path: &Path, title: &str, runs: &[(String, Vec<f32>)])
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("hidden state (0 = CNN output)")
-        .y_desc("weight")
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .x_labels(layers)
-        .x_label_formatter(&|x| format!("{}", x.floor() as usize))
+        .x_label_formatter(&|x| format!("{}", x.floor() as usize + first))
         .disable_x_mesh()
         .draw()
         .map_err(|e| err(&e))?;

@@ -15,6 +15,47 @@ pub enum Command {
     Layers(LayersArgs),
     /// Trainable and total parameters, checkpoint size, peak memory and step time per method.
     Cost(CostArgs),
+    /// Layer Utilization Rate by integrated gradients: the share of each layer's neurons that
+    /// matter for the predicted characters (CTC runs). CSV + SVG.
+    Lur(LurArgs),
+    /// Similarity of S3-Router masks across runs (e.g. one per language): cosine and IoU
+    /// matrices as CSV, heatmaps (PNG + labelled SVG), optional correlation with distances.
+    Masks(MasksArgs),
+}
+
+#[derive(clap::Args)]
+pub struct LurArgs {
+    /// CTC run folders (asr, joint_asr_lid, ctc_plus_lid) or checkpoint folders.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Split of each run's corpus to analyse.
+    #[arg(long, default_value = "dev")]
+    pub split: String,
+    /// Utterances analysed per run (the first of the split).
+    #[arg(long, default_value_t = 5)]
+    pub utterances: usize,
+    /// Integration steps m (log-spaced path). The report gives how far the attributions are from
+    /// complete; deep pre-LN stacks may need 256 (4× the time).
+    #[arg(long, default_value_t = 64)]
+    pub steps: usize,
+    /// Output folder for lur.csv and lur.svg.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct MasksArgs {
+    /// S3-Router run folders, checkpoint folders, or a `train --per-language` folder (all its
+    /// languages).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// A language distance matrix (CSV: header `name,l1,l2,...`, one row per language) to
+    /// correlate with the mask similarity (e.g. phonetic distances).
+    #[arg(long)]
+    pub distances: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -22,7 +63,11 @@ pub struct CostArgs {
     /// A run configuration: its upstream, task, data and batch size are used.
     pub config: PathBuf,
     /// Methods to compare (each with its default settings).
-    #[arg(long, value_delimiter = ',', default_value = "frozen,lora,adapter,conv_adapter,prefix,bitfit,full")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "frozen,lora,adapter,conv_adapter,prefix,bitfit,s3_router,full"
+    )]
     pub methods: Vec<String>,
     /// Training updates measured per method.
     #[arg(long, default_value_t = 5)]
@@ -49,6 +94,8 @@ pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Layers(a) => layers(a),
         Command::Cost(a) => cost(a),
+        Command::Masks(a) => masks(a),
+        Command::Lur(a) => lur(a),
     }
 }
 
@@ -170,5 +217,157 @@ fn cost(a: CostArgs) -> Result<()> {
     let csv = a.out.join("cost.csv");
     crate::output::write_atomic(&csv, (rows.join("\n") + "\n").as_bytes())?;
     println!("wrote {}", csv.display());
+    Ok(())
+}
+
+/// One mask per run: every masked weight of the checkpoint's `masks.safetensors`, in name order.
+fn read_masks(ckpt: &Path) -> Result<(Vec<String>, Vec<bool>)> {
+    let path = ckpt.join(speechtune_train::checkpoint::MASKS);
+    if !path.is_file() {
+        bail!("{}: no {} (is this an s3_router run?)", ckpt.display(), speechtune_train::checkpoint::MASKS);
+    }
+    let w = speechtune_models::weights::Weights::open_safetensors(std::slice::from_ref(&path))?;
+    let mut names: Vec<String> = w.names().map(str::to_string).collect();
+    names.sort();
+    let mut bits = Vec::new();
+    for n in &names {
+        let shape = w.shape(n).unwrap_or_default();
+        bits.extend(w.values(n, &shape)?.into_iter().map(|v| v > 0.5));
+    }
+    Ok((names, bits))
+}
+
+fn masks(a: MasksArgs) -> Result<()> {
+    let mut runs = Vec::new();
+    for r in &a.runs {
+        match crate::transcribe::per_language(r)? {
+            Some(langs) => runs.extend(langs.into_iter().map(|l| r.join(l))),
+            None => runs.push(r.clone()),
+        }
+    }
+    let mut masks = Vec::new();
+    let mut layout: Option<(PathBuf, Vec<String>)> = None;
+    for r in &runs {
+        let ckpt = resolve(r).with_context(|| format!("reading {}", r.display()))?;
+        let (names, bits) = read_masks(&ckpt)?;
+        match &layout {
+            Some((first, n)) if *n != names => {
+                bail!("{} masks other layers than {}: not over the same model", ckpt.display(), first.display())
+            }
+            None => layout = Some((ckpt.clone(), names)),
+            _ => {}
+        }
+        let kept = bits.iter().filter(|&&b| b).count();
+        println!(
+            "{}: {kept} of {} weights kept ({:.2}% sparsity)",
+            run_name(&ckpt),
+            bits.len(),
+            100.0 * (1.0 - kept as f64 / bits.len().max(1) as f64)
+        );
+        masks.push((run_name(&ckpt), bits));
+    }
+    let s = speechtune_analysis::mask_similarity(&masks).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    for (key, title, m) in [
+        ("cosine", "mask similarity: cosine", &s.cosine),
+        ("iou", "mask similarity: IoU of kept weights", &s.iou),
+        ("iou_pruned", "mask similarity: IoU of pruned weights", &s.iou_pruned),
+    ] {
+        let csv = speechtune_analysis::matrix_csv(&s.names, m);
+        crate::output::write_atomic(&a.out.join(format!("masks_{key}.csv")), csv.as_bytes())?;
+        println!("{title}\n{csv}");
+        for ext in ["png", "svg"] {
+            let dst = a.out.join(format!("masks_{key}.{ext}"));
+            let tmp = a.out.join(format!(".masks_{key}.{ext}.tmp"));
+            if ext == "png" {
+                speechtune_analysis::heatmap_png(&tmp, m, 48).map_err(anyhow::Error::msg)?;
+            } else {
+                speechtune_analysis::heatmap_svg(&tmp, title, &s.names, m).map_err(anyhow::Error::msg)?;
+            }
+            std::fs::rename(&tmp, &dst).with_context(|| format!("writing {}", dst.display()))?;
+        }
+    }
+    if let Some(d) = &a.distances {
+        let text = std::fs::read_to_string(d).with_context(|| format!("reading {}", d.display()))?;
+        let (names, dist) =
+            speechtune_analysis::read_matrix_csv(&text).map_err(|e| anyhow::anyhow!("{}: {e}", d.display()))?;
+        let mut lines = vec!["similarity,pearson,spearman,pairs".to_string()];
+        for (key, m) in [("cosine", &s.cosine), ("iou", &s.iou), ("iou_pruned", &s.iou_pruned)] {
+            match speechtune_analysis::matrix_correlation(&s.names, m, &names, &dist) {
+                Some((p, r, n)) => {
+                    println!(
+                        "{key} vs {}: Pearson {p:.3}, Spearman {r:.3} over {n} pairs (negative: closer languages share more)",
+                        d.display()
+                    );
+                    lines.push(format!("{key},{p:.6},{r:.6},{n}"));
+                }
+                None => {
+                    bail!("{}: fewer than 3 language pairs shared with the runs ({})", d.display(), s.names.join(", "))
+                }
+            }
+        }
+        crate::output::write_atomic(&a.out.join("masks_vs_distance.csv"), (lines.join("\n") + "\n").as_bytes())?;
+    }
+    println!("wrote masks_{{cosine,iou,iou_pruned}}.{{csv,png,svg}} to {}", a.out.display());
+    Ok(())
+}
+
+fn lur(a: LurArgs) -> Result<()> {
+    let split = crate::eval::parse_split(&a.split)?;
+    let device = speechtune_models::parse_device(Some("cpu"))?.autodiff();
+    let mut runs = Vec::new();
+    let mut rows = vec!["run,layer,lur_percent".to_string()];
+    for r in &a.runs {
+        let loaded = speechtune_train::checkpoint::load_without_dropout(r, &device)
+            .with_context(|| format!("loading {}", r.display()))?;
+        let mut utts = speechtune_train::prepare::read_split(split, &loaded.cfg)?;
+        utts.truncate(a.utterances);
+        if utts.is_empty() {
+            bail!("{}: no {} utterances in {}", r.display(), a.split, loaded.cfg.data.root.display());
+        }
+        let waves = utts.iter().map(speechtune_data::load_audio).collect::<std::result::Result<Vec<_>, _>>()?;
+        let name = run_name(&loaded.dir);
+        let bar = indicatif::ProgressBar::new(waves.len() as u64);
+        bar.set_message(name.clone());
+        let blank = loaded.vocab.blank() as usize;
+        let report = speechtune_train::lur::layer_utilization(
+            &loaded.model,
+            &loaded.frontend,
+            &waves,
+            blank,
+            a.steps,
+            &device,
+            |n| bar.set_position(n as u64),
+        )
+        .with_context(|| format!("layer utilization of {}", r.display()))?;
+        bar.finish_and_clear();
+        println!(
+            "{name}: {} utterances, {} characters over {} frames, m = {}, attributions complete within {:.2e} (relative)",
+            report.utterances, report.characters, report.frames, report.steps, report.completeness_error
+        );
+        for (l, p) in report.layers.iter().zip(&report.percent) {
+            println!("  layer {l:>2}: LUR {p:.1}%");
+            rows.push(format!("{name},{l},{p:.4}"));
+        }
+        if report.completeness_error > 0.05 {
+            println!("  (attributions are more than 5% from complete: raise --steps)");
+        }
+        runs.push((name, report.percent.iter().map(|&p| p as f32).collect::<Vec<f32>>()));
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let csv = a.out.join("lur.csv");
+    crate::output::write_atomic(&csv, (rows.join("\n") + "\n").as_bytes())?;
+    let svg = a.out.join("lur.svg");
+    let tmp = a.out.join(".lur.svg.tmp");
+    speechtune_analysis::plot_per_layer(
+        &tmp,
+        "Layer Utilization Rate (integrated gradients)",
+        ("layer", "% of neurons relevant"),
+        1,
+        &runs,
+    )
+    .map_err(anyhow::Error::msg)?;
+    std::fs::rename(&tmp, &svg).with_context(|| format!("writing {}", svg.display()))?;
+    println!("wrote {} and {}", csv.display(), svg.display());
     Ok(())
 }

@@ -90,22 +90,23 @@ pub fn export_hf(source: &Source, model: &UpstreamModel, out: &Path) -> Result<V
     let device = Device::flex();
     let (fresh, weights) = source.open(&device)?;
     let prefix = fresh.prefix.clone();
+    let masks = model.mask_state(&prefix);
+    let layers: Vec<LayerSparsity> = masks
+        .iter()
+        .map(|(name, _, m)| LayerSparsity {
+            name: name.clone(),
+            weights: m.len(),
+            kept: m.iter().filter(|&&k| k).count(),
+        })
+        .collect();
     let mut replaced: HashMap<String, Vec<f32>> = HashMap::new();
-    let mut masks = Vec::new();
-    let mut layers = Vec::new();
     for p in model.projections() {
         let (d_in, d_out) = (p.d_in(), p.d_out());
         let mut w = values(p.base.weight.val());
         if let Some(m) = &p.mask {
-            let keep = values(m.hard());
-            for (x, k) in w.iter_mut().zip(&keep) {
+            for (x, k) in w.iter_mut().zip(values(m.hard())) {
                 *x *= k;
             }
-            let kept = keep.iter().filter(|&&k| k > 0.5).count();
-            let name = format!("{prefix}{}.weight", p.name);
-            layers.push(LayerSparsity { name: name.clone(), weights: keep.len(), kept });
-            let torch: Vec<bool> = to_torch(&keep, d_in, d_out).into_iter().map(|k| k > 0.5).collect();
-            masks.push((name, vec![d_out, d_in], torch));
         }
         if let Some(l) = &p.lora {
             for (x, d) in w.iter_mut().zip(values(l.delta())) {

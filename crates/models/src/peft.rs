@@ -208,6 +208,20 @@ impl UpstreamModel {
         names
     }
 
+    /// The binary masks in PyTorch's `[out, in]` layout, named as the weights they mask
+    /// (`{prefix}encoder.layers.0.feed_forward.intermediate_dense.weight`).
+    pub fn mask_state(&self, prefix: &str) -> Vec<(String, Vec<usize>, Vec<bool>)> {
+        let mut out = Vec::new();
+        for p in self.projections() {
+            if let Some(m) = &p.mask {
+                let (d_in, d_out) = (p.d_in(), p.d_out());
+                let keep: Vec<bool> = transpose(&values(m.hard()), d_in, d_out).into_iter().map(|k| k > 0.5).collect();
+                out.push((format!("{prefix}{}.weight", p.name), vec![d_out, d_in], keep));
+            }
+        }
+        out
+    }
+
     /// BitFit: freeze everything but the bias terms; returns how many bias values train.
     pub fn train_biases_only(&mut self) -> usize {
         let (m, n) = speechtune_peft::bitfit::train_biases(self.clone());

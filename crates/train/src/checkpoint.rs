@@ -4,7 +4,8 @@
 //! `ctc.Superb.proj.weight`),
 //! and per method: `adapter_model.safetensors` + `adapter_config.json` for LoRA (Hugging Face
 //! peft's format, loadable by peft on the same base model), or `upstream.safetensors` (every
-//! upstream parameter that trained: adapters, prefixes, biases, or the fine-tuned weights).
+//! upstream parameter that trained: adapters, prefixes, biases, mask scores, or the fine-tuned
+//! weights), plus `masks.safetensors` for S3-Router (the binary masks, bool `[out, in]`).
 //! Resumable checkpoints add `resume/` (model and optimiser state in burn's burnpack format and
 //! the loop's position). Folders are written under a temporary name and renamed.
 
@@ -16,7 +17,7 @@ use burn::prelude::*;
 use speechtune_data::Vocab;
 use speechtune_models::FrontEnd;
 use speechtune_models::state::{TensorMap, load_named, named_parameters, read_safetensors};
-use speechtune_models::weights::{write_atomic, write_safetensors};
+use speechtune_models::weights::{write_atomic, write_bool_safetensors, write_safetensors};
 
 use crate::config::{MethodConfig, RunConfig};
 use crate::eval::EvalReport;
@@ -26,6 +27,8 @@ use crate::{Error, Result};
 pub const HEADS: &str = "heads.safetensors";
 pub const UPSTREAM: &str = "upstream.safetensors";
 pub const LORA: &str = "adapter_model.safetensors";
+/// S3-Router runs: the binary masks (bool, `[out, in]`, named as the weights they mask).
+pub const MASKS: &str = "masks.safetensors";
 
 fn json_file(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value).unwrap_or_default();
@@ -93,6 +96,11 @@ pub fn save_model(
             let state = named_parameters(&model.upstream, "", true);
             let meta = HashMap::from([("format".to_string(), format!("speechtune-{}", cfg.method.name()))]);
             write_safetensors(&dir.join(UPSTREAM), &state, meta)?;
+            let masks = model.upstream.mask_state(upstream_prefix);
+            if !masks.is_empty() {
+                let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+                write_bool_safetensors(&dir.join(MASKS), &masks, meta)?;
+            }
         }
     }
     Ok(())
@@ -148,8 +156,24 @@ pub fn checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
 
 /// Read a checkpoint (or the one a run folder points to, see [`resolve`]) onto `device`.
 pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
+    load_with(dir, device, |_| {})
+}
+
+/// Like [`load`], with every dropout off (heads and LoRA): for gradients of a trained model on
+/// an autodiff device (integrated gradients), where burn applies dropout.
+pub fn load_without_dropout(dir: &Path, device: &Device) -> Result<Loaded> {
+    load_with(dir, device, |cfg| {
+        cfg.task.dropout = 0.0;
+        if let MethodConfig::Lora(l) = &mut cfg.method {
+            l.lora_dropout = 0.0;
+        }
+    })
+}
+
+fn load_with(dir: &Path, device: &Device, edit: impl FnOnce(&mut RunConfig)) -> Result<Loaded> {
     let dir = resolve(dir)?;
-    let cfg = RunConfig::load(&dir.join("config.toml"), &[])?;
+    let mut cfg = RunConfig::load(&dir.join("config.toml"), &[])?;
+    edit(&mut cfg);
     let vocab = Vocab::load(&dir.join("vocab.json"))?;
     let classes_path = dir.join("classes.json");
     let classes: Vec<String> = std::fs::read_to_string(&classes_path)

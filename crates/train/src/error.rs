@@ -10,6 +10,8 @@ pub enum Error {
     Write { path: PathBuf, source: std::io::Error },
     #[error("training stopped: {0}")]
     Diverged(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Data(#[from] speechtune_data::Error),
     #[error(transparent)]

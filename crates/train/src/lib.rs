@@ -7,6 +7,7 @@ pub mod config;
 mod error;
 pub mod eval;
 mod feature_cache;
+pub mod lur;
 mod model;
 pub mod prepare;
 mod run;

@@ -81,6 +81,8 @@ fn every_task_and_method_trains() {
         let conv =
             2 * 128 + (64 * 2 * 3 + 64) + (64 * 64 * 5 + 64) + (128 * 64 * 3 + 128) + (128 * 8 + 8 + 8 * 128 + 128);
         assert_eq!(n("conv_adapter") - frozen, 4 * conv, "{task}");
+        // S3-Router: a score per weight of q, k, v, out (128×128) and the FFN (128×256, 256×128).
+        assert_eq!(n("s3_router") - frozen, 4 * (4 * 128 * 128 + 2 * 128 * 256), "{task}");
     }
 }
 

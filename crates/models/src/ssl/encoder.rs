@@ -211,6 +211,35 @@ impl Encoder {
         })
     }
 
+    /// The hidden states after `from` (indices `from + 1 ..= layers`), computed from hidden state
+    /// `from` given as `x` (an unpadded batch, no LayerDrop): what the rest of the model sees
+    /// when that hidden state is replaced, as integrated gradients needs. WavLM's relative
+    /// position bias comes from the first layer, so WavLM is refused for `from > 0`.
+    pub fn forward_from(&self, from: usize, x: Tensor<3>) -> crate::Result<Vec<Tensor<3>>> {
+        let n = self.layers.len();
+        if from > n {
+            return Err(crate::Error::Input(format!("hidden state {from} of a {n}-layer encoder")));
+        }
+        if from > 0 && self.layers[0].attention.rel.is_some() {
+            return Err(crate::Error::Input(
+                "continuing from a middle layer is not supported for WavLM (its position bias lives in layer 0)".into(),
+            ));
+        }
+        let mut x = x;
+        let mut out = Vec::new();
+        let mut bias = None;
+        for (i, layer) in self.layers.iter().enumerate().skip(from) {
+            x = layer.forward(x, None, &mut bias, self.stable, self.hidden_activation);
+            if i + 1 < n {
+                out.push(x.clone());
+            }
+        }
+        if from < n {
+            out.push(if self.stable { self.layer_norm.forward(x) } else { x });
+        }
+        Ok(out)
+    }
+
     /// Every hidden state as `output_hidden_states` returns them: the transformer input first,
     /// then each layer's output (the last one after the final norm in the stable layout).
     /// Layers marked in `skip` pass their input through (LayerDrop).

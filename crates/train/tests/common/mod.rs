@@ -59,7 +59,7 @@ lr = 1e-3
     .unwrap()
 }
 
-pub const METHODS: [(&str, &str); 7] = [
+pub const METHODS: [(&str, &str); 8] = [
     ("frozen", "kind = \"frozen\""),
     ("lora", "kind = \"lora\"\nr = 4"),
     ("full", "kind = \"full\""),
@@ -67,6 +67,7 @@ pub const METHODS: [(&str, &str); 7] = [
     ("conv_adapter", "kind = \"conv_adapter\""),
     ("prefix", "kind = \"prefix\"\nnum_virtual_tokens = 4"),
     ("bitfit", "kind = \"bitfit\""),
+    ("s3_router", "kind = \"s3_router\"\nprune_rate = 0.9"),
 ];
 
 pub fn opts() -> TrainOptions {
