@@ -9,6 +9,8 @@ pub enum Error {
     Unreadable { path: PathBuf, reason: String },
     #[error("audio file {path} contains no samples")]
     Empty { path: PathBuf },
+    #[error("cannot encode FLAC: {reason}")]
+    Encode { reason: String },
     #[error("cannot resample from {from} Hz to {to} Hz: {reason}")]
     Resample { from: u32, to: u32, reason: String },
 }

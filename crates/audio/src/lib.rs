@@ -4,9 +4,12 @@
 
 mod decode;
 mod error;
+pub mod flac;
 pub mod logmel;
 mod normalize;
 mod resample;
+pub mod segment;
+pub mod vad;
 
 pub use decode::{AudioInfo, Decoded, decode_bytes, decode_file, load_mono_16k, probe_file};
 pub use error::{Error, Result};

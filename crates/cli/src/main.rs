@@ -8,6 +8,7 @@ mod export;
 mod features;
 mod inspect;
 mod output;
+mod preprocess;
 mod train;
 mod transcribe;
 
@@ -38,6 +39,9 @@ enum Command {
     Transcribe(transcribe::Args),
     /// Identify the language (or class) of audio files with a trained model.
     Identify(transcribe::Args),
+    /// Corpus preparation: convert to 16-kHz FLAC, VAD segmentation into tar shards, merge.
+    #[command(subcommand)]
+    Preprocess(preprocess::Command),
     /// Corpus statistics and health checks.
     #[command(subcommand)]
     Data(data::Command),
@@ -63,6 +67,7 @@ fn main() {
         Command::Transcribe(a) => transcribe::run(a, transcribe::Mode::Transcribe),
         Command::Identify(a) => transcribe::run(a, transcribe::Mode::Identify),
         Command::Data(c) => data::run(c),
+        Command::Preprocess(c) => preprocess::run(c),
         Command::Analyze(c) => analyze::run(c),
         Command::Export(a) => export::export(a),
         Command::Prune(a) => export::prune(a),

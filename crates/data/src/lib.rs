@@ -11,6 +11,7 @@ mod loader;
 pub mod readers;
 mod rng;
 mod sampling;
+pub mod shard_writer;
 pub mod text;
 mod vocab;
 
