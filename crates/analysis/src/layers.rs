@@ -46,14 +46,18 @@ pub fn plot_per_layer(
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f32..layers as f32, 0f32..top)
+        .build_cartesian_2d(-0.5f32..layers as f32 - 0.5, 0f32..top)
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
         .x_labels(layers)
-        .x_label_formatter(&|x| format!("{}", x.floor() as usize + first))
+        // Bars are centred on integers: label those, and only those.
+        .x_label_formatter(&|x| {
+            let r = x.round();
+            if (x - r).abs() < 1e-3 && r >= 0.0 { format!("{}", r as usize + first) } else { String::new() }
+        })
         .disable_x_mesh()
         .draw()
         .map_err(|e| err(&e))?;
@@ -63,7 +67,7 @@ pub fn plot_per_layer(
         let width = 0.8 / n;
         chart
             .draw_series(w.iter().enumerate().map(|(i, &v)| {
-                let x0 = i as f32 + 0.1 + r as f32 * width;
+                let x0 = i as f32 - 0.4 + r as f32 * width;
                 Rectangle::new([(x0, 0.0), (x0 + width * 0.95, v)], color.filled())
             }))
             .map_err(|e| err(&e))?
