@@ -363,3 +363,79 @@ fn analyze_cost_measures_each_method_in_its_own_process() {
         assert!(r[4] > 0.0 && r[5] > 10e6, "step time and peak RSS measured: {csv}");
     }
 }
+
+#[test]
+fn s3_router_per_language_masks_transcribe_compare_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    mini_corpus(&corpus);
+    let out = tmp.path().join("s3");
+    let cfg = tmp.path().join("s3.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "output_dir = {:?}\n[upstream]\nmodel = \"builtin:tiny\"\n[method]\nkind = \"s3_router\"\nprune_rate = 0.8\nfix_attn = true\n[task]\nkind = \"asr\"\n[data]\nroot = {:?}\nworkers = 1\n[data.batch]\nmax_seconds = 12.0\n[train]\nsteps = 2\nlr = 5e-2\n",
+            out.display().to_string(),
+            corpus.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = speechtune(&["train", cfg.to_str().unwrap(), "--per-language"]);
+    assert!(ok, "{stdout}{stderr}");
+    let langs: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("languages.json")).unwrap()).unwrap();
+    assert_eq!(langs, ["deu", "spa"]);
+    for l in &langs {
+        assert!(out.join(l).join("best/masks.safetensors").is_file(), "{l}");
+    }
+
+    // Similarity: 1 on the diagonal, symmetric, below 1 between the languages (masks moved apart).
+    let plots = tmp.path().join("plots");
+    let (ok, stdout, stderr) =
+        speechtune(&["analyze", "masks", out.to_str().unwrap(), "--out", plots.to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("80.00% of") || stdout.contains("(20.00% sparsity)"), "{stdout}");
+    let csv = std::fs::read_to_string(plots.join("masks_iou.csv")).unwrap();
+    let rows: Vec<Vec<f64>> =
+        csv.lines().skip(1).map(|l| l.split(',').skip(1).map(|v| v.parse().unwrap()).collect()).collect();
+    assert_eq!((rows[0][0], rows[1][1]), (1.0, 1.0));
+    assert_eq!(rows[0][1], rows[1][0]);
+    assert!(rows[0][1] > 0.5 && rows[0][1] < 1.0, "{csv}");
+    for f in ["masks_iou.png", "masks_cosine.svg", "masks_iou_pruned.csv"] {
+        assert!(std::fs::metadata(plots.join(f)).unwrap().len() > 40, "{f}");
+    }
+
+    // The language picks the model; without one the folder says what it holds.
+    let wav = root().join("tests/fixtures/audio/speech.ogg");
+    let (ok, stdout, stderr) =
+        speechtune(&["transcribe", out.to_str().unwrap(), "--lang", "spa", wav.to_str().unwrap()]);
+    assert!(ok && stdout.trim_end().ends_with("\tspa"), "{stdout}{stderr}");
+    let (ok, _, stderr) = speechtune(&["transcribe", out.to_str().unwrap(), wav.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("--lang") && stderr.contains("deu, spa"), "{stderr}");
+    // ... or a LID run picks it.
+    let lid = tmp.path().join("lid");
+    let lid_cfg = tmp.path().join("lid.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("{:?}", out.display().to_string()), &format!("{:?}", lid.display().to_string()));
+    let text = text
+        .replace("kind = \"s3_router\"\nprune_rate = 0.8\nfix_attn = true", "kind = \"frozen\"")
+        .replace("kind = \"asr\"", "kind = \"lid\"");
+    std::fs::write(&lid_cfg, text).unwrap();
+    let (ok, stdout, stderr) = speechtune(&["train", lid_cfg.to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    let (ok, stdout, stderr) =
+        speechtune(&["transcribe", out.to_str().unwrap(), "--lid", lid.to_str().unwrap(), wav.to_str().unwrap()]);
+    let picked = stdout.trim_end().rsplit('\t').next().unwrap_or("").to_string();
+    assert!(ok && (picked == "deu" || picked == "spa"), "{stdout}{stderr}");
+
+    // Export: a Hugging Face folder whose masked weights are zero, with a sparsity report.
+    let hf = tmp.path().join("hf");
+    let (ok, stdout, stderr) =
+        speechtune(&["export", out.join("deu").to_str().unwrap(), "--out", hf.to_str().unwrap()]);
+    assert!(ok && stdout.contains("(20.00% sparsity)"), "{stdout}{stderr}");
+    let sparsity = std::fs::read_to_string(hf.join("sparsity.csv")).unwrap();
+    assert_eq!(sparsity.lines().count(), 1 + 8 + 1, "8 feed-forward projections + total: {sparsity}");
+    let (ok, stdout, stderr) = speechtune(&["inspect", hf.to_str().unwrap()]);
+    assert!(ok && stdout.contains("671968"), "{stdout}{stderr}");
+}

@@ -192,6 +192,25 @@ fn segmentation_killed_at_any_moment_ends_with_every_segment_once_and_trains() {
     assert_eq!(manifest_rows(&killed), rows, "after {kills} kills");
     assert!(!std::fs::read_dir(&killed).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
 
+    // A Slurm job array of two tasks (the second given by the environment), then merge: the
+    // same segments again.
+    let array = tmp.path().join("array");
+    let mut a0 = args(&array);
+    a0.extend(["--shard-index", "0", "--num-shards", "2"].map(String::from));
+    let (ok, out) = speechtune(&a0.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(ok && out.contains("part 0 of 2") && out.contains("preprocess merge"), "{out}");
+    let o = Command::new(env!("CARGO_BIN_EXE_speechtune"))
+        .args(args(&array))
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_ARRAY_TASK_COUNT", "2")
+        .output()
+        .unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("part 1 of 2"));
+    assert!(array.join("shard-00001-00000.tar").is_file() && array.join("shard-00000-00000.tar").is_file());
+    let (ok, out) = speechtune(&["preprocess", "merge", array.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert_eq!(manifest_rows(&array), rows);
+
     // The shards train through the data pipeline (LID from the folder names).
     let run = tmp.path().join("run");
     let cfg = tmp.path().join("lid.toml");
