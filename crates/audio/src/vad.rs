@@ -31,27 +31,44 @@ struct Conv {
 }
 
 impl Conv {
-    /// `x`: `[c_in][t]` → `[c_out][t_out]`, kernel 3, padding 1, then ReLU.
+    /// `x`: `[c_in][t]` → `[c_out][t_out]`, kernel 3, padding 1, then ReLU; as one dot product
+    /// of each output channel's weights with each position's `[c_in × 3]` patch.
     fn forward_relu(&self, x: &[f32], t: usize) -> (Vec<f32>, usize) {
         let t_out = (t + 2 - 3) / self.stride + 1;
-        let mut y = vec![0.0f32; self.c_out * t_out];
-        for o in 0..self.c_out {
-            for j in 0..t_out {
-                let mut acc = self.b[o];
-                for i in 0..self.c_in {
-                    let w = &self.w[(o * self.c_in + i) * 3..(o * self.c_in + i) * 3 + 3];
-                    for (k, wk) in w.iter().enumerate() {
-                        let pos = (j * self.stride + k) as isize - 1;
-                        if pos >= 0 && (pos as usize) < t {
-                            acc += wk * x[i * t + pos as usize];
-                        }
+        let width = self.c_in * 3;
+        let mut patches = vec![0.0f32; t_out * width];
+        for j in 0..t_out {
+            for i in 0..self.c_in {
+                for k in 0..3 {
+                    let pos = (j * self.stride + k) as isize - 1;
+                    if pos >= 0 && (pos as usize) < t {
+                        patches[j * width + i * 3 + k] = x[i * t + pos as usize];
                     }
                 }
-                y[o * t_out + j] = acc.max(0.0);
+            }
+        }
+        let mut y = vec![0.0f32; self.c_out * t_out];
+        for o in 0..self.c_out {
+            let w = &self.w[o * width..(o + 1) * width];
+            for j in 0..t_out {
+                y[o * t_out + j] = (self.b[o] + dot(w, &patches[j * width..(j + 1) * width])).max(0.0);
             }
         }
         (y, t_out)
     }
+}
+
+/// Dot product with eight independent accumulators, so that the compiler can vectorise it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The Silero VAD network and its streaming state.
@@ -139,8 +156,7 @@ impl SileroVad {
                 (&self.stft[f * N_FFT..(f + 1) * N_FFT], &self.stft[(f + BINS) * N_FFT..(f + BINS + 1) * N_FFT]);
             for t in 0..frames {
                 let s = &x[t * HOP..t * HOP + N_FFT];
-                let re: f32 = re_w.iter().zip(s).map(|(a, b)| a * b).sum();
-                let im: f32 = im_w.iter().zip(s).map(|(a, b)| a * b).sum();
+                let (re, im) = (dot(re_w, s), dot(im_w, s));
                 mag[f * frames + t] = (re * re + im * im).sqrt();
             }
         }
