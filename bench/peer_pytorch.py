@@ -1,0 +1,129 @@
+"""The PyTorch peer of speechtune's benchmark (issue 7): the same work on wav2vec2-base with
+random weights, each task in its own process, medians over several runs, threads = cores.
+
+Pinned (install only to benchmark, never for tests or CI):
+    python -m venv .bench-venv && .bench-venv/bin/pip install torch==2.5.1 transformers==4.46.3 peft==0.13.2
+    .bench-venv/bin/python bench/peer_pytorch.py            # every task, JSON lines on stdout
+    .bench-venv/bin/python bench/peer_pytorch.py --task forward_1x10
+
+Tasks:
+  forward_1x10   inference, 1 × 10 s, every hidden state
+  forward_4x10   inference, 4 × 10 s
+  lora_ctc_2x5   one training step: LoRA r = 8 on q, v (peft) + linear CTC head, 2 × 5 s, AdamW
+  frozen_ws_2x5  one training step: frozen upstream, softmax-weighted layer sum + linear CTC head
+Each result: {"task", "median_s", "runs_s", "peak_rss_mb", "torch", "transformers", "peft", "threads"}.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "frozen_ws_2x5"]
+VOCAB = 32
+
+
+def run_task(task: str, repeats: int, warmup: int) -> dict:
+    import torch
+    import transformers
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(Wav2Vec2Config())  # wav2vec2-base shape, random weights
+    model.config.mask_time_prob = 0.0
+
+    def audio(batch: int, seconds: float):
+        return torch.randn(batch, int(seconds * 16000))
+
+    if task.startswith("forward"):
+        batch = 1 if task == "forward_1x10" else 4
+        x = audio(batch, 10.0)
+        model.eval()
+
+        def step():
+            with torch.inference_mode():
+                model(x, output_hidden_states=True)
+
+    else:
+        x = audio(2, 5.0)
+        model.train()
+        model.config.layerdrop = 0.0
+        frames = model._get_feat_extract_output_lengths(torch.tensor(x.shape[1])).item()
+        targets = torch.randint(1, VOCAB, (2, 40))
+        target_lengths = torch.tensor([40, 40])
+        input_lengths = torch.tensor([frames, frames])
+        if task == "lora_ctc_2x5":
+            from peft import LoraConfig, get_peft_model
+
+            model.freeze_feature_encoder()
+            upstream = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+            head = torch.nn.Linear(768, VOCAB)
+
+            def features():
+                return upstream(x).last_hidden_state
+
+            params = [p for p in upstream.parameters() if p.requires_grad] + list(head.parameters())
+        else:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            weights = torch.nn.Parameter(torch.zeros(model.config.num_hidden_layers + 1))
+            head = torch.nn.Linear(768, VOCAB)
+
+            def features():
+                with torch.no_grad():
+                    hs = torch.stack(model(x, output_hidden_states=True).hidden_states)
+                return (torch.softmax(weights, 0)[:, None, None, None] * hs).sum(0)
+
+            params = [weights] + list(head.parameters())
+        optim = torch.optim.AdamW(params, lr=1e-4)
+
+        def step():
+            logits = head(features()).log_softmax(-1).transpose(0, 1)
+            loss = torch.nn.functional.ctc_loss(logits, targets, input_lengths, target_lengths, zero_infinity=True)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+
+    for _ in range(warmup):
+        step()
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        runs.append(time.perf_counter() - t)
+    import peft
+
+    return {
+        "task": task,
+        "median_s": statistics.median(runs),
+        "runs_s": runs,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "threads": threads,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task", choices=TASKS)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    a = ap.parse_args()
+    if a.task:
+        print(json.dumps(run_task(a.task, a.repeats, a.warmup)), flush=True)
+        return
+    # Each task in its own process, so that peak memory is its own.
+    for t in TASKS:
+        subprocess.run([sys.executable, __file__, "--task", t, "--repeats", str(a.repeats), "--warmup", str(a.warmup)], check=True)
+
+
+if __name__ == "__main__":
+    main()
