@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
+use crate::peft::{transpose, values};
 use crate::upstream::TINY_CONFIG;
 use crate::weights::{Weights, write_atomic, write_bool_safetensors, write_safetensors};
 use crate::{Error, Result, Upstream, UpstreamModel};
@@ -67,21 +68,6 @@ pub fn sparsity_csv(layers: &[LayerSparsity]) -> String {
     out
 }
 
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
-}
-
-/// burn's `[in, out]` → PyTorch's `[out, in]`.
-fn to_torch(v: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
-    let mut t = vec![0.0; v.len()];
-    for i in 0..d_in {
-        for o in 0..d_out {
-            t[o * d_in + i] = v[i * d_out + o];
-        }
-    }
-    t
-}
-
 /// Write `model` (built from `source`, with masks and/or LoRA attached) to `out`:
 /// `config.json`, `preprocessor_config.json`, `model.safetensors`, `masks.safetensors` (bool,
 /// `[out, in]`, named as the weights; only where masks exist) and `sparsity.csv`. The folder is
@@ -99,23 +85,28 @@ pub fn export_hf(source: &Source, model: &UpstreamModel, out: &Path) -> Result<V
             kept: m.iter().filter(|&&k| k).count(),
         })
         .collect();
+    // Masks are already computed above (a top-k per layer): apply them in PyTorch's layout.
+    let by_name: HashMap<&str, &Vec<bool>> = masks.iter().map(|(n, _, m)| (n.as_str(), m)).collect();
     let mut replaced: HashMap<String, Vec<f32>> = HashMap::new();
     for p in model.projections() {
+        if p.mask.is_none() && p.lora.is_none() {
+            continue;
+        }
         let (d_in, d_out) = (p.d_in(), p.d_out());
-        let mut w = values(p.base.weight.val());
-        if let Some(m) = &p.mask {
-            for (x, k) in w.iter_mut().zip(values(m.hard())) {
-                *x *= k;
+        let mut w = transpose(&values(p.base.weight.val()), d_in, d_out);
+        if let Some(keep) = by_name.get(format!("{prefix}{}.weight", p.name).as_str()) {
+            for (x, &k) in w.iter_mut().zip(keep.iter()) {
+                if !k {
+                    *x = 0.0;
+                }
             }
         }
         if let Some(l) = &p.lora {
-            for (x, d) in w.iter_mut().zip(values(l.delta())) {
+            for (x, d) in w.iter_mut().zip(transpose(&values(l.delta()), d_in, d_out)) {
                 *x += d;
             }
         }
-        if p.mask.is_some() || p.lora.is_some() {
-            replaced.insert(format!("{}.weight", p.name), to_torch(&w, d_in, d_out));
-        }
+        replaced.insert(format!("{}.weight", p.name), w);
     }
     let mut seen = HashSet::new();
     let mut tensors = Vec::new();

@@ -18,11 +18,12 @@ use crate::{Error, Result};
 /// A named f32 tensor: (name, shape, row-major values).
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
 }
 
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// A row-major `[rows, cols]` matrix transposed (burn's `[in, out]` ↔ PyTorch's `[out, in]`).
+pub(crate) fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0.0; v.len()];
     for r in 0..rows {
         for c in 0..cols {

@@ -3,16 +3,8 @@
 
 mod common;
 
-use common::{config, mini_corpus, opts};
+use common::{config, losses, mini_corpus, opts};
 use speechtune_train::train;
-
-fn losses(run: &std::path::Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
-        .collect()
-}
 
 #[test]
 fn cached_cnn_features_train_like_the_cnn() {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 mod common;
 
-use common::{METHODS, config, mini_corpus, opts};
+use common::{METHODS, config, losses, mini_corpus, opts};
 use speechtune_train::{RunConfig, train};
 
 #[test]
@@ -49,11 +49,7 @@ fn every_task_and_method_trains() {
                 serde_json::from_str(&std::fs::read_to_string(ckpt.join("classes.json")).unwrap()).unwrap();
             let expect: &[&str] = if task == "classify" { &["germanic", "romance"] } else { &["deu", "spa"] };
             assert_eq!(classes, expect, "{task} × {name}");
-            let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
-                .unwrap()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
-                .collect();
+            let losses = losses(&out);
             assert!(losses.len() == 3 && losses.iter().all(|l| l.is_finite()), "{task} × {name}: {losses:?}");
             trainable_by_method.entry(task).or_insert_with(Vec::new).push((
                 name,

@@ -34,20 +34,8 @@ pub fn write_safetensors(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let bytes: Vec<Vec<u8>> =
-        tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
-    let bad = |reason: String| Error::Safetensors { path: path.to_path_buf(), reason };
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| bad(format!("tensor {name}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let data = safetensors::serialize(views, Some(metadata)).map_err(|e| bad(e.to_string()))?;
-    write_atomic(path, &data)
+    let bytes = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    write_raw(path, safetensors::Dtype::F32, tensors.iter().map(|(n, s, _)| (n, s)), bytes, metadata)
 }
 
 /// Write named boolean tensors (masks; `torch.bool` when loaded by PyTorch) as a safetensors file,
@@ -57,13 +45,23 @@ pub fn write_bool_safetensors(
     tensors: &[(String, Vec<usize>, Vec<bool>)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().map(|&b| u8::from(b)).collect()).collect();
+    let bytes = tensors.iter().map(|(_, _, v)| v.iter().map(|&b| u8::from(b)).collect()).collect();
+    write_raw(path, safetensors::Dtype::BOOL, tensors.iter().map(|(n, s, _)| (n, s)), bytes, metadata)
+}
+
+/// Tensors of one dtype given as (name, shape) and their little-endian bytes.
+fn write_raw<'a>(
+    path: &Path,
+    dtype: safetensors::Dtype,
+    heads: impl Iterator<Item = (&'a String, &'a Vec<usize>)>,
+    bytes: Vec<Vec<u8>>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let bad = |reason: String| Error::Safetensors { path: path.to_path_buf(), reason };
-    let views = tensors
-        .iter()
+    let views = heads
         .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::BOOL, shape.clone(), b)
+        .map(|((name, shape), b)| {
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), b)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| bad(format!("tensor {name}: {e}")))
         })

@@ -73,3 +73,12 @@ pub const METHODS: [(&str, &str); 8] = [
 pub fn opts() -> TrainOptions {
     TrainOptions { progress: false, resume: false }
 }
+
+/// The training losses a run logged in `metrics.jsonl`, in order.
+pub fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
+        .collect()
+}
