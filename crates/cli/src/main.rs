@@ -1,6 +1,7 @@
 //! `speechtune`: fine-tune and analyse self-supervised speech models.
 
 mod analyze;
+mod bench;
 mod data;
 mod demo;
 mod eval;
@@ -55,6 +56,9 @@ enum Command {
     Prune(export::PruneArgs),
     /// Joint ASR + LID with LoRA on the embedded demo corpus, evaluation and a layer-weights plot.
     Demo(demo::Args),
+    /// speechtune's side of `bench/run.sh` (wav2vec2-base, random weights; JSON lines).
+    #[command(hide = true)]
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -72,6 +76,7 @@ fn main() {
         Command::Export(a) => export::export(a),
         Command::Prune(a) => export::prune(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

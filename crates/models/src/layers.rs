@@ -45,6 +45,16 @@ impl Activation {
             Self::Silu => activation::silu(x),
         }
     }
+
+    /// The same function on plain values, vectorised (see [`crate::fastmath`]).
+    pub fn apply_slice(&self, x: &mut [f32]) {
+        match self {
+            Self::Gelu => crate::fastmath::gelu(x),
+            Self::GeluNew => crate::fastmath::gelu_tanh(x),
+            Self::Relu => crate::fastmath::relu(x),
+            Self::Silu => crate::fastmath::silu(x),
+        }
+    }
 }
 
 /// A linear layer from `{path}.weight` `[out, in]` (+ `{path}.bias`), stored as burn's `[in, out]`.

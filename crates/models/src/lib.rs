@@ -7,6 +7,7 @@ pub mod config;
 mod device;
 mod error;
 pub mod export;
+pub mod fastmath;
 pub mod frontend;
 pub mod layers;
 pub mod peft;

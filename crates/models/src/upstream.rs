@@ -6,13 +6,13 @@ use std::path::Path;
 use burn::module::Module;
 use burn::prelude::*;
 
-use crate::Result;
 use crate::augment::Perturb;
 use crate::config::ModelConfig;
 use crate::frontend::{FrontEnd, ModelInput};
 use crate::ssl::{self, SslModel};
 use crate::weights::Weights;
 use crate::whisper::{self, WhisperEncoder};
+use crate::{Error, Result};
 
 /// The upstream network, one variant per architecture family.
 #[derive(Module, Debug)]
@@ -173,11 +173,28 @@ impl Upstream {
 
     /// Like [`Upstream::tiny`], also returning its weight source (which lists what was read).
     pub fn tiny_with_weights(seed: u64, device: &Device) -> Result<(Self, Weights)> {
-        let config = ModelConfig::from_json(TINY_CONFIG.as_bytes(), Path::new("<built-in tiny upstream>"))?;
-        let ModelConfig::Ssl(c) = &config else { unreachable!("the tiny config is wav2vec2") };
+        Self::random_with_weights(TINY_CONFIG.as_bytes(), "<built-in tiny upstream>", seed, device)
+    }
+
+    /// A wav2vec2-family model of the architecture `config_json` describes (a `config.json`'s
+    /// text), with seeded random weights (see [`Weights::random`]) and a waveform front-end that
+    /// normalises: benchmarks use `{"model_type": "wav2vec2"}`, the shape of wav2vec2-base.
+    pub fn random(config_json: &[u8], name: &str, seed: u64, device: &Device) -> Result<Self> {
+        Ok(Self::random_with_weights(config_json, name, seed, device)?.0)
+    }
+
+    fn random_with_weights(config_json: &[u8], name: &str, seed: u64, device: &Device) -> Result<(Self, Weights)> {
+        let config = ModelConfig::from_json(config_json, Path::new(name))?;
         let weights = Weights::random(seed);
+        let ModelConfig::Ssl(c) = &config else {
+            return Err(Error::Unsupported {
+                path: name.into(),
+                what: "random weights for Whisper (only wav2vec2-family configurations)".into(),
+            });
+        };
         let model = UpstreamModel::Ssl(SslModel::load(c, &weights, device)?);
-        Ok((Self { model, frontend: FrontEnd::Waveform { normalize: true }, config, prefix: String::new() }, weights))
+        let frontend = FrontEnd::Waveform { normalize: true };
+        Ok((Self { model, frontend, config, prefix: String::new() }, weights))
     }
 
     /// Prepare a batch of 16-kHz waveforms and run the model.

@@ -157,3 +157,36 @@ fn tiny_builtin_upstream_is_seeded_and_well_scaled() {
     let total: usize = a.model.parameter_breakdown().iter().map(|r| r.1).sum();
     assert!((500_000..800_000).contains(&total), "{total} parameters");
 }
+
+/// The native CPU feature encoder (used where the CNN is frozen) against burn's graph of the
+/// same layers, on a padded batch: group-norm (base) and layer-norm (large/XLS-R) layouts, with
+/// and without conv biases. And where each applies.
+#[test]
+fn native_cnn_equals_the_burn_graph() {
+    let dev = device();
+    for (name, _) in MODELS.iter().filter(|(_, t)| *t != "whisper") {
+        let dir = fixtures().join(name);
+        let r = reference(&dir.join("reference.safetensors"));
+        let up = Upstream::load(&dir, &dev).unwrap();
+        let UpstreamModel::Ssl(m) = &up.model else { unreachable!() };
+        let wave = r["single.raw"].1.clone();
+        let short = wave[..wave.len() * 2 / 3].to_vec();
+        let ModelInput::Waveform { samples, .. } = up.frontend.prepare(&[wave, short], &dev).unwrap() else {
+            unreachable!()
+        };
+        let graph_t = m.feature_encoder.forward(samples.clone()).swap_dims(1, 2);
+        let (graph_shape, graph) = (graph_t.dims().to_vec(), values(&graph_t));
+        let native_t = m.feature_encoder.forward_native(samples);
+        let native = values(&native_t);
+        let scale = graph.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let diff = max_abs_diff(name, &native_t.dims(), &native, &(graph_shape, graph));
+        assert!(diff <= 1e-5 * scale.max(1.0), "{name}: native CNN differs by {diff} (values up to {scale})");
+        assert!(m.feature_encoder.native_applies(&dev), "{name}: inference on the CPU");
+    }
+    // On an autodiff device the native path applies only while no CNN parameter trains.
+    let ad = dev.autodiff();
+    let up = Upstream::load(&fixtures().join("wav2vec2-base"), &ad).unwrap();
+    let UpstreamModel::Ssl(m) = up.model else { unreachable!() };
+    assert!(!m.feature_encoder.native_applies(&ad), "a trainable CNN needs burn's graph");
+    assert!(m.feature_encoder.clone().no_grad().native_applies(&ad), "a frozen CNN runs natively");
+}

@@ -90,7 +90,7 @@ fn lora_invariants() {
                 && state[0].0.ends_with(".lora_A.weight")
         );
         let map: HashMap<String, (Vec<usize>, Vec<f32>)> = state.into_iter().map(|(n, s, v)| (n, (s, v))).collect();
-        let mut fresh = Upstream::load(&fixtures().join(name), &device).unwrap();
+        let (mut fresh, _) = frozen(name, &device);
         fresh.model.attach_lora(&cfg, &device).unwrap();
         fresh.model.load_lora_state(&fresh.prefix.clone(), &map).unwrap();
         assert_eq!(max_diff(&trained, &run(&fresh, &wave, &device)), 0.0, "{name}: save/load round trip");
@@ -162,7 +162,7 @@ impl ModuleVisitor for Trainable {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Method {
     ConvAdapter,
     Prefix,
@@ -212,7 +212,11 @@ fn conv_adapter_prefix_and_bitfit_invariants() {
                 _ => assert_eq!(added, 2, "{what}: one per layer"),
             }
             let at_init = max_diff(&plain, &run(&up, &wave, &device));
-            if method.identity_at_init() {
+            if method == Method::Bitfit {
+                // Training the CNN's biases moves the CNN from the native CPU path to burn's
+                // graph: the same function, rounded differently.
+                assert!(at_init < 1e-5, "{what}: output changed at init by {at_init}");
+            } else if method.identity_at_init() {
                 assert_eq!(at_init, 0.0, "{what}: output changed at init");
             } else {
                 assert!(at_init > 0.0, "{what}: a prefix must change attention");

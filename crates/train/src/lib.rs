@@ -19,5 +19,5 @@ pub use error::{Error, Result};
 pub use eval::{EvalReport, Prediction};
 pub use feature_cache::CacheStats;
 pub use model::{Method, TaskModel, TaskOutput, count_parameters, load_upstream};
-pub use run::{RunSummary, TrainOptions, train};
+pub use run::{RunSummary, TrainOptions, peak_rss, train};
 pub use schedule::Schedule;

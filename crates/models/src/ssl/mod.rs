@@ -3,6 +3,7 @@
 mod attention;
 mod encoder;
 mod feature_encoder;
+mod native_cnn;
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -60,7 +61,12 @@ impl SslModel {
     }
 
     /// CNN features `[batch, frames, channels]` (the frozen part in most fine-tuning recipes).
+    /// Computed outside burn where nothing in the CNN trains and the device is the CPU
+    /// ([`FeatureEncoder::forward_native`]).
     pub fn extract_features(&self, samples: Tensor<2>) -> Tensor<3> {
+        if self.feature_encoder.native_applies(&samples.device()) {
+            return self.feature_encoder.forward_native(samples);
+        }
         self.feature_encoder.forward(samples).swap_dims(1, 2)
     }
 

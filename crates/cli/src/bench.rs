@@ -1,0 +1,180 @@
+//! `speechtune bench [--task T]`: speechtune's side of `bench/run.sh` — the same work as
+//! `bench/peer_pytorch.py` (wav2vec2-base with random weights), each task in its own process,
+//! medians over timed runs after warm-ups, one JSON line per task.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use speechtune_models::burn::prelude::*;
+use speechtune_models::{FrontEnd, ModelInput, Upstream, UpstreamModel, parse_device};
+use speechtune_peft::LoraConfig;
+use speechtune_tasks::{Featurizer, LinearHead, ctc_loss};
+
+/// The configuration of `Wav2Vec2Config()` in transformers: wav2vec2-base's shape.
+const WAV2VEC2_BASE: &[u8] = br#"{"model_type": "wav2vec2"}"#;
+const VOCAB: usize = 32;
+const TARGET_LEN: usize = 40;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Task {
+    /// Inference, 1 × 10 s, every hidden state.
+    #[value(name = "forward_1x10")]
+    Forward1x10,
+    /// Inference, 4 × 10 s.
+    #[value(name = "forward_4x10")]
+    Forward4x10,
+    /// One training step: LoRA r = 8 on q, v + linear CTC head on the last layer, 2 × 5 s, AdamW.
+    #[value(name = "lora_ctc_2x5")]
+    LoraCtc2x5,
+    /// One training step: frozen upstream, softmax-weighted layer sum + linear CTC head, 2 × 5 s.
+    #[value(name = "frozen_ws_2x5")]
+    FrozenWs2x5,
+}
+
+impl Task {
+    const ALL: [Task; 4] = [Task::Forward1x10, Task::Forward4x10, Task::LoraCtc2x5, Task::FrozenWs2x5];
+
+    fn name(self) -> &'static str {
+        match self {
+            Task::Forward1x10 => "forward_1x10",
+            Task::Forward4x10 => "forward_4x10",
+            Task::LoraCtc2x5 => "lora_ctc_2x5",
+            Task::FrozenWs2x5 => "frozen_ws_2x5",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// One task in this process; without it every task runs, each in its own process.
+    #[arg(long, value_enum)]
+    pub task: Option<Task>,
+    /// Timed runs per task (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// cpu, cuda or cuda:N (default: the first GPU in a `cuda` build, else the CPU).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// What trains in the step tasks: the upstream (LoRA inside it, or frozen), an optional
+/// weighted layer sum, and the CTC head.
+#[derive(Module, Debug)]
+struct StepModel {
+    upstream: UpstreamModel,
+    featurizer: Option<Featurizer>,
+    head: LinearHead,
+}
+
+impl StepModel {
+    fn loss(&self, input: ModelInput, targets: &[Vec<u32>]) -> Result<Tensor<1>> {
+        let out = self.upstream.forward(input)?;
+        let x = match &self.featurizer {
+            Some(f) => f.forward(&out.hidden_states),
+            None => out.hidden_states.last().cloned().context("the upstream returned no hidden state")?,
+        };
+        Ok(ctc_loss(self.head.forward(x), &out.frame_lengths, targets, 0).mean())
+    }
+}
+
+/// Reproducible noise, like `torch.randn` in the peer (values do not matter for timing).
+fn noise(batch: usize, seconds: f64, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = speechtune_data::Rng::new(seed);
+    let n = (seconds * 16000.0) as usize;
+    (0..batch).map(|_| (0..n).map(|_| rng.normal() as f32).collect()).collect()
+}
+
+fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
+    let base = parse_device(args.device.as_deref())?;
+    // The peer passes the waveform as it is, without per-utterance normalisation.
+    let frontend = FrontEnd::Waveform { normalize: false };
+    let mut runs = Vec::new();
+    match task {
+        Task::Forward1x10 | Task::Forward4x10 => {
+            let up = Upstream::random(WAV2VEC2_BASE, "wav2vec2-base (random)", 0, &base)?;
+            let waves = noise(if task == Task::Forward1x10 { 1 } else { 4 }, 10.0, 1);
+            for i in 0..args.warmup + args.repeats {
+                let t = Instant::now();
+                let out = up.model.forward(frontend.prepare(&waves, &base)?)?;
+                // Wait for the result (asynchronous backends), as the peer's call returns it.
+                let _ = out.hidden_states.last().context("no hidden state")?.clone().sum().into_scalar::<f32>();
+                if i >= args.warmup {
+                    runs.push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        Task::LoraCtc2x5 | Task::FrozenWs2x5 => {
+            let device = base.clone().autodiff();
+            let up = Upstream::random(WAV2VEC2_BASE, "wav2vec2-base (random)", 0, &device)?;
+            let mut upstream = up.model.no_grad();
+            let featurizer = if task == Task::LoraCtc2x5 {
+                upstream.attach_lora(&LoraConfig::default(), &device)?;
+                None
+            } else {
+                Some(Featurizer::new(upstream.num_layers() + 1, false, false, &device))
+            };
+            let d = upstream.hidden_size();
+            let mut model = StepModel { upstream, featurizer, head: LinearHead::new(d, VOCAB, &device) };
+            let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
+            let waves = noise(2, 5.0, 1);
+            let mut rng = speechtune_data::Rng::new(2);
+            let targets: Vec<Vec<u32>> =
+                (0..2).map(|_| (0..TARGET_LEN).map(|_| 1 + rng.below(VOCAB - 1) as u32).collect()).collect();
+            for i in 0..args.warmup + args.repeats {
+                let t = Instant::now();
+                let loss = model.loss(frontend.prepare(&waves, &device)?, &targets)?;
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(1e-4, model, grads);
+                // Wait for the update to land (asynchronous backends).
+                let _ = model.head.out.weight.val().sum().into_scalar::<f32>();
+                if i >= args.warmup {
+                    runs.push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.is_empty() {
+        f64::NAN
+    } else if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    Ok(serde_json::json!({
+        "task": task.name(),
+        "median_s": median,
+        "runs_s": runs,
+        "peak_rss_mb": speechtune_train::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
+        "speechtune": env!("CARGO_PKG_VERSION"),
+        "burn": "0.22.1",
+        "device": format!("{base:?}"),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    }))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if let Some(task) = args.task {
+        println!("{}", run_task(task, &args)?);
+        return Ok(());
+    }
+    // Each task in its own process, so that its peak memory is its own.
+    let exe = std::env::current_exe().context("cannot find the speechtune executable")?;
+    for task in Task::ALL {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["bench", "--task", task.name(), "--repeats", &args.repeats.to_string()]);
+        cmd.args(["--warmup", &args.warmup.to_string()]);
+        if let Some(d) = &args.device {
+            cmd.args(["--device", d]);
+        }
+        let status = cmd.status().with_context(|| format!("cannot run {}", exe.display()))?;
+        anyhow::ensure!(status.success(), "bench task {} failed ({status})", task.name());
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! The frozen CNN feature encoder on the CPU, outside burn: the same network as
+//! [`FeatureEncoder::forward`](super::FeatureEncoder::forward), computed channels-last.
+//!
+//! Why: the CNN is most of wav2vec2's inference time on a CPU (10 s of audio: 512 channels at
+//! 32,000 then 16,000 ... frames) and in most recipes it does not train. Channels-last, the
+//! receptive field of output frame `t` is one contiguous run of `kernel × channels` values
+//! starting at `t × stride × channels`, so each convolution is a single GEMM whose left operand
+//! is the input itself read with a row stride of `stride × channels` — no im2col buffer. The
+//! normalisation and activation after it are one fused, vectorised pass, with an `erf` that
+//! vectorises (libm's does not). Used only where nothing in the CNN needs a gradient.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rayon::prelude::*;
+
+use super::FeatureEncoder;
+use crate::layers::Activation;
+
+/// Elements per parallel task in the elementwise passes.
+const CHUNK: usize = 1 << 15;
+
+struct NeedsGrad(bool);
+
+impl ModuleVisitor for NeedsGrad {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0 |= param.val().is_require_grad();
+    }
+}
+
+/// One layer's weights, read out of the module once per call.
+struct Layer {
+    /// `[kernel × c_in, c_out]`, row `j × c_in + c` holding `W[:, c, j]`.
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    /// Per-channel normalisation over time (GroupNorm with one group per channel), γ and β.
+    group_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// Per-frame normalisation over channels, γ, β and ε.
+    layer_norm: Option<(Vec<f32>, Vec<f32>, f32)>,
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+}
+
+impl FeatureEncoder {
+    /// True where [`FeatureEncoder::forward_native`] may replace the burn graph: on the flex
+    /// (CPU) device, with no CNN parameter that trains.
+    pub fn native_applies(&self, device: &Device) -> bool {
+        let mut v = NeedsGrad(false);
+        self.visit(&mut v);
+        !v.0 && *device == Device::flex()
+    }
+
+    /// `[batch, samples]` → `[batch, frames, channels]` (what `forward(..).swap_dims(1, 2)`
+    /// gives), computed without burn; the result is a constant on `samples`' device.
+    pub fn forward_native(&self, samples: Tensor<2>) -> Tensor<3> {
+        let device = samples.device();
+        let [batch, n] = samples.dims();
+        let waves = values(samples);
+        let layers: Vec<Layer> = self
+            .layers
+            .iter()
+            .map(|l| {
+                let [c_out, c_in, kernel] = l.conv.weight.dims();
+                let w = values(l.conv.weight.val());
+                let mut weight = vec![0.0f32; w.len()];
+                for o in 0..c_out {
+                    for c in 0..c_in {
+                        for j in 0..kernel {
+                            weight[(j * c_in + c) * c_out + o] = w[(o * c_in + c) * kernel + j];
+                        }
+                    }
+                }
+                Layer {
+                    weight,
+                    bias: l.conv.bias.as_ref().map(|b| values(b.val())),
+                    c_in,
+                    c_out,
+                    kernel,
+                    stride: l.conv.stride,
+                    group_norm: l.group_norm.as_ref().map(|g| (values(g.weight.val()), values(g.bias.val()))),
+                    layer_norm: l.layer_norm.as_ref().map(|g| {
+                        let gamma = g.weight.as_ref().map(|w| values(w.val())).unwrap_or_default();
+                        let beta = g.bias.as_ref().map(|b| values(b.val())).unwrap_or_default();
+                        (gamma, beta, g.eps as f32)
+                    }),
+                }
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut frames = 0;
+        let mut channels = 0;
+        for b in 0..batch {
+            let mut x = waves[b * n..(b + 1) * n].to_vec();
+            let mut t = n;
+            for layer in &layers {
+                let (y, t_out) = conv_layer(&x, t, layer, self.activation);
+                x = y;
+                t = t_out;
+            }
+            frames = t;
+            channels = layers.last().map_or(1, |l| l.c_out);
+            out.extend_from_slice(&x);
+        }
+        Tensor::from_data(TensorData::new(out, [batch, frames, channels]), &device)
+    }
+}
+
+/// One conv layer, channels-last: `x` is `[t_in, c_in]`; returns `[t_out, c_out]` and `t_out`.
+fn conv_layer(x: &[f32], t_in: usize, l: &Layer, act: Activation) -> (Vec<f32>, usize) {
+    let t_out = if t_in < l.kernel { 0 } else { (t_in - l.kernel) / l.stride + 1 };
+    let mut y = vec![0.0f32; t_out * l.c_out];
+    if t_out > 0 {
+        // y[t, o] = Σ_q x[t·stride·c_in + q] · weight[q, o], q over kernel × c_in.
+        // SAFETY: every index gemm forms stays inside x (last row ends at
+        // (t_out-1)·stride·c_in + kernel·c_in ≤ t_in·c_in), weight and y.
+        unsafe {
+            gemm::gemm(
+                t_out,
+                l.c_out,
+                l.kernel * l.c_in,
+                y.as_mut_ptr(),
+                1,
+                l.c_out as isize,
+                false,
+                x.as_ptr(),
+                1,
+                (l.stride * l.c_in) as isize,
+                l.weight.as_ptr(),
+                1,
+                l.c_out as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+    }
+    let c = l.c_out;
+    if let Some((gamma, beta)) = &l.group_norm {
+        // Statistics per channel over all frames (f64 sums: 32,000 frames for 10 s).
+        let bias = l.bias.clone().unwrap_or_else(|| vec![0.0; c]);
+        let mut sum = vec![0.0f64; c];
+        for row in y.chunks_exact(c) {
+            for ((s, &v), &b) in sum.iter_mut().zip(row).zip(&bias) {
+                *s += (v + b) as f64;
+            }
+        }
+        let mean: Vec<f64> = sum.iter().map(|s| s / t_out.max(1) as f64).collect();
+        let mut sq = vec![0.0f64; c];
+        for row in y.chunks_exact(c) {
+            for (((s, &v), &b), &m) in sq.iter_mut().zip(row).zip(&bias).zip(&mean) {
+                let d = (v + b) as f64 - m;
+                *s += d * d;
+            }
+        }
+        // y' = γ (y + b − μ) / σ + β = y · scale + shift
+        let scale: Vec<f32> =
+            sq.iter().zip(gamma).map(|(s, &g)| (g as f64 / (s / t_out.max(1) as f64 + 1e-5).sqrt()) as f32).collect();
+        let shift: Vec<f32> = (0..c).map(|i| beta[i] + (bias[i] as f64 - mean[i]) as f32 * scale[i]).collect();
+        affine_activate(&mut y, &scale, &shift, act);
+    } else if let Some((gamma, beta, eps)) = &l.layer_norm {
+        let bias = l.bias.clone().unwrap_or_else(|| vec![0.0; c]);
+        y.par_chunks_mut(c * (CHUNK / c).max(1)).for_each(|rows| {
+            for row in rows.chunks_exact_mut(c) {
+                for (v, &b) in row.iter_mut().zip(&bias) {
+                    *v += b;
+                }
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+                let inv = 1.0 / (var + *eps as f64).sqrt();
+                for (i, v) in row.iter_mut().enumerate() {
+                    *v = ((*v as f64 - mean) * inv) as f32 * gamma.get(i).copied().unwrap_or(1.0)
+                        + beta.get(i).copied().unwrap_or(0.0);
+                }
+                act.apply_slice(row);
+            }
+        });
+    } else {
+        let shift = l.bias.clone().unwrap_or_else(|| vec![0.0; c]);
+        affine_activate(&mut y, &vec![1.0; c], &shift, act);
+    }
+    (y, t_out)
+}
+
+/// `y[t, c] ← act(y[t, c] · scale[c] + shift[c])`, in parallel over blocks of rows.
+fn affine_activate(y: &mut [f32], scale: &[f32], shift: &[f32], act: Activation) {
+    let c = scale.len();
+    y.par_chunks_mut(c * (CHUNK / c).max(1)).for_each(|rows| {
+        for row in rows.chunks_exact_mut(c) {
+            for ((v, &a), &b) in row.iter_mut().zip(scale).zip(shift) {
+                *v = *v * a + b;
+            }
+        }
+        act.apply_slice(rows);
+    });
+}
