@@ -5,6 +5,7 @@ Pinned (install only to benchmark, never for tests or CI):
     python -m venv .bench-venv && .bench-venv/bin/pip install torch==2.5.1 transformers==4.46.3 peft==0.13.2
     .bench-venv/bin/python bench/peer_pytorch.py            # every task, JSON lines on stdout
     .bench-venv/bin/python bench/peer_pytorch.py --task forward_1x10
+    .bench-venv/bin/python bench/peer_pytorch.py --device cuda       # on a GPU
 
 Tasks:
   forward_1x10   inference, 1 × 10 s, every hidden state
@@ -27,7 +28,7 @@ TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "frozen_ws_2x5"]
 VOCAB = 32
 
 
-def run_task(task: str, repeats: int, warmup: int) -> dict:
+def run_task(task: str, repeats: int, warmup: int, device: str) -> dict:
     import torch
     import transformers
     from transformers import Wav2Vec2Config, Wav2Vec2Model
@@ -35,11 +36,11 @@ def run_task(task: str, repeats: int, warmup: int) -> dict:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = Wav2Vec2Model(Wav2Vec2Config())  # wav2vec2-base shape, random weights
+    model = Wav2Vec2Model(Wav2Vec2Config()).to(device)  # wav2vec2-base shape, random weights
     model.config.mask_time_prob = 0.0
 
     def audio(batch: int, seconds: float):
-        return torch.randn(batch, int(seconds * 16000))
+        return torch.randn(batch, int(seconds * 16000)).to(device)
 
     if task.startswith("forward"):
         batch = 1 if task == "forward_1x10" else 4
@@ -55,7 +56,7 @@ def run_task(task: str, repeats: int, warmup: int) -> dict:
         model.train()
         model.config.layerdrop = 0.0
         frames = model._get_feat_extract_output_lengths(torch.tensor(x.shape[1])).item()
-        targets = torch.randint(1, VOCAB, (2, 40))
+        targets = torch.randint(1, VOCAB, (2, 40)).to(device)
         target_lengths = torch.tensor([40, 40])
         input_lengths = torch.tensor([frames, frames])
         if task == "lora_ctc_2x5":
@@ -63,7 +64,7 @@ def run_task(task: str, repeats: int, warmup: int) -> dict:
 
             model.freeze_feature_encoder()
             upstream = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-            head = torch.nn.Linear(768, VOCAB)
+            head = torch.nn.Linear(768, VOCAB).to(device)
 
             def features():
                 return upstream(x).last_hidden_state
@@ -72,8 +73,8 @@ def run_task(task: str, repeats: int, warmup: int) -> dict:
         else:
             for p in model.parameters():
                 p.requires_grad_(False)
-            weights = torch.nn.Parameter(torch.zeros(model.config.num_hidden_layers + 1))
-            head = torch.nn.Linear(768, VOCAB)
+            weights = torch.nn.Parameter(torch.zeros(model.config.num_hidden_layers + 1, device=device))
+            head = torch.nn.Linear(768, VOCAB).to(device)
 
             def features():
                 with torch.no_grad():
@@ -90,12 +91,18 @@ def run_task(task: str, repeats: int, warmup: int) -> dict:
             loss.backward()
             optim.step()
 
+    def sync():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
     for _ in range(warmup):
         step()
     runs = []
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         step()
+        sync()
         runs.append(time.perf_counter() - t)
     import peft
 
@@ -108,6 +115,8 @@ def run_task(task: str, repeats: int, warmup: int) -> dict:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "threads": threads,
+        "device": device,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else None,
     }
 
 
@@ -116,13 +125,15 @@ def main() -> None:
     ap.add_argument("--task", choices=TASKS)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args()
     if a.task:
-        print(json.dumps(run_task(a.task, a.repeats, a.warmup)), flush=True)
+        print(json.dumps(run_task(a.task, a.repeats, a.warmup, a.device)), flush=True)
         return
     # Each task in its own process, so that peak memory is its own.
     for t in TASKS:
-        subprocess.run([sys.executable, __file__, "--task", t, "--repeats", str(a.repeats), "--warmup", str(a.warmup)], check=True)
+        args = ["--task", t, "--repeats", str(a.repeats), "--warmup", str(a.warmup), "--device", a.device]
+        subprocess.run([sys.executable, __file__, *args], check=True)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ pub fn parse_split(s: &str) -> Result<Split> {
 pub fn run(args: Args) -> Result<()> {
     let split = parse_split(&args.split)?;
     let device: Device = speechtune_models::parse_device(args.device.as_deref())?;
-    let loaded = checkpoint::load(&args.run, &device).with_context(|| format!("loading {}", args.run.display()))?;
+    let loaded = checkpoint::load_for_inference(&args.run, &device)
+        .with_context(|| format!("loading {}", args.run.display()))?;
     let mut cfg = loaded.cfg.clone();
     if let Some(d) = &args.data {
         cfg.data.root = d.clone();

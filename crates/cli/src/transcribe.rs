@@ -62,7 +62,8 @@ pub fn run(args: Args, mode: Mode) -> Result<()> {
             args.run.display()
         );
     }
-    let loaded = checkpoint::load(&args.run, &device).with_context(|| format!("loading {}", args.run.display()))?;
+    let loaded = checkpoint::load_for_inference(&args.run, &device)
+        .with_context(|| format!("loading {}", args.run.display()))?;
     let kind = loaded.cfg.task.kind;
     match mode {
         Mode::Transcribe if !kind.has_ctc() => bail!("this run ({kind:?}) has no CTC head: use `speechtune identify`"),
@@ -102,7 +103,9 @@ fn run_per_language(args: &Args, mode: Mode, languages: &[String], device: &Devi
             args.run.display(),
             languages.join(", ")
         ),
-        (_, Some(dir)) => Some(checkpoint::load(dir, device).with_context(|| format!("loading {}", dir.display()))?),
+        (_, Some(dir)) => {
+            Some(checkpoint::load_for_inference(dir, device).with_context(|| format!("loading {}", dir.display()))?)
+        }
         (Some(_), None) => None,
     };
     let mut models: std::collections::HashMap<String, checkpoint::Loaded> = Default::default();
@@ -128,7 +131,8 @@ fn run_per_language(args: &Args, mode: Mode, languages: &[String], device: &Devi
         }
         if !models.contains_key(&lang) {
             let dir = args.run.join(&lang);
-            let m = checkpoint::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+            let m =
+                checkpoint::load_for_inference(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
             models.insert(lang.clone(), m);
         }
         let m = &models[&lang];

@@ -159,6 +159,14 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
     load_with(dir, device, |_| {})
 }
 
+/// Like [`load`], for inference: LoRA updates folded into their base weights, so that each
+/// adapted projection is one matrix product again instead of three.
+pub fn load_for_inference(dir: &Path, device: &Device) -> Result<Loaded> {
+    let mut loaded = load(dir, device)?;
+    loaded.model.upstream.merge_lora();
+    Ok(loaded)
+}
+
 /// Like [`load`], with every dropout off (heads and LoRA): for gradients of a trained model on
 /// an autodiff device (integrated gradients), where burn applies dropout.
 pub fn load_without_dropout(dir: &Path, device: &Device) -> Result<Loaded> {

@@ -220,11 +220,16 @@ pub struct DataConfig {
     /// Keep decoded training audio in memory across epochs.
     #[serde(default = "yes")]
     pub cache: bool,
-    /// Keep the CNN features of training audio in memory, up to this many GB, when the CNN does
-    /// not train (SSL upstreams with every method but BitFit and full fine-tuning with an
-    /// unfrozen CNN); later epochs skip the CNN. 0 turns it off.
+    /// Keep frozen upstream outputs of training audio in memory, up to this many GB: every
+    /// hidden state when the upstream does not train at all (method `frozen`, no masking or
+    /// LayerDrop; later epochs train the featurizer and heads alone), else the CNN features
+    /// when the CNN does not train (SSL upstreams with every method but BitFit and full
+    /// fine-tuning with an unfrozen CNN; later epochs skip the CNN). 0 turns it off.
     #[serde(default = "four")]
     pub cache_features_gb: f64,
+    /// Hold that cache in f16 (half the memory; values rounded to f16 from the first epoch on).
+    #[serde(default)]
+    pub cache_f16: bool,
     /// Only these languages (ISO codes as in the corpus); empty: all.
     #[serde(default)]
     pub languages: Vec<String>,

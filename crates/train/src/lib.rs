@@ -6,7 +6,7 @@ mod clip;
 pub mod config;
 mod error;
 pub mod eval;
-mod feature_cache;
+pub mod feature_cache;
 pub mod lur;
 mod model;
 pub mod prepare;

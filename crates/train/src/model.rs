@@ -3,7 +3,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
-use speechtune_models::{ModelInput, Perturb, Upstream, UpstreamModel};
+use speechtune_models::{ModelInput, Perturb, Upstream, UpstreamModel, UpstreamOutput};
 use speechtune_tasks::{
     AttentiveStatsClassifier, Classifier, CtcHead, Featurizer, LinearHead, MeanPoolClassifier, ProjectorClassifier,
     SuperbDownstream,
@@ -107,18 +107,24 @@ impl TaskModel {
         perturb: Option<&mut Perturb>,
         detach_upstream: bool,
     ) -> Result<TaskOutput> {
-        let mut out = self.upstream.forward_perturbed(input, perturb)?;
+        let out = self.upstream.forward_perturbed(input, perturb)?;
+        Ok(self.heads(out, detach_upstream))
+    }
+
+    /// Featurizer and heads on the upstream's output (computed now, or cached).
+    pub fn heads(&self, out: UpstreamOutput, detach_upstream: bool) -> TaskOutput {
+        let mut out = out;
         if detach_upstream {
             out.hidden_states = out.hidden_states.into_iter().map(|h| h.detach()).collect();
         }
         let x = self.featurizer.forward(&out.hidden_states);
         let lengths = out.frame_lengths;
         let last = out.hidden_states.last().cloned().unwrap_or_else(|| x.clone());
-        Ok(TaskOutput {
+        TaskOutput {
             ctc_logits: self.ctc.as_ref().map(|h| h.forward(x.clone(), last, &lengths)),
             class_logits: self.classifier.as_ref().map(|h| h.forward(x, &lengths)),
             frame_lengths: lengths,
-        })
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use crate::checkpoint::{checkpoints, load_trainable_record, save_model, trainabl
 use crate::clip::clip_global_norm;
 use crate::config::{MethodConfig, RunConfig, TaskKind};
 use crate::eval::{EvalReport, evaluate};
-use crate::feature_cache::{CacheStats, FeatureCache};
+use crate::feature_cache::{CacheKind, CacheStats, FeatureCache};
 use crate::model::{TaskModel, count_parameters, load_upstream};
 use crate::prepare::{class_names, prepare, read_split, texts};
 use crate::tensorboard::EventWriter;
@@ -61,7 +61,7 @@ pub struct RunSummary {
     /// Peak resident memory of the process (Linux: VmHWM), when known.
     pub peak_rss_bytes: Option<u64>,
     pub stopped_early: bool,
-    /// The frozen-CNN feature cache of this process, where one was used.
+    /// The cache of this process (hidden states or CNN features), where one was used.
     pub feature_cache: Option<CacheStats>,
     pub first: EvalReport,
     pub last: EvalReport,
@@ -290,8 +290,13 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
         return Err(Error::Diverged("no training batches".into()));
     }
     let mut loader = loader_at(st.epoch, st.batch_in_epoch);
-    let mut feature_cache =
-        FeatureCache::for_model(&model.upstream, &frontend, (cfg.data.cache_features_gb * 1e9) as usize);
+    let mut feature_cache = FeatureCache::for_model(
+        &model.upstream,
+        &frontend,
+        !cfg.augment.is_off(),
+        (cfg.data.cache_features_gb * 1e9) as usize,
+        cfg.data.cache_f16,
+    );
     let bar = if opts.progress {
         indicatif::ProgressBar::new(cfg.train.steps as u64)
     } else {
@@ -346,11 +351,18 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
             let mut perturb = (!cfg.augment.is_off())
                 .then(|| Perturb::new(&cfg.augment, step_seed(cfg.train.seed ^ 0x5eed, step, micro)));
             let waves: Vec<Vec<f32>> = batch.waves.iter().map(|w| w.as_ref().clone()).collect();
-            let input = match feature_cache.as_mut() {
-                Some(c) => c.input(&model.upstream, &batch.indices, &waves, &device)?,
-                None => frontend.prepare(&waves, &device)?,
+            let detach = step < freeze_updates;
+            let out = match feature_cache.as_mut() {
+                Some(c) if c.kind() == CacheKind::HiddenStates => {
+                    model.heads(c.output(&model.upstream, &batch.indices, &waves, &device)?, detach)
+                }
+                Some(c) => model.forward(
+                    c.input(&model.upstream, &batch.indices, &waves, &device)?,
+                    perturb.as_mut(),
+                    detach,
+                )?,
+                None => model.forward(frontend.prepare(&waves, &device)?, perturb.as_mut(), detach)?,
             };
-            let out = model.forward(input, perturb.as_mut(), step < freeze_updates)?;
             let ctc = out.ctc_logits.as_ref().map(|logits| {
                 let targets: Vec<Vec<u32>> = batch.indices.iter().map(|&i| train_set.targets[i].clone()).collect();
                 ctc_loss(logits.clone(), &out.frame_lengths, &targets, vocab.blank()).mean()

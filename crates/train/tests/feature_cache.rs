@@ -4,6 +4,7 @@
 mod common;
 
 use common::{config, losses, mini_corpus, opts};
+use speechtune_train::feature_cache::CacheKind;
 use speechtune_train::train;
 
 #[test]
@@ -18,6 +19,7 @@ fn cached_cnn_features_train_like_the_cnn() {
     cfg.train.steps = 8;
     let cached = train(&cfg, &opts()).unwrap();
     let stats = cached.feature_cache.expect("LoRA on a frozen CNN uses the cache");
+    assert_eq!(stats.kind, CacheKind::CnnFeatures);
     assert_eq!(stats.misses, 12, "each training utterance goes through the CNN once");
     assert!(stats.hits > 0 && stats.bytes > 0, "{stats:?}");
 
