@@ -15,7 +15,10 @@ fn exp(v: f32) -> f32 {
     let p =
         ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ without a float → int cast (whose saturation and NaN rules are scalar code): n + 127
+    // lands in the low mantissa bits of n + 127 + 2²³, and the shift moves them into the
+    // exponent field (the bits of 2²³'s own exponent are shifted out).
+    e * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
 }
 
 #[inline(always)]
@@ -97,8 +100,83 @@ over_slice!(
     relu1
 );
 
+/// `x / Σx` after `exp(x − max)` over each row of `row` values, in place (softmax over the
+/// last dimension). Max and sum use 16 lanes so that they vectorise.
+pub fn softmax_rows(x: &mut [f32], row: usize) {
+    #[inline(always)]
+    fn body(x: &mut [f32], row: usize) {
+        for r in x.chunks_exact_mut(row) {
+            let mut m = [f32::NEG_INFINITY; 16];
+            let mut chunks = r.chunks_exact(16);
+            for c in &mut chunks {
+                for (a, &v) in m.iter_mut().zip(c) {
+                    *a = a.max(v);
+                }
+            }
+            let max =
+                chunks.remainder().iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
+            let mut s = [0.0f32; 16];
+            let mut chunks = r.chunks_exact_mut(16);
+            for c in &mut chunks {
+                for (a, v) in s.iter_mut().zip(c) {
+                    *v = exp(*v - max);
+                    *a += *v;
+                }
+            }
+            let mut sum: f32 = s.iter().sum();
+            for v in chunks.into_remainder() {
+                *v = exp(*v - max);
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            r.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn v4(x: &mut [f32], row: usize) {
+            body(x, row)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn v3(x: &mut [f32], row: usize) {
+            body(x, row)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked on the line above).
+            return unsafe { v4(x, row) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked on the line above).
+            return unsafe { v3(x, row) };
+        }
+    }
+    body(x, row)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn softmax_rows_match_the_definition() {
+        let row = 37; // not a multiple of 16: the remainder path runs
+        let mut x: Vec<f32> = (0..row * 3).map(|i| ((i * 7919) % 101) as f32 * 0.37 - 18.0).collect();
+        x[5] = f32::MIN; // a masked key
+        let want: Vec<f64> = x
+            .chunks(row)
+            .flat_map(|r| {
+                let m = r.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+                let e: Vec<f64> = r.iter().map(|&v| (v as f64 - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                e.into_iter().map(move |v| v / s)
+            })
+            .collect();
+        super::softmax_rows(&mut x, row);
+        for (i, (&g, &w)) in x.iter().zip(&want).enumerate() {
+            assert!((g as f64 - w).abs() <= 1e-6 * w.max(1e-3), "{i}: {g} vs {w}");
+        }
+        assert!(x[5] < 1e-30, "a masked key gets no weight");
+    }
+
     fn grid() -> Vec<f32> {
         (-4000..=4000).map(|i| i as f32 * 0.0025).chain([-90.0, -30.0, 30.0, 90.0, 0.0, -0.0]).collect()
     }

@@ -38,6 +38,9 @@ impl Activation {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if computes_natively(&x) {
+            return map_values(x, |v| self.apply_slice(v));
+        }
         match self {
             Self::Gelu => activation::gelu(x),
             Self::GeluNew => activation::gelu_approximate(x),
@@ -55,6 +58,36 @@ impl Activation {
             Self::Silu => crate::fastmath::silu(x),
         }
     }
+}
+
+/// True on the CPU backend without autodiff (inference): elementwise functions and softmax are
+/// then computed on the values with vectorised code in parallel ([`crate::fastmath`]) instead
+/// of burn-flex's scalar libm calls. (On an autodiff device an intermediate tensor may carry a
+/// gradient path even though `is_require_grad` — true for leaves only — says no.)
+pub fn computes_natively<const D: usize>(x: &Tensor<D>) -> bool {
+    let device = x.device();
+    !device.is_autodiff() && device == Device::flex()
+}
+
+/// `f` applied to the values of `x` in parallel blocks of whole rows (last dimension).
+pub fn map_values<const D: usize>(x: Tensor<D>, f: impl Fn(&mut [f32]) + Send + Sync) -> Tensor<D> {
+    use rayon::prelude::*;
+    let shape = x.shape();
+    let row = x.dims()[D - 1].max(1);
+    let device = x.device();
+    let mut v = x.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+    v.par_chunks_mut(row * (1usize << 14).div_ceil(row)).for_each(f);
+    Tensor::from_data(TensorData::new(v, shape), &device)
+}
+
+/// Softmax over the last dimension (natively for constants on the CPU, see
+/// [`computes_natively`]).
+pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if computes_natively(&x) {
+        let row = x.dims()[D - 1];
+        return map_values(x, |v| crate::fastmath::softmax_rows(v, row));
+    }
+    activation::softmax(x, D - 1)
 }
 
 /// A linear layer from `{path}.weight` `[out, in]` (+ `{path}.bias`), stored as burn's `[in, out]`.

@@ -3,13 +3,13 @@
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Int, TensorData};
 
 use crate::Result;
 use speechtune_peft::{Prefix, Proj};
 
-use crate::layers::{load_linear, load_proj};
+use crate::layers::{load_linear, load_proj, softmax_last};
 use crate::weights::Weights;
 
 // WavLMAttention's relative position machinery (transformers/models/wavlm/modeling_wavlm.py).
@@ -165,7 +165,7 @@ impl Attention {
         if let Some(m) = mask {
             scores = scores + widen(m);
         }
-        let ctx = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        let ctx = softmax_last(scores).matmul(v).swap_dims(1, 2).reshape([b, t, d]);
         self.out_proj.forward(ctx)
     }
 }

@@ -48,7 +48,7 @@ impl WhisperLayer {
             Some(p) => p.extend(k, v),
             None => (k, v),
         };
-        let p = burn::tensor::activation::softmax(q.matmul(k.swap_dims(2, 3)), 3);
+        let p = crate::layers::softmax_last(q.matmul(k.swap_dims(2, 3)));
         self.out_proj.forward(p.matmul(v).swap_dims(1, 2).reshape([b, t, d]))
     }
 
