@@ -35,11 +35,21 @@ pub enum Task {
     /// The same step in a later epoch, on hidden states from the cache (no PyTorch peer).
     #[value(name = "frozen_ws_2x5_cached")]
     FrozenWs2x5Cached,
+    /// Inference, 1 × 10 s, with LoRA r = 8 (q, v) attached instead of merged (no peer): what
+    /// merging saves (merged, the model is `forward_1x10`'s).
+    #[value(name = "forward_1x10_lora")]
+    Forward1x10Lora,
 }
 
 impl Task {
-    const ALL: [Task; 5] =
-        [Task::Forward1x10, Task::Forward4x10, Task::LoraCtc2x5, Task::FrozenWs2x5, Task::FrozenWs2x5Cached];
+    const ALL: [Task; 6] = [
+        Task::Forward1x10,
+        Task::Forward4x10,
+        Task::LoraCtc2x5,
+        Task::FrozenWs2x5,
+        Task::FrozenWs2x5Cached,
+        Task::Forward1x10Lora,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -48,6 +58,7 @@ impl Task {
             Task::LoraCtc2x5 => "lora_ctc_2x5",
             Task::FrozenWs2x5 => "frozen_ws_2x5",
             Task::FrozenWs2x5Cached => "frozen_ws_2x5_cached",
+            Task::Forward1x10Lora => "forward_1x10_lora",
         }
     }
 }
@@ -99,10 +110,15 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
     // The peer passes the waveform as it is, without per-utterance normalisation.
     let frontend = FrontEnd::Waveform { normalize: false };
     let mut runs = Vec::new();
+    // Step tasks: forward (to the loss), backward, optimiser update.
+    let mut phases: [Vec<f64>; 3] = Default::default();
     match task {
-        Task::Forward1x10 | Task::Forward4x10 => {
-            let up = Upstream::random(WAV2VEC2_BASE, "wav2vec2-base (random)", 0, &base)?;
-            let waves = noise(if task == Task::Forward1x10 { 1 } else { 4 }, 10.0, 1);
+        Task::Forward1x10 | Task::Forward4x10 | Task::Forward1x10Lora => {
+            let mut up = Upstream::random(WAV2VEC2_BASE, "wav2vec2-base (random)", 0, &base)?;
+            if task == Task::Forward1x10Lora {
+                up.model.attach_lora(&LoraConfig::default(), &base)?;
+            }
+            let waves = noise(if task == Task::Forward4x10 { 4 } else { 1 }, 10.0, 1);
             for i in 0..args.warmup + args.repeats {
                 let t = Instant::now();
                 let out = up.model.forward(frontend.prepare(&waves, &base)?)?;
@@ -141,28 +157,31 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
                     None => model.upstream.forward(frontend.prepare(&waves, &device)?)?,
                 };
                 let loss = model.loss(out, &targets)?;
+                let _ = loss.clone().into_scalar::<f32>();
+                let forward = t.elapsed().as_secs_f64();
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let backward = t.elapsed().as_secs_f64();
                 model = optim.step(1e-4, model, grads);
                 // Wait for the update to land (asynchronous backends).
                 let _ = model.head.out.weight.val().sum().into_scalar::<f32>();
+                let total = t.elapsed().as_secs_f64();
                 if i >= args.warmup {
-                    runs.push(t.elapsed().as_secs_f64());
+                    runs.push(total);
+                    for (p, v) in phases.iter_mut().zip([forward, backward - forward, total - backward]) {
+                        p.push(v);
+                    }
                 }
             }
         }
     }
-    let mut sorted = runs.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = if sorted.is_empty() {
-        f64::NAN
-    } else if sorted.len() % 2 == 1 {
-        sorted[sorted.len() / 2]
-    } else {
-        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
-    };
+    let has_phases = !phases[0].is_empty();
+    let [forward, backward, update] = phases.map(|p| median(&p));
     Ok(serde_json::json!({
         "task": task.name(),
-        "median_s": median,
+        "median_s": median(&runs),
+        "phases_median_s": has_phases.then(|| serde_json::json!({
+            "forward": forward, "backward": backward, "update": update
+        })),
         "runs_s": runs,
         "peak_rss_mb": speechtune_train::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
         "speechtune": env!("CARGO_PKG_VERSION"),
@@ -170,6 +189,16 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
         "device": format!("{base:?}"),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     }))
+}
+
+fn median(runs: &[f64]) -> f64 {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -1,0 +1,57 @@
+"""The Markdown table of bench/run.sh from its JSON lines ("speechtune {...}" / "pytorch {...}"):
+runs of the same task and side are pooled (median of all timed runs, the larger peak RSS)."""
+
+import json
+import platform
+import statistics
+import sys
+
+NAMES = {
+    "forward_1x10": "forward 1 × 10 s (every hidden state)",
+    "forward_4x10": "forward 4 × 10 s",
+    "lora_ctc_2x5": "LoRA r=8 (q, v) + CTC step, 2 × 5 s",
+    "frozen_ws_2x5": "frozen + weighted sum + CTC step, 2 × 5 s",
+    "frozen_ws_2x5_cached": "the same step on cached hidden states (later epochs)",
+    "forward_1x10_lora": "forward 1 × 10 s, LoRA attached, not merged",
+}
+
+
+def main(path: str) -> None:
+    rows: dict = {}
+    for line in open(path):
+        who, js = line.split(" ", 1)
+        d = json.loads(js)
+        r = rows.setdefault(d["task"], {})
+        if who in r:
+            r[who]["runs_s"] += d["runs_s"]
+            r[who]["peak_rss_mb"] = max(r[who]["peak_rss_mb"], d["peak_rss_mb"])
+        else:
+            r[who] = d
+    for r in rows.values():
+        for d in r.values():
+            d["median_s"] = statistics.median(d["runs_s"])
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    first = next(r for r in rows.values() if "pytorch" in r)
+    st, pt = first["speechtune"], first["pytorch"]
+    print(f"machine: {cpu}, {st['threads']} threads; device {st['device']}")
+    print(
+        f"speechtune {st['speechtune']} (burn {st['burn']}); torch {pt['torch']}, transformers {pt['transformers']}, "
+        f"peft {pt['peft']}; median of {len(st['runs_s'])} timed runs per side"
+    )
+    print()
+    print("| task | speechtune s | PyTorch s | time ratio | speechtune peak RSS | PyTorch peak RSS | memory ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for task, r in rows.items():
+        s, p = r["speechtune"], r.get("pytorch")
+        name = NAMES.get(task, task)
+        if p is None:
+            print(f"| {name} | {s['median_s']:.3f} | — | — | {s['peak_rss_mb'] / 1024:.2f} GB | — | — |")
+            continue
+        print(
+            f"| {name} | {s['median_s']:.2f} | {p['median_s']:.2f} | {s['median_s'] / p['median_s']:.2f}× "
+            f"| {s['peak_rss_mb'] / 1024:.2f} GB | {p['peak_rss_mb'] / 1024:.2f} GB | {s['peak_rss_mb'] / p['peak_rss_mb']:.2f}× |"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
