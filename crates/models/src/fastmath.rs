@@ -103,6 +103,9 @@ over_slice!(
 /// `x / Σx` after `exp(x − max)` over each row of `row` values, in place (softmax over the
 /// last dimension). Max and sum use 16 lanes so that they vectorise.
 pub fn softmax_rows(x: &mut [f32], row: usize) {
+    if row == 0 {
+        return;
+    }
     #[inline(always)]
     fn body(x: &mut [f32], row: usize) {
         for r in x.chunks_exact_mut(row) {
