@@ -12,6 +12,7 @@ Tasks:
   forward_4x10   inference, 4 × 10 s
   lora_ctc_2x5   one training step: LoRA r = 8 on q, v (peft) + linear CTC head, 2 × 5 s, AdamW
   frozen_ws_2x5  one training step: frozen upstream, softmax-weighted layer sum + linear CTC head
+  gemm           matrix products alone, in the shapes of a 1 × 10 s forward (GEMM_SHAPES)
 Each result: {"task", "median_s", "runs_s", "peak_rss_mb", "torch", "transformers", "peft", "threads"}.
 """
 
@@ -24,18 +25,66 @@ import subprocess
 import sys
 import time
 
-TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "frozen_ws_2x5"]
+TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "frozen_ws_2x5", "gemm"]
 VOCAB = 32
+# (name, times per forward, batch, m, k, n): the matrix products of one wav2vec2-base forward over
+# 1 × 10 s, convolutions as the products they amount to; the same list as GEMM_SHAPES in
+# crates/cli/src/bench.rs.
+GEMM_SHAPES = [
+    ("cnn conv0 (k=10, s=5)", 1, 1, 31999, 10, 512),
+    ("cnn conv1 (k=3, s=2)", 1, 1, 15999, 1536, 512),
+    ("cnn conv2", 1, 1, 7999, 1536, 512),
+    ("cnn conv3", 1, 1, 3999, 1536, 512),
+    ("cnn conv4", 1, 1, 1999, 1536, 512),
+    ("cnn conv5 (k=2, s=2)", 1, 1, 999, 1024, 512),
+    ("cnn conv6", 1, 1, 499, 1024, 512),
+    ("feature projection", 1, 1, 499, 512, 768),
+    ("positional conv (16 groups)", 1, 16, 499, 6144, 48),
+    ("q/k/v/out projections", 48, 1, 499, 768, 768),
+    ("attention scores (12 heads)", 12, 12, 499, 64, 499),
+    ("attention context (12 heads)", 12, 12, 499, 499, 64),
+    ("feed-forward in", 12, 1, 499, 768, 3072),
+    ("feed-forward out", 12, 1, 499, 3072, 768),
+]
 
 
-def run_task(task: str, repeats: int, warmup: int, device: str) -> dict:
+def gemm(repeats: int, warmup: int, device: str, sync) -> tuple:
     import torch
-    import transformers
+
+    shapes, total = [], 0.0
+    for name, count, batch, m, k, n in GEMM_SHAPES:
+        a = torch.randn(batch, m, k, device=device)
+        b = torch.randn(batch, k, n, device=device)
+        times = []
+        for i in range(warmup + repeats):
+            sync()
+            t = time.perf_counter()
+            torch.matmul(a, b)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+        s = statistics.median(times)
+        shapes.append({"name": name, "per_forward": count, "batch": batch, "m": m, "k": k, "n": n,
+                       "median_s": s, "gflops": 2.0 * batch * m * k * n / s / 1e9})
+        total += s * count
+    return shapes, total
+
+
+def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "") -> dict:
+    import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+
+    def sync():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    if task == "gemm":
+        shapes, total = gemm(repeats, warmup, device, sync)
+        return {"task": task, "median_s": total, "runs_s": [total], "shapes": shapes, **about(threads, device)}
     model = Wav2Vec2Model(Wav2Vec2Config()).to(device)  # wav2vec2-base shape, random weights
     model.config.mask_time_prob = 0.0
 
@@ -91,25 +140,40 @@ def run_task(task: str, repeats: int, warmup: int, device: str) -> dict:
             loss.backward()
             optim.step()
 
-    def sync():
-        if device != "cpu":
-            torch.cuda.synchronize()
-
     for _ in range(warmup):
         step()
     runs = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        step()
-        sync()
-        runs.append(time.perf_counter() - t)
+
+    def timed():
+        for _ in range(repeats):
+            sync()
+            t = time.perf_counter()
+            step()
+            sync()
+            runs.append(time.perf_counter() - t)
+
+    if profile:
+        # Self CPU time per operation over the timed runs (bench/profile.sh groups them).
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        with profiler(activities=[ProfilerActivity.CPU]) as prof:
+            timed()
+        ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+        with open(profile, "w") as f:
+            json.dump(ops, f)
+    else:
+        timed()
+    return {"task": task, "median_s": statistics.median(runs), "runs_s": runs, **about(threads, device)}
+
+
+def about(threads: int, device: str) -> dict:
+    """Peak memory, versions and the machine's settings, for every result."""
     import peft
+    import torch
+    import transformers
 
     return {
-        "task": task,
-        "median_s": statistics.median(runs),
-        "runs_s": runs,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -126,9 +190,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--profile", default="", help="with --task: write self CPU time per operation (JSON) here")
     a = ap.parse_args()
     if a.task:
-        print(json.dumps(run_task(a.task, a.repeats, a.warmup, a.device)), flush=True)
+        print(json.dumps(run_task(a.task, a.repeats, a.warmup, a.device, a.profile)), flush=True)
         return
     # Each task in its own process, so that peak memory is its own.
     for t in TASKS:

@@ -4,7 +4,8 @@
 # training step on 2 × 5 s; one frozen-upstream weighted-sum + CTC step on 2 × 5 s. Each task
 # runs in its own process (peak RSS is its own), threads = cores, REPEATS timed runs after one
 # warm-up, twice per side in alternation (A B A B); the median of the pooled runs. Prints a
-# Markdown table with the ratios speechtune / PyTorch (bench/table.py; ~15 minutes on 2 cores).
+# Markdown table with the ratios speechtune / PyTorch (bench/table.py; ~15 minutes on 2 cores),
+# and a second one with the throughput of the matrix products of a 1 × 10 s forward, alone.
 #
 #   bash bench/run.sh                      # REPEATS=3; creates .bench-venv on first use
 #   PYTHON=/path/to/python bash bench/run.sh   # a Python that already has the pinned peer
@@ -36,7 +37,7 @@ results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 # This machine's speed drifts (a shared VM: the same PyTorch run took 1.0 s and 1.7 s an hour
 # apart), so the two sides alternate, task by task, twice.
-for task in forward_1x10 forward_4x10 lora_ctc_2x5 frozen_ws_2x5; do
+for task in forward_1x10 forward_4x10 lora_ctc_2x5 frozen_ws_2x5 gemm; do
   for round in 1 2; do
     echo "$task, round $round ..." >&2
     "$ST" bench --task "$task" --repeats "$REPEATS" --device "$DEVICE" | sed 's/^/speechtune /' >>"$results"

@@ -24,9 +24,11 @@ def main(path: str) -> None:
         r = rows.setdefault(d["task"], {})
         if who in r:
             r[who]["runs_s"] += d["runs_s"]
+            r[who]["shapes_runs"].append(d.get("shapes"))
             r[who]["peak_rss_mb"] = max(r[who]["peak_rss_mb"], d["peak_rss_mb"])
         else:
             r[who] = d
+            d["shapes_runs"] = [d.get("shapes")]
     for r in rows.values():
         for d in r.values():
             d["median_s"] = statistics.median(d["runs_s"])
@@ -42,6 +44,8 @@ def main(path: str) -> None:
     print("| task | speechtune s | PyTorch s | time ratio | speechtune peak RSS | PyTorch peak RSS | memory ratio |")
     print("|---|---|---|---|---|---|---|")
     for task, r in rows.items():
+        if task == "gemm":
+            continue
         s, p = r["speechtune"], r.get("pytorch")
         name = NAMES.get(task, task)
         if p is None:
@@ -51,6 +55,35 @@ def main(path: str) -> None:
             f"| {name} | {s['median_s']:.2f} | {p['median_s']:.2f} | {s['median_s'] / p['median_s']:.2f}× "
             f"| {s['peak_rss_mb'] / 1024:.2f} GB | {p['peak_rss_mb'] / 1024:.2f} GB | {s['peak_rss_mb'] / p['peak_rss_mb']:.2f}× |"
         )
+
+    if "gemm" in rows and len(rows["gemm"]) == 2:
+        gemm_table(rows["gemm"])
+
+
+def gemm_table(r: dict) -> None:
+    """Throughput of the matrix products of one 1 × 10 s forward, each side's median per shape."""
+    per_side = {}
+    for who, d in r.items():
+        names = [x["name"] for x in d["shapes_runs"][0]]
+        per_side[who] = {
+            n: statistics.median(next(x for x in run if x["name"] == n)["median_s"] for run in d["shapes_runs"])
+            for n in names
+        }
+    print()
+    print("| matrix product (1 × 10 s forward) | per forward | shape b × (m × k) · (k × n) | speechtune GFLOP/s | PyTorch GFLOP/s | time ratio |")
+    print("|---|---|---|---|---|---|")
+    totals = {"speechtune": 0.0, "pytorch": 0.0}
+    for x in r["speechtune"]["shapes_runs"][0]:
+        n, flop = x["name"], 2.0 * x["batch"] * x["m"] * x["k"] * x["n"]
+        st, pt = per_side["speechtune"][n], per_side["pytorch"][n]
+        for who, t in (("speechtune", st), ("pytorch", pt)):
+            totals[who] += t * x["per_forward"]
+        print(
+            f"| {n} | {x['per_forward']} | {x['batch']} × ({x['m']} × {x['k']}) · ({x['k']} × {x['n']}) "
+            f"| {flop / st / 1e9:.0f} | {flop / pt / 1e9:.0f} | {st / pt:.2f}× |"
+        )
+    st, pt = totals["speechtune"], totals["pytorch"]
+    print(f"| all of them, one forward | | | {st:.3f} s | {pt:.3f} s | {st / pt:.2f}× |")
 
 
 if __name__ == "__main__":

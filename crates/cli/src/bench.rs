@@ -39,16 +39,41 @@ pub enum Task {
     /// merging saves (merged, the model is `forward_1x10`'s).
     #[value(name = "forward_1x10_lora")]
     Forward1x10Lora,
+    /// Matrix products alone, in the shapes of a wav2vec2-base forward over 1 × 10 s
+    /// (`GEMM_SHAPES`): the throughput the rest is built on.
+    #[value(name = "gemm")]
+    Gemm,
 }
 
+/// The matrix products of one wav2vec2-base forward over 1 × 10 s (499 frames), as
+/// (name, times per forward, batch, m, k, n); the same list is in `bench/peer_pytorch.py`.
+/// Convolutions are counted as the products they amount to (channels-last, no im2col).
+const GEMM_SHAPES: &[(&str, usize, usize, usize, usize, usize)] = &[
+    ("cnn conv0 (k=10, s=5)", 1, 1, 31999, 10, 512),
+    ("cnn conv1 (k=3, s=2)", 1, 1, 15999, 1536, 512),
+    ("cnn conv2", 1, 1, 7999, 1536, 512),
+    ("cnn conv3", 1, 1, 3999, 1536, 512),
+    ("cnn conv4", 1, 1, 1999, 1536, 512),
+    ("cnn conv5 (k=2, s=2)", 1, 1, 999, 1024, 512),
+    ("cnn conv6", 1, 1, 499, 1024, 512),
+    ("feature projection", 1, 1, 499, 512, 768),
+    ("positional conv (16 groups)", 1, 16, 499, 6144, 48),
+    ("q/k/v/out projections", 48, 1, 499, 768, 768),
+    ("attention scores (12 heads)", 12, 12, 499, 64, 499),
+    ("attention context (12 heads)", 12, 12, 499, 499, 64),
+    ("feed-forward in", 12, 1, 499, 768, 3072),
+    ("feed-forward out", 12, 1, 499, 3072, 768),
+];
+
 impl Task {
-    const ALL: [Task; 6] = [
+    const ALL: [Task; 7] = [
         Task::Forward1x10,
         Task::Forward4x10,
         Task::LoraCtc2x5,
         Task::FrozenWs2x5,
         Task::FrozenWs2x5Cached,
         Task::Forward1x10Lora,
+        Task::Gemm,
     ];
 
     fn name(self) -> &'static str {
@@ -59,6 +84,7 @@ impl Task {
             Task::FrozenWs2x5 => "frozen_ws_2x5",
             Task::FrozenWs2x5Cached => "frozen_ws_2x5_cached",
             Task::Forward1x10Lora => "forward_1x10_lora",
+            Task::Gemm => "gemm",
         }
     }
 }
@@ -112,7 +138,38 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
     let mut runs = Vec::new();
     // Step tasks: forward (to the loss), backward, optimiser update.
     let mut phases: [Vec<f64>; 3] = Default::default();
+    let mut shapes = Vec::new();
     match task {
+        Task::Gemm => {
+            for &(name, count, batch, m, k, n) in GEMM_SHAPES {
+                let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+                let a = Tensor::<3>::random([batch, m, k], normal, &base);
+                let b = Tensor::<3>::random([batch, k, n], normal, &base);
+                let mut times = Vec::new();
+                for i in 0..args.warmup + args.repeats {
+                    if i == args.warmup {
+                        perf_control("enable");
+                    }
+                    let t = Instant::now();
+                    let c = a.clone().matmul(b.clone());
+                    // Wait for the result (asynchronous backends).
+                    let _ = c.slice([0..1, 0..1, 0..1]).into_scalar::<f32>();
+                    if i >= args.warmup {
+                        times.push(t.elapsed().as_secs_f64());
+                    }
+                }
+                perf_control("disable");
+                let s = median(&times);
+                let flop = 2.0 * (batch * m * k * n) as f64;
+                shapes.push(serde_json::json!({
+                    "name": name, "per_forward": count, "batch": batch, "m": m, "k": k, "n": n,
+                    "median_s": s, "gflops": flop / s / 1e9,
+                }));
+                // The task's time: what these products cost in one forward.
+                runs.push(s * count as f64);
+            }
+            runs = vec![runs.iter().sum()];
+        }
         Task::Forward1x10 | Task::Forward4x10 | Task::Forward1x10Lora => {
             let mut up = Upstream::random(WAV2VEC2_BASE, "wav2vec2-base (random)", 0, &base)?;
             if task == Task::Forward1x10Lora {
@@ -120,6 +177,9 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
             }
             let waves = noise(if task == Task::Forward4x10 { 4 } else { 1 }, 10.0, 1);
             for i in 0..args.warmup + args.repeats {
+                if i == args.warmup {
+                    perf_control("enable");
+                }
                 let t = Instant::now();
                 let out = up.model.forward(frontend.prepare(&waves, &base)?)?;
                 // Wait for the result (asynchronous backends), as the peer's call returns it.
@@ -128,6 +188,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
                     runs.push(t.elapsed().as_secs_f64());
                 }
             }
+            perf_control("disable");
         }
         Task::LoraCtc2x5 | Task::FrozenWs2x5 | Task::FrozenWs2x5Cached => {
             let device = base.clone().autodiff();
@@ -154,6 +215,9 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
                 c.output(&model.upstream, &[0, 1], &waves, &device)?;
             }
             for i in 0..args.warmup + args.repeats {
+                if i == args.warmup {
+                    perf_control("enable");
+                }
                 let t = Instant::now();
                 let out = match cache.as_mut() {
                     Some(c) => c.output(&model.upstream, &[0, 1], &waves, &device)?,
@@ -175,6 +239,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
                     }
                 }
             }
+            perf_control("disable");
         }
     }
     let has_phases = !phases[0].is_empty();
@@ -186,12 +251,31 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
             "forward": forward, "backward": backward, "update": update
         })),
         "runs_s": runs,
+        "shapes": (!shapes.is_empty()).then_some(shapes),
         "peak_rss_mb": speechtune_train::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
         "speechtune": env!("CARGO_PKG_VERSION"),
         "burn": "0.22.1",
         "device": format!("{base:?}"),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     }))
+}
+
+/// `bench/profile.sh` records the timed runs only: it starts `perf record --delay=-1 --control
+/// fifo:CTL,ACK` and names the two FIFOs in `SPEECHTUNE_PERF_CTL` / `SPEECHTUNE_PERF_ACK`; this
+/// switches recording on or off and waits for perf's acknowledgement. Without them, nothing.
+fn perf_control(command: &str) {
+    use std::io::{Read, Write};
+    let (Some(ctl), Some(ack)) = (std::env::var_os("SPEECHTUNE_PERF_CTL"), std::env::var_os("SPEECHTUNE_PERF_ACK"))
+    else {
+        return;
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(ctl) {
+        let _ = writeln!(f, "{command}");
+        let mut reply = [0u8; 5];
+        if let Ok(mut a) = std::fs::File::open(ack) {
+            let _ = a.read(&mut reply);
+        }
+    }
 }
 
 fn median(runs: &[f64]) -> f64 {
