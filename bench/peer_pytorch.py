@@ -12,7 +12,7 @@ Tasks:
   forward_4x10   inference, 4 × 10 s
   lora_ctc_2x5   one training step: LoRA r = 8 on q, v (peft) + linear CTC head, 2 × 5 s, AdamW
   frozen_ws_2x5  one training step: frozen upstream, softmax-weighted layer sum + linear CTC head
-  gemm           matrix products alone, in the shapes of a 1 × 10 s forward (GEMM_SHAPES)
+  gemm           matrix products alone, in the shapes of a 1 × 10 s forward (bench/gemm_shapes.json)
 Each result: {"task", "median_s", "runs_s", "peak_rss_mb", "torch", "transformers", "peft", "threads"}.
 """
 
@@ -27,32 +27,16 @@ import time
 
 TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "frozen_ws_2x5", "gemm"]
 VOCAB = 32
-# (name, times per forward, batch, m, k, n): the matrix products of one wav2vec2-base forward over
-# 1 × 10 s, convolutions as the products they amount to; the same list as GEMM_SHAPES in
-# crates/cli/src/bench.rs.
-GEMM_SHAPES = [
-    ("cnn conv0 (k=10, s=5)", 1, 1, 31999, 10, 512),
-    ("cnn conv1 (k=3, s=2)", 1, 1, 15999, 1536, 512),
-    ("cnn conv2", 1, 1, 7999, 1536, 512),
-    ("cnn conv3", 1, 1, 3999, 1536, 512),
-    ("cnn conv4", 1, 1, 1999, 1536, 512),
-    ("cnn conv5 (k=2, s=2)", 1, 1, 999, 1024, 512),
-    ("cnn conv6", 1, 1, 499, 1024, 512),
-    ("feature projection", 1, 1, 499, 512, 768),
-    ("positional conv (16 groups)", 1, 16, 499, 6144, 48),
-    ("q/k/v/out projections", 48, 1, 499, 768, 768),
-    ("attention scores (12 heads)", 12, 12, 499, 64, 499),
-    ("attention context (12 heads)", 12, 12, 499, 499, 64),
-    ("feed-forward in", 12, 1, 499, 768, 3072),
-    ("feed-forward out", 12, 1, 499, 3072, 768),
-]
+# [name, times per forward, batch, m, k, n]: the matrix products of one wav2vec2-base forward over
+# 1 × 10 s, convolutions as the products they amount to; speechtune's bench reads the same file.
+GEMM_SHAPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gemm_shapes.json")
 
 
 def gemm(repeats: int, warmup: int, device: str, sync) -> tuple:
     import torch
 
     shapes, total = [], 0.0
-    for name, count, batch, m, k, n in GEMM_SHAPES:
+    for name, count, batch, m, k, n in json.load(open(GEMM_SHAPES)):
         a = torch.randn(batch, m, k, device=device)
         b = torch.randn(batch, k, n, device=device)
         times = []

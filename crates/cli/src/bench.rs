@@ -40,30 +40,15 @@ pub enum Task {
     #[value(name = "forward_1x10_lora")]
     Forward1x10Lora,
     /// Matrix products alone, in the shapes of a wav2vec2-base forward over 1 × 10 s
-    /// (`GEMM_SHAPES`): the throughput the rest is built on.
+    /// (`bench/gemm_shapes.json`): the throughput the rest is built on.
     #[value(name = "gemm")]
     Gemm,
 }
 
 /// The matrix products of one wav2vec2-base forward over 1 × 10 s (499 frames), as
-/// (name, times per forward, batch, m, k, n); the same list is in `bench/peer_pytorch.py`.
+/// [name, times per forward, batch, m, k, n]; `bench/peer_pytorch.py` reads the same file.
 /// Convolutions are counted as the products they amount to (channels-last, no im2col).
-const GEMM_SHAPES: &[(&str, usize, usize, usize, usize, usize)] = &[
-    ("cnn conv0 (k=10, s=5)", 1, 1, 31999, 10, 512),
-    ("cnn conv1 (k=3, s=2)", 1, 1, 15999, 1536, 512),
-    ("cnn conv2", 1, 1, 7999, 1536, 512),
-    ("cnn conv3", 1, 1, 3999, 1536, 512),
-    ("cnn conv4", 1, 1, 1999, 1536, 512),
-    ("cnn conv5 (k=2, s=2)", 1, 1, 999, 1024, 512),
-    ("cnn conv6", 1, 1, 499, 1024, 512),
-    ("feature projection", 1, 1, 499, 512, 768),
-    ("positional conv (16 groups)", 1, 16, 499, 6144, 48),
-    ("q/k/v/out projections", 48, 1, 499, 768, 768),
-    ("attention scores (12 heads)", 12, 12, 499, 64, 499),
-    ("attention context (12 heads)", 12, 12, 499, 499, 64),
-    ("feed-forward in", 12, 1, 499, 768, 3072),
-    ("feed-forward out", 12, 1, 499, 3072, 768),
-];
+const GEMM_SHAPES: &str = include_str!("../../../bench/gemm_shapes.json");
 
 impl Task {
     const ALL: [Task; 7] = [
@@ -141,7 +126,9 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
     let mut shapes = Vec::new();
     match task {
         Task::Gemm => {
-            for &(name, count, batch, m, k, n) in GEMM_SHAPES {
+            let shape_list: Vec<(String, usize, usize, usize, usize, usize)> =
+                serde_json::from_str(GEMM_SHAPES).context("bench/gemm_shapes.json")?;
+            for (name, count, batch, m, k, n) in shape_list {
                 let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
                 let a = Tensor::<3>::random([batch, m, k], normal, &base);
                 let b = Tensor::<3>::random([batch, k, n], normal, &base);
