@@ -64,6 +64,27 @@ fn d_mask_len() -> usize {
 fn d_layerdrop() -> f64 {
     0.1
 }
+fn d_two() -> usize {
+    2
+}
+fn d_codevectors() -> usize {
+    320
+}
+fn d_codevector_dim() -> usize {
+    256
+}
+fn d_contrastive_temperature() -> f64 {
+    0.1
+}
+fn d_negatives() -> usize {
+    100
+}
+fn d_diversity() -> f64 {
+    0.1
+}
+fn d_init_range() -> f64 {
+    0.02
+}
 
 /// wav2vec2, XLS-R, HuBERT, data2vec-audio and WavLM share this configuration
 /// (`Wav2Vec2Config`, `HubertConfig`, `Data2VecAudioConfig`, `WavLMConfig`).
@@ -131,6 +152,26 @@ pub struct SslConfig {
     pub mask_feature_length: usize,
     #[serde(default = "d_layerdrop")]
     pub layerdrop: f64,
+    // Pre-training (`Wav2Vec2ForPreTraining`): the quantizer and the contrastive task.
+    #[serde(default = "d_two")]
+    pub mask_time_min_masks: usize,
+    #[serde(default = "d_two")]
+    pub num_codevector_groups: usize,
+    #[serde(default = "d_codevectors")]
+    pub num_codevectors_per_group: usize,
+    #[serde(default = "d_codevector_dim")]
+    pub codevector_dim: usize,
+    #[serde(default = "d_codevector_dim")]
+    pub proj_codevector_dim: usize,
+    #[serde(default = "d_contrastive_temperature")]
+    pub contrastive_logits_temperature: f64,
+    #[serde(default = "d_negatives")]
+    pub num_negatives: usize,
+    #[serde(default = "d_diversity")]
+    pub diversity_loss_weight: f64,
+    /// Standard deviation of the normal initialisation of linear layers.
+    #[serde(default = "d_init_range")]
+    pub initializer_range: f64,
 }
 
 impl SslConfig {

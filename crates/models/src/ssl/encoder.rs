@@ -32,9 +32,11 @@ impl WeightNormPosConv {
         } else {
             (format!("{p}.parametrizations.weight.original0"), format!("{p}.parametrizations.weight.original1"))
         };
+        // v before g: a new model's g is initialised from v.
+        let weight_v = Param::from_tensor(w.tensor(&vn, [d, d / g, k], device)?);
         Ok(Self {
             weight_g: Param::from_tensor(w.tensor(&gn, [1, 1, k], device)?),
-            weight_v: Param::from_tensor(w.tensor(&vn, [d, d / g, k], device)?),
+            weight_v,
             bias: Param::from_tensor(w.tensor(&format!("{p}.bias"), [d], device)?),
             groups: g,
         })

@@ -4,6 +4,7 @@ mod attention;
 mod encoder;
 mod feature_encoder;
 mod native_cnn;
+pub mod pretrain;
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -78,24 +79,14 @@ impl SslModel {
         frame_lengths: Option<&[usize]>,
         perturb: Option<&mut Perturb>,
     ) -> Vec<Tensor<3>> {
-        let x = match &self.feature_norm {
-            Some(norm) => norm.forward(features),
-            None => features,
-        };
-        let mut x = self.projection.forward(x);
+        let mut x = self.projection.forward(self.normalize_features(features));
         let mut skip = Vec::new();
         if let Some(p) = perturb {
             let [b, t, d] = x.dims();
             let device = x.device();
             let lengths = frame_lengths.map(|l| l.to_vec()).unwrap_or_else(|| vec![t; b]);
-            // transformers' _mask_hidden_states: masked frames become masked_spec_embed (zeros
-            // for checkpoints saved without it), masked channels zero.
             if let Some(m) = p.time_mask(b, t, &lengths, &device) {
-                let embed = match &self.masked_spec_embed {
-                    Some(e) => e.val().reshape([1, 1, d]),
-                    None => Tensor::zeros([1, 1, d], &device),
-                };
-                x = x * (m.clone().neg() + 1.0) + m * embed;
+                x = self.mask_frames(x, m);
             }
             if let Some(keep) = p.channel_keep(b, d, &device) {
                 x = x * keep;
@@ -103,6 +94,27 @@ impl SslModel {
             skip = p.dropped_layers(self.encoder.layers.len());
         }
         self.encoder.forward(x, frame_lengths, &skip)
+    }
+
+    /// `feature_projection.layer_norm` of the CNN features (what the quantizer reads when
+    /// pre-training); HuBERT without that norm passes them through.
+    pub fn normalize_features(&self, features: Tensor<3>) -> Tensor<3> {
+        match &self.feature_norm {
+            Some(norm) => norm.forward(features),
+            None => features,
+        }
+    }
+
+    /// transformers' `_mask_hidden_states` for time masks: frames where `mask` (`[batch, time,
+    /// 1]`, 1.0 = masked) is set become `masked_spec_embed` (zeros for checkpoints saved
+    /// without it).
+    pub fn mask_frames(&self, x: Tensor<3>, mask: Tensor<3>) -> Tensor<3> {
+        let d = x.dims()[2];
+        let embed = match &self.masked_spec_embed {
+            Some(e) => e.val().reshape([1, 1, d]),
+            None => Tensor::zeros([1, 1, d], &x.device()),
+        };
+        x * (mask.clone().neg() + 1.0) + mask * embed
     }
 
     /// Frames produced for `samples` input samples.

@@ -3,6 +3,7 @@
 //! executing pickle code, see `torch_zip`). Tensors are converted to f32 on request, one at a
 //! time, so peak memory is the file bytes plus one tensor.
 
+mod init;
 mod save;
 mod torch_zip;
 
@@ -66,6 +67,9 @@ pub struct Weights {
     prefix: String,
     /// Random initialisation instead of a checkpoint (see [`Weights::random`]).
     random: Option<u64>,
+    /// With `random`: transformers' initialisation with this `initializer_range` (see
+    /// [`Weights::transformers_init`]) instead of fan-in scaled normals.
+    transformers_init: Option<f64>,
     /// Every tensor read so far, relative to the prefix, with its shape, in order.
     requested: std::sync::Mutex<Vec<(String, Vec<usize>)>>,
 }
@@ -122,7 +126,14 @@ impl Weights {
             }
             files.push(WeightFile { path: path.clone(), bytes });
         }
-        Ok(Self { files, index, prefix: String::new(), random: None, requested: Default::default() })
+        Ok(Self {
+            files,
+            index,
+            prefix: String::new(),
+            random: None,
+            transformers_init: None,
+            requested: Default::default(),
+        })
     }
 
     /// Open a `torch.save` zip checkpoint without executing its pickle.
@@ -143,6 +154,7 @@ impl Weights {
             index,
             prefix: String::new(),
             random: None,
+            transformers_init: None,
             requested: Default::default(),
         })
     }
@@ -157,8 +169,17 @@ impl Weights {
             index: HashMap::new(),
             prefix: String::new(),
             random: Some(seed),
+            transformers_init: None,
             requested: Default::default(),
         }
+    }
+
+    /// A source that initialises every tensor as transformers does for a new
+    /// `Wav2Vec2ForPreTraining` (`_init_weights`: normal(0, `initializer_range`) linear layers,
+    /// Kaiming-normal convs, uniform codevectors, ...), seeded by `seed` and the tensor name:
+    /// pre-training from a config starts here.
+    pub fn transformers_init(seed: u64, initializer_range: f64) -> Self {
+        Self { transformers_init: Some(initializer_range), ..Self::random(seed) }
     }
 
     fn random_values(seed: u64, name: &str, shape: &[usize]) -> Vec<f32> {
@@ -177,9 +198,7 @@ impl Weights {
             return vec![c; n];
         }
         let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
-        let name_hash =
-            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-        let mut rng = speechtune_data::Rng::new(seed ^ name_hash);
+        let mut rng = speechtune_data::Rng::new(seed ^ init::name_hash(name));
         (0..n).map(|_| (rng.normal() / fan_in.sqrt()) as f32).collect()
     }
 
@@ -235,6 +254,13 @@ impl Weights {
             r.push((name.to_string(), shape.to_vec()));
         }
         if let Some(seed) = self.random {
+            if let Some(range) = self.transformers_init {
+                let earlier = |n: &str| {
+                    let r = self.requested.lock().ok()?;
+                    r.iter().rev().find(|(m, _)| m == n).map(|(_, s)| s.clone())
+                };
+                return Ok(init::transformers_values(seed, range, name, shape, &earlier));
+            }
             return Ok(Self::random_values(seed, name, shape));
         }
         let full = format!("{}{name}", self.prefix);
