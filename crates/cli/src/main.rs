@@ -10,6 +10,7 @@ mod features;
 mod inspect;
 mod output;
 mod preprocess;
+mod pretrain;
 mod train;
 mod transcribe;
 
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "speechtune",
     version,
-    about = "Fine-tune and analyse self-supervised speech models (wav2vec2, XLS-R, HuBERT, data2vec-audio, WavLM, Whisper)"
+    about = "Pre-train, fine-tune and analyse self-supervised speech models (wav2vec2, XLS-R, HuBERT, data2vec-audio, WavLM, Whisper)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +35,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Fine-tune an upstream on a task with a PEFT method.
     Train(train::Args),
+    /// Pre-train wav2vec2 (the wav2vec 2.0 objective) from a config or a checkpoint.
+    Pretrain(pretrain::Args),
     /// Score a trained model on a split: CER/WER, accuracy, macro-F1, per language, confusion.
     Eval(eval::Args),
     /// Transcribe audio files with a trained CTC model.
@@ -67,6 +70,7 @@ fn main() {
         Command::Features(a) => features::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Train(a) => train::run(a),
+        Command::Pretrain(a) => pretrain::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Transcribe(a) => transcribe::run(a, transcribe::Mode::Transcribe),
         Command::Identify(a) => transcribe::run(a, transcribe::Mode::Identify),

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::prelude::*;
 use speechtune_data::Vocab;
 use speechtune_models::FrontEnd;
@@ -213,31 +212,4 @@ fn load_with(dir: &Path, device: &Device, edit: impl FnOnce(&mut RunConfig)) -> 
         }
     }
     Ok(Loaded { cfg, vocab, classes, model, frontend, dir })
-}
-
-struct TrainableIds(Vec<ParamId>);
-
-impl ModuleVisitor for TrainableIds {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if param.val().is_require_grad() {
-            self.0.push(param.id);
-        }
-    }
-}
-
-/// The trainable parameters of `model` (with their ids, which key the optimiser state) as
-/// burnpack bytes.
-pub fn trainable_record(model: &TaskModel) -> Result<Vec<u8>> {
-    let mut ids = TrainableIds(Vec::new());
-    model.visit(&mut ids);
-    let record = model.clone().into_record_group(ParamGroup::from_ids(ids.0));
-    let bytes = record.into_bytes().map_err(|e| Error::Diverged(format!("cannot serialise the model: {e}")))?;
-    Ok(bytes.to_vec())
-}
-
-/// Apply bytes from [`trainable_record`] to a model built from the same config.
-pub fn load_trainable_record(model: TaskModel, bytes: Vec<u8>, path: &Path) -> Result<TaskModel> {
-    let bad = |e: burn::store::RecordError| Error::Config { path: path.to_path_buf(), reason: e.to_string() };
-    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(bad)?;
-    model.try_load_record(record.allow_partial(true)).map_err(bad)
 }

@@ -281,6 +281,21 @@ pub struct TrainConfig {
     /// `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature (default: the first GPU
     /// in such a build, else the CPU).
     pub device: Option<String>,
+    /// When training goes wrong (pre-training: codebook or contrastive collapse, divergence;
+    /// any run: `max_bad_steps` non-finite losses in a row): `warn` (the default; non-finite
+    /// runs stop) or `rollback` to the last checkpoint at half the learning rate.
+    pub on_collapse: OnCollapse,
+    /// Rollbacks allowed before the run stops.
+    pub max_rollbacks: usize,
+}
+
+/// What the loop does when a run turns unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCollapse {
+    #[default]
+    Warn,
+    Rollback,
 }
 
 /// Dev metrics that can select the best checkpoint.
@@ -317,6 +332,8 @@ impl Default for TrainConfig {
             best_metric: None,
             early_stopping_patience: None,
             device: None,
+            on_collapse: OnCollapse::Warn,
+            max_rollbacks: 3,
         }
     }
 }
@@ -382,7 +399,7 @@ impl RunConfig {
     }
 }
 
-fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+pub(crate) fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let (key, raw) =
         assignment.split_once('=').ok_or_else(|| Error::Override(format!("{assignment}: expected key=value")))?;
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))

@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::eval::EvalReport;
 use crate::{Error, Result};
 
 /// CRC-32C (Castagnoli), bitwise.
@@ -95,18 +94,6 @@ impl EventWriter {
 
     pub fn scalars(&mut self, step: usize, values: &[(&str, f64)]) {
         let _ = self.file.write_all(&record(&event(step as i64, None, values)));
-    }
-
-    /// The dev metrics of an evaluation.
-    pub fn eval(&mut self, r: &EvalReport) {
-        let mut v: Vec<(&str, f64)> = Vec::new();
-        if r.accuracy.is_none() || r.cer > 0.0 {
-            v.extend([("dev/cer", r.cer), ("dev/wer", r.wer)]);
-        }
-        if let (Some(a), Some(f)) = (r.accuracy, r.macro_f1) {
-            v.extend([("dev/accuracy", a), ("dev/macro_f1", f)]);
-        }
-        self.scalars(r.step, &v);
     }
 }
 

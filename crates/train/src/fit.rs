@@ -1,0 +1,562 @@
+//! The training loop shared by fine-tuning (`train`) and pre-training (`pretrain`): updates with
+//! gradient accumulation, AdamW with the configured schedule, global-norm clipping, non-finite
+//! steps skipped, evaluation, the best checkpoint and the last N, early stopping, a time budget,
+//! exact resumption after the process is killed, `metrics.jsonl` and TensorBoard events, and a
+//! return to the last checkpoint when a job reports its training unhealthy. What is trained and
+//! how a batch becomes a loss is the [`Job`]'s.
+//!
+//! Exactness: every random draw of a step is seeded from (seed, step, micro-batch) by
+//! [`step_seed`], the batch order is a function of (seed, epoch), and the optimiser state, the
+//! step and the position in the epoch are saved with the weights; a resumed run therefore
+//! repeats exactly what the uninterrupted run does. (The backend's generator is per process:
+//! two trainings running in threads of one process would draw from it in turn and lose that
+//! exactness.)
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use speechtune_data::{Batch, BatchPlan, Loader, LoaderOptions, Utterance, plan_batches};
+use speechtune_models::weights::write_atomic;
+
+use crate::checkpoint::checkpoints;
+use crate::clip::clip_global_norm;
+use crate::config::{OnCollapse, TrainConfig};
+use crate::tensorboard::EventWriter;
+use crate::{Error, Result};
+
+/// The loss of one micro-batch and what to log with it.
+pub struct Micro {
+    pub loss: Tensor<1>,
+    /// Averaged over the micro-batches of an update, logged as `NAME` in `metrics.jsonl` and
+    /// `train/NAME` in TensorBoard.
+    pub scalars: Vec<(&'static str, f64)>,
+}
+
+/// What an update looked like, for [`Job::health`].
+pub struct Update {
+    pub step: usize,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub finite: bool,
+    pub scalars: Vec<(&'static str, f64)>,
+}
+
+/// A job's verdict after an update.
+pub enum Health {
+    Ok,
+    /// Training has gone wrong (the job has said so to the user): with `train.on_collapse =
+    /// "rollback"` the loop returns to the last checkpoint and continues at half the learning
+    /// rate.
+    Unhealthy(String),
+}
+
+/// What the loop trains.
+pub trait Job {
+    type Model: Module;
+    type Report: Clone + Serialize + DeserializeOwned;
+
+    /// The loss of one micro-batch at `step`; `None` skips the micro-batch (counted).
+    fn micro(&mut self, model: &Self::Model, batch: &Batch, step: usize, micro: usize) -> Result<Option<Micro>>;
+    /// Score `model` on the held-out data.
+    fn evaluate(&mut self, model: &Self::Model, step: usize) -> Result<Self::Report>;
+    /// Whether `new` beats `best`; `None` when a metric is missing (never best).
+    fn improves(&self, new: &Self::Report, best: &Self::Report) -> Option<bool>;
+    /// TensorBoard scalars of a report (`dev/...`).
+    fn report_scalars(&self, report: &Self::Report) -> Vec<(&'static str, f64)>;
+    /// Write what a user needs of `model` into `dir` (created by the loop).
+    fn save(&self, dir: &Path, model: &Self::Model, report: &Self::Report) -> Result<()>;
+    /// Refuse to resume from `checkpoint` when it was trained with other settings.
+    fn check_resumable(&self, checkpoint: &Path) -> Result<()>;
+    /// Called after every update.
+    fn health(&mut self, _update: &Update) -> Health {
+        Health::Ok
+    }
+    /// The loop has returned to an earlier checkpoint (forget what was tracked since).
+    fn rolled_back(&mut self) {}
+    /// A few words for the progress line.
+    fn progress(&self) -> String {
+        String::new()
+    }
+}
+
+/// Where the data comes from and how it is batched.
+pub struct Data<'a> {
+    pub utts: Arc<Vec<Utterance>>,
+    /// Seconds of each utterance, as batched (after any cropping).
+    pub durations: &'a [f64],
+    pub plan: &'a BatchPlan,
+    pub loader: LoaderOptions,
+    /// Skip batches whose audio cannot be decoded (listed in the outcome) instead of stopping.
+    pub skip_unreadable: bool,
+}
+
+/// Where the loop is; saved with each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound = "R: Serialize + DeserializeOwned")]
+pub struct LoopState<R> {
+    pub step: usize,
+    pub epoch: u64,
+    /// Batches of this epoch's plan already consumed.
+    pub batch_in_epoch: usize,
+    pub skipped: usize,
+    pub bad_in_a_row: usize,
+    pub audio_seconds: f64,
+    pub seconds: f64,
+    pub evals_without_improvement: usize,
+    /// Learning-rate factor (halved at each rollback).
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    #[serde(default)]
+    pub rollbacks: usize,
+    /// Batches skipped because their audio could not be read, and why.
+    #[serde(default)]
+    pub unreadable: Vec<String>,
+    /// Micro-batches the job skipped (e.g. no masked frame).
+    #[serde(default)]
+    pub skipped_micro: usize,
+    pub first: R,
+    pub last: R,
+    pub best: R,
+    #[serde(default)]
+    pub best_step: usize,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// What a finished (or stopped) run reports.
+pub struct Outcome<R> {
+    pub state: LoopState<R>,
+    pub resumed_from: Option<usize>,
+    pub stopped_early: bool,
+    /// Mean wall time of a training update in this process.
+    pub seconds_per_step: f64,
+}
+
+/// A seed for draw `k` of `step`, decorrelated from neighbours (SplitMix64 finaliser).
+pub fn step_seed(seed: u64, step: usize, k: usize) -> u64 {
+    let mut z =
+        seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Keep only the lines of `metrics.jsonl` up to `step` (a resumed run rewrites what follows).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let keep: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let s = v.get("step").or_else(|| v.get("eval").and_then(|e| e.get("step")));
+            s.and_then(|s| s.as_u64()).is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    let mut out = keep.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    Ok(write_atomic(path, out.as_bytes())?)
+}
+
+struct TrainableIds(Vec<ParamId>);
+
+impl ModuleVisitor for TrainableIds {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if param.val().is_require_grad() {
+            self.0.push(param.id);
+        }
+    }
+}
+
+/// The trainable parameters of `model` (with their ids, which key the optimiser state) as
+/// burnpack bytes.
+pub fn trainable_record<M: Module>(model: &M) -> Result<Vec<u8>> {
+    let mut ids = TrainableIds(Vec::new());
+    model.visit(&mut ids);
+    let record = model.clone().into_record_group(ParamGroup::from_ids(ids.0));
+    let bytes = record.into_bytes().map_err(|e| Error::Diverged(format!("cannot serialise the model: {e}")))?;
+    Ok(bytes.to_vec())
+}
+
+/// Apply bytes from [`trainable_record`] to a model built from the same config.
+pub fn load_trainable_record<M: Module>(model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
+    let bad = |e: burn::store::RecordError| Error::Config { path: path.to_path_buf(), reason: e.to_string() };
+    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(bad)?;
+    model.try_load_record(record.allow_partial(true)).map_err(bad)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Config { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// Model, optimiser and loop state of checkpoint folder `dir`.
+fn restore<J: Job>(
+    dir: &Path,
+    model: J::Model,
+    optim: ModuleOptimizer,
+) -> Result<(J::Model, ModuleOptimizer, LoopState<J::Report>)> {
+    let state_path = dir.join("resume/state.json");
+    let text = std::fs::read_to_string(&state_path).unwrap_or_default();
+    let st: LoopState<J::Report> =
+        serde_json::from_str(&text).map_err(|e| Error::Config { path: state_path.clone(), reason: e.to_string() })?;
+    let model_path = dir.join("resume/model.bpk");
+    let model = load_trainable_record(model, read(&model_path)?, &model_path)?;
+    let optim_path = dir.join("resume/optim.bpk");
+    let optim = optim
+        .from_bytes(burn::tensor::Bytes::from_bytes_vec(read(&optim_path)?))
+        .map_err(|e| Error::Config { path: optim_path.clone(), reason: e.to_string() })?;
+    Ok((model, optim, st))
+}
+
+/// `checkpoints/step-N/` with the job's files and `resume/`, written under a temporary name and
+/// renamed; older checkpoints beyond `keep_last` are removed.
+fn save_checkpoint<J: Job>(
+    job: &J,
+    run_dir: &Path,
+    model: &J::Model,
+    optim: &ModuleOptimizer,
+    st: &LoopState<J::Report>,
+    keep_last: usize,
+) -> Result<()> {
+    let root = run_dir.join("checkpoints");
+    let tmp = root.join(format!(".step-{}.tmp", st.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|source| Error::Write { path: tmp.clone(), source })?;
+    job.save(&tmp, model, &st.last)?;
+    let resume = tmp.join("resume");
+    write_atomic(&resume.join("model.bpk"), &trainable_record(model)?)?;
+    let optim_bytes =
+        optim.into_bytes().map_err(|e| Error::Diverged(format!("cannot serialise the optimiser: {e}")))?;
+    write_atomic(&resume.join("optim.bpk"), &optim_bytes)?;
+    // Written last: a checkpoint without it is incomplete and never resumed from.
+    write_atomic(&resume.join("state.json"), serde_json::to_string_pretty(st).unwrap_or_default().as_bytes())?;
+    let dst = root.join(format!("step-{}", st.step));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::rename(&tmp, &dst).map_err(|source| Error::Write { path: dst.clone(), source })?;
+    let all = checkpoints(run_dir);
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep_last)) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(())
+}
+
+/// `best/`, replaced atomically.
+fn save_best<J: Job>(job: &J, run_dir: &Path, model: &J::Model, report: &J::Report) -> Result<()> {
+    let tmp = run_dir.join(".best.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|source| Error::Write { path: tmp.clone(), source })?;
+    job.save(&tmp, model, report)?;
+    let best = run_dir.join("best");
+    let _ = std::fs::remove_dir_all(&best);
+    std::fs::rename(&tmp, &best).map_err(|source| Error::Write { path: best, source })
+}
+
+/// The latest complete (resumable) checkpoint of a run folder.
+pub fn latest_checkpoint(run_dir: &Path) -> Option<(usize, PathBuf)> {
+    checkpoints(run_dir).into_iter().rev().find(|(_, p)| p.join("resume/state.json").is_file())
+}
+
+/// Train `model` with `job` on `data` as `cfg` says, in `run_dir` (which exists).
+#[allow(clippy::too_many_arguments)]
+pub fn fit<J: Job>(
+    job: &mut J,
+    model: J::Model,
+    data: Data,
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    device: &Device,
+    progress: bool,
+    resume: bool,
+) -> Result<(J::Model, Outcome<J::Report>)> {
+    let started = Instant::now();
+    let latest = latest_checkpoint(run_dir);
+    if latest.is_some() && !resume {
+        return Err(Error::Config {
+            path: run_dir.to_path_buf(),
+            reason: "this run folder has checkpoints: pass --resume to continue it, or choose another output_dir"
+                .into(),
+        });
+    }
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut model = model;
+    let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(cfg.weight_decay as f32).init();
+    let mut st = match &latest {
+        Some((step, dir)) => {
+            job.check_resumable(dir)?;
+            let (m, o, st) = restore::<J>(dir, model, optim)?;
+            (model, optim) = (m, o);
+            truncate_metrics(&metrics_path, *step)?;
+            eprintln!("resuming {} at step {step}", run_dir.display());
+            st
+        }
+        None => {
+            let first = job.evaluate(&model, 0)?;
+            std::fs::write(&metrics_path, "").map_err(|source| Error::Write { path: metrics_path.clone(), source })?;
+            LoopState {
+                step: 0,
+                epoch: 0,
+                batch_in_epoch: 0,
+                skipped: 0,
+                bad_in_a_row: 0,
+                audio_seconds: 0.0,
+                seconds: 0.0,
+                evals_without_improvement: 0,
+                lr_scale: 1.0,
+                rollbacks: 0,
+                unreadable: Vec::new(),
+                skipped_micro: 0,
+                last: first.clone(),
+                best: first.clone(),
+                first,
+                best_step: 0,
+            }
+        }
+    };
+    let resumed_from = latest.as_ref().map(|_| st.step);
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|source| Error::Write { path: metrics_path.clone(), source })?;
+    let mut events = EventWriter::create(run_dir, resumed_from.is_some())?;
+    let mut log = |v: serde_json::Value| {
+        let _ = writeln!(metrics, "{v}");
+    };
+    if resumed_from.is_none() {
+        log(serde_json::json!({"eval": &st.first}));
+        events.scalars(0, &job.report_scalars(&st.first));
+        save_best(job, run_dir, &model, &st.best)?;
+    }
+
+    let cache = Loader::cache_handle();
+    let plan_for = |epoch: u64| {
+        let plan = BatchPlan { seed: cfg.seed.wrapping_add(epoch), ..data.plan.clone() };
+        plan_batches(data.durations, &plan)
+    };
+    let loader_at = |epoch: u64, skip: usize| {
+        let plan: Vec<Vec<usize>> = plan_for(epoch).into_iter().skip(skip).collect();
+        Loader::with_cache(data.utts.clone(), plan, &data.loader, cache.clone())
+    };
+    if plan_for(0).is_empty() {
+        return Err(Error::Diverged("no training batches".into()));
+    }
+    let mut loader = loader_at(st.epoch, st.batch_in_epoch);
+    let bar = if progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(st.step as u64);
+    let accum = cfg.grad_accumulation;
+    let checkpoint_every = if cfg.checkpoint_every > 0 { cfg.checkpoint_every } else { cfg.eval_every };
+    let mut process_start_seconds = st.seconds;
+    let mut process_start = started;
+    let mut stopped_early = false;
+    let mut out_of_time = false;
+
+    let (mut step_seconds, mut steps_here) = (0.0f64, 0usize);
+    while st.step < cfg.steps && !stopped_early && !out_of_time {
+        let step = st.step;
+        let step_started = Instant::now();
+        let lr = cfg.schedule.lr(cfg.lr, step, cfg.steps) * st.lr_scale;
+        let mut accumulator = GradientsAccumulator::<J::Model>::new();
+        let mut loss_sum = 0.0f64;
+        let mut finite = true;
+        let mut grad_norm = 0.0f32;
+        let mut used = 0usize;
+        let mut scalars: Vec<(&'static str, f64)> = Vec::new();
+        let mut micro = 0usize;
+        let mut failures = 0usize;
+        while micro < accum {
+            let batch = match loader.next() {
+                Some(b) => b,
+                None => {
+                    st.epoch += 1;
+                    st.batch_in_epoch = 0;
+                    loader = loader_at(st.epoch, 0);
+                    loader.next().ok_or_else(|| Error::Diverged("no training batches".into()))?
+                }
+            };
+            st.batch_in_epoch += 1;
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) if data.skip_unreadable => {
+                    let why = e.to_string();
+                    eprintln!("skipping a batch: {why}");
+                    if !st.unreadable.contains(&why) {
+                        st.unreadable.push(why);
+                    }
+                    failures += 1;
+                    if failures > 100 {
+                        return Err(Error::Diverged("more than 100 unreadable batches in one update".into()));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            micro += 1;
+            st.audio_seconds += batch.seconds();
+            if !finite {
+                continue; // this update is skipped; keep the data position in step with the plan
+            }
+            device.seed(step_seed(cfg.seed, step, micro - 1));
+            let Some(out) = job.micro(&model, &batch, step, micro - 1)? else {
+                st.skipped_micro += 1;
+                continue;
+            };
+            let value: f32 = out.loss.clone().into_scalar();
+            if !value.is_finite() {
+                finite = false;
+                continue;
+            }
+            loss_sum += value as f64;
+            used += 1;
+            for (k, v) in out.scalars {
+                match scalars.iter_mut().find(|(n, _)| *n == k) {
+                    Some(s) => s.1 += v,
+                    None => scalars.push((k, v)),
+                }
+            }
+            let grads = GradientsParams::from_grads((out.loss / accum as f32).backward(), &model);
+            accumulator.accumulate(&model, grads);
+        }
+        st.step += 1;
+        let loss = loss_sum / used.max(1) as f64;
+        scalars.iter_mut().for_each(|s| s.1 /= used.max(1) as f64);
+        if finite && used > 0 {
+            st.bad_in_a_row = 0;
+            let mut grads = accumulator.grads();
+            grad_norm = clip_global_norm(&model, &mut grads, cfg.grad_clip);
+            model = optim.step(lr, model, grads);
+        } else {
+            st.skipped += 1;
+            if !finite {
+                st.bad_in_a_row += 1;
+            }
+        }
+        step_seconds += step_started.elapsed().as_secs_f64();
+        steps_here += 1;
+        let elapsed = started.elapsed().as_secs_f64();
+        st.seconds = process_start_seconds + process_start.elapsed().as_secs_f64();
+        let speed = st.audio_seconds / st.seconds.max(1e-9);
+        bar.set_position(st.step as u64);
+        bar.set_message(format!("loss {loss:.3} lr {lr:.2e} {speed:.1} audio s/s{}", job.progress()));
+        if finite && used > 0 {
+            let mut line = serde_json::json!({
+                "step": st.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "audio_seconds_per_second": speed
+            });
+            let mut tb: Vec<(String, f64)> = vec![
+                ("train/loss".into(), loss),
+                ("train/lr".into(), lr),
+                ("train/grad_norm".into(), grad_norm as f64),
+            ];
+            for (k, v) in &scalars {
+                line[*k] = serde_json::json!(v);
+                tb.push((format!("train/{k}"), *v));
+            }
+            log(line);
+            let tb: Vec<(&str, f64)> = tb.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            events.scalars(st.step, &tb);
+        }
+        let update = Update { step: st.step, loss, grad_norm: grad_norm as f64, finite, scalars };
+        let verdict = job.health(&update);
+        if let Health::Unhealthy(why) = &verdict {
+            log(serde_json::json!({"step": st.step, "health": why}));
+        }
+        let too_many_bad = st.bad_in_a_row >= cfg.max_bad_steps;
+        let rollback = match verdict {
+            Health::Unhealthy(why) if cfg.on_collapse == OnCollapse::Rollback => Some(why),
+            Health::Unhealthy(_) => None,
+            Health::Ok if too_many_bad => Some(format!("{} steps in a row with a non-finite loss", st.bad_in_a_row)),
+            Health::Ok => None,
+        };
+        if let Some(why) = rollback {
+            let can = cfg.on_collapse == OnCollapse::Rollback && st.rollbacks < cfg.max_rollbacks;
+            let target = latest_checkpoint(run_dir);
+            match (can, target) {
+                (true, Some((at, dir))) => {
+                    let (rollbacks, scale) = (st.rollbacks + 1, st.lr_scale * 0.5);
+                    eprintln!(
+                        "step {}: {why}; returning to the checkpoint of step {at} with the learning rate x{scale}",
+                        st.step
+                    );
+                    let (m, o, s) = restore::<J>(&dir, model, optim)?;
+                    (model, optim, st) = (m, o, s);
+                    job.rolled_back();
+                    st.rollbacks = rollbacks;
+                    st.lr_scale = scale;
+                    st.bad_in_a_row = 0;
+                    truncate_metrics(&metrics_path, at)?;
+                    log(serde_json::json!({"step": at, "rollback": why, "lr_scale": scale}));
+                    loader = loader_at(st.epoch, st.batch_in_epoch);
+                    process_start_seconds = st.seconds;
+                    process_start = Instant::now();
+                    bar.set_position(st.step as u64);
+                    continue;
+                }
+                _ if too_many_bad => {
+                    return Err(Error::Diverged(format!("{why} (step {})", st.step)));
+                }
+                (false, _) => return Err(Error::Diverged(format!("{why} (step {}); no rollback left", st.step))),
+                (true, None) => {
+                    return Err(Error::Diverged(format!("{why} (step {}); no checkpoint to return to", st.step)));
+                }
+            }
+        }
+        out_of_time = cfg.time_budget_seconds.is_some_and(|b| elapsed > b);
+        let last_step = st.step == cfg.steps || out_of_time;
+        if (cfg.eval_every > 0 && st.step.is_multiple_of(cfg.eval_every)) || last_step {
+            st.last = job.evaluate(&model, st.step)?;
+            log(serde_json::json!({"eval": &st.last}));
+            events.scalars(st.step, &job.report_scalars(&st.last));
+            match job.improves(&st.last, &st.best) {
+                Some(better) if better || st.best_step == 0 => {
+                    st.best = st.last.clone();
+                    st.best_step = st.step;
+                    st.evals_without_improvement = 0;
+                    save_best(job, run_dir, &model, &st.last)?;
+                }
+                _ => {
+                    st.evals_without_improvement += 1;
+                    if cfg.early_stopping_patience.is_some_and(|p| st.evals_without_improvement >= p) {
+                        eprintln!(
+                            "early stopping at step {}: no improvement in {} evaluations",
+                            st.step, st.evals_without_improvement
+                        );
+                        stopped_early = true;
+                    }
+                }
+            }
+        }
+        let checkpoint_due = checkpoint_every > 0 && st.step.is_multiple_of(checkpoint_every);
+        if checkpoint_due || last_step || stopped_early {
+            save_checkpoint(job, run_dir, &model, &optim, &st, cfg.keep_last)?;
+        }
+    }
+    bar.finish_and_clear();
+    let outcome = Outcome {
+        state: st,
+        resumed_from,
+        stopped_early,
+        seconds_per_step: step_seconds / steps_here.max(1) as f64,
+    };
+    Ok((model, outcome))
+}
+
+/// Peak resident set size of this process (`VmHWM` in /proc/self/status), Linux only.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
