@@ -19,7 +19,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = PretrainConfig::load(&args.config, &args.overrides)?;
-    let summary = pretrain(&cfg, true, args.resume).with_context(|| format!("pre-training {}", args.config.display()))?;
+    let summary =
+        pretrain(&cfg, true, args.resume).with_context(|| format!("pre-training {}", args.config.display()))?;
     print!("{}", report(&summary));
     Ok(())
 }
@@ -66,9 +67,6 @@ pub fn report(s: &PretrainSummary) -> String {
     for (label, r) in [("start", &s.first), ("end", &s.last), ("best", &s.best)] {
         out += &format!("valid at {label} (update {}): {}\n", r.step, scores(r));
     }
-    out += &format!(
-        "best checkpoint (a Hugging Face Wav2Vec2ForPreTraining directory): {}\n",
-        s.best_dir.display()
-    );
+    out += &format!("best checkpoint (a Hugging Face Wav2Vec2ForPreTraining directory): {}\n", s.best_dir.display());
     out
 }

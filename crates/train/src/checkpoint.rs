@@ -146,7 +146,8 @@ pub fn checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
             let step = name.strip_prefix("step-")?.parse().ok()?;
-            e.path().join(HEADS).is_file().then(|| (step, e.path()))
+            // Written under a temporary name and renamed: a step-N folder is complete.
+            e.path().is_dir().then(|| (step, e.path()))
         })
         .collect();
     out.sort();

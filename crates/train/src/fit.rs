@@ -150,6 +150,34 @@ pub fn step_seed(seed: u64, step: usize, k: usize) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `metrics.jsonl`, appended to line by line.
+struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    fn open(path: PathBuf) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| Error::Write { path: path.clone(), source })?;
+        Ok(Self { path, file })
+    }
+
+    fn log(&mut self, v: serde_json::Value) {
+        let _ = writeln!(self.file, "{v}");
+    }
+
+    /// Drop the lines after `step` (the file is replaced: reopen it).
+    fn truncate(&mut self, step: usize) -> Result<()> {
+        truncate_metrics(&self.path, step)?;
+        *self = Self::open(self.path.clone())?;
+        Ok(())
+    }
+}
+
 /// Keep only the lines of `metrics.jsonl` up to `step` (a resumed run rewrites what follows).
 fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -323,17 +351,10 @@ pub fn fit<J: Job>(
         }
     };
     let resumed_from = latest.as_ref().map(|_| st.step);
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|source| Error::Write { path: metrics_path.clone(), source })?;
+    let mut metrics = MetricsLog::open(metrics_path.clone())?;
     let mut events = EventWriter::create(run_dir, resumed_from.is_some())?;
-    let mut log = |v: serde_json::Value| {
-        let _ = writeln!(metrics, "{v}");
-    };
     if resumed_from.is_none() {
-        log(serde_json::json!({"eval": &st.first}));
+        metrics.log(serde_json::json!({"eval": &st.first}));
         events.scalars(0, &job.report_scalars(&st.first));
         save_best(job, run_dir, &model, &st.best)?;
     }
@@ -464,14 +485,14 @@ pub fn fit<J: Job>(
                 line[*k] = serde_json::json!(v);
                 tb.push((format!("train/{k}"), *v));
             }
-            log(line);
+            metrics.log(line);
             let tb: Vec<(&str, f64)> = tb.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             events.scalars(st.step, &tb);
         }
         let update = Update { step: st.step, loss, grad_norm: grad_norm as f64, finite, scalars };
         let verdict = job.health(&update);
         if let Health::Unhealthy(why) = &verdict {
-            log(serde_json::json!({"step": st.step, "health": why}));
+            metrics.log(serde_json::json!({"step": st.step, "health": why}));
         }
         let too_many_bad = st.bad_in_a_row >= cfg.max_bad_steps;
         let rollback = match verdict {
@@ -496,8 +517,8 @@ pub fn fit<J: Job>(
                     st.rollbacks = rollbacks;
                     st.lr_scale = scale;
                     st.bad_in_a_row = 0;
-                    truncate_metrics(&metrics_path, at)?;
-                    log(serde_json::json!({"step": at, "rollback": why, "lr_scale": scale}));
+                    metrics.truncate(at)?;
+                    metrics.log(serde_json::json!({"step": at, "rollback": why, "lr_scale": scale}));
                     loader = loader_at(st.epoch, st.batch_in_epoch);
                     process_start_seconds = st.seconds;
                     process_start = Instant::now();
@@ -517,7 +538,7 @@ pub fn fit<J: Job>(
         let last_step = st.step == cfg.steps || out_of_time;
         if (cfg.eval_every > 0 && st.step.is_multiple_of(cfg.eval_every)) || last_step {
             st.last = job.evaluate(&model, st.step)?;
-            log(serde_json::json!({"eval": &st.last}));
+            metrics.log(serde_json::json!({"eval": &st.last}));
             events.scalars(st.step, &job.report_scalars(&st.last));
             match job.improves(&st.last, &st.best) {
                 Some(better) if better || st.best_step == 0 => {
@@ -544,12 +565,8 @@ pub fn fit<J: Job>(
         }
     }
     bar.finish_and_clear();
-    let outcome = Outcome {
-        state: st,
-        resumed_from,
-        stopped_early,
-        seconds_per_step: step_seconds / steps_here.max(1) as f64,
-    };
+    let outcome =
+        Outcome { state: st, resumed_from, stopped_early, seconds_per_step: step_seconds / steps_here.max(1) as f64 };
     Ok((model, outcome))
 }
 

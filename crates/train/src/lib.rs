@@ -20,7 +20,7 @@ pub use config::RunConfig;
 pub use error::{Error, Result};
 pub use eval::{EvalReport, Prediction};
 pub use feature_cache::CacheStats;
-pub use model::{Method, TaskModel, TaskOutput, count_parameters, load_upstream};
 pub use fit::peak_rss;
+pub use model::{Method, TaskModel, TaskOutput, count_parameters, load_upstream};
 pub use run::{RunSummary, TrainOptions, train};
 pub use schedule::Schedule;

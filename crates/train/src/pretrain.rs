@@ -515,7 +515,10 @@ pub fn pretrain(cfg: &PretrainConfig, progress: bool, resume: bool) -> Result<Pr
     let config_path = cfg.model.from.join("config.json");
     let parsed = ModelConfig::from_json(config_json.to_string().as_bytes(), &config_path)?;
     let ModelConfig::Ssl(model_cfg) = parsed else {
-        return Err(Error::Config { path: cfg.model.from.clone(), reason: "pre-training needs a wav2vec2 model".into() });
+        return Err(Error::Config {
+            path: cfg.model.from.clone(),
+            reason: "pre-training needs a wav2vec2 model".into(),
+        });
     };
     let mut weights = if from_checkpoint {
         Weights::open_dir(&cfg.model.from)?
@@ -527,13 +530,10 @@ pub fn pretrain(cfg: &PretrainConfig, progress: bool, resume: bool) -> Result<Pr
 
     // Data: the training split (and dev, when the layout has one), readable and long enough.
     let layout = Layout::detect(&cfg.data.root)?;
-    let read = |split: Split| -> Result<Vec<Utterance>> {
-        let mut problems = Problems::new(true);
-        Ok(layout.read_split(split, &cfg.data.duration, &mut problems)?)
-    };
-    let mut train_utts = read(Split::Train)?;
-    let mut valid = read(Split::Dev).unwrap_or_default();
-    let mut unreadable: Vec<String> = Vec::new();
+    let mut problems = Problems::new(true);
+    let mut train_utts = layout.read_split(Split::Train, &cfg.data.duration, &mut problems)?;
+    let mut valid = layout.read_split(Split::Dev, &cfg.data.duration, &mut problems).unwrap_or_default();
+    let mut unreadable: Vec<String> = problems.found.iter().map(|p| p.to_string()).collect();
     for utts in [&mut train_utts, &mut valid] {
         unreadable.extend(fill_durations(utts, cfg.data.workers).into_iter().map(|p| p.to_string()));
         utts.retain(|u| u.seconds().is_some());
@@ -553,8 +553,7 @@ pub fn pretrain(cfg: &PretrainConfig, progress: bool, resume: bool) -> Result<Pr
         let mut order: Vec<usize> = (0..train_utts.len()).collect();
         Rng::new(cfg.train.seed ^ 0x6865_6c64).shuffle(&mut order);
         let held: std::collections::HashSet<usize> = order[..n].iter().copied().collect();
-        let (v, t): (Vec<_>, Vec<_>) =
-            train_utts.into_iter().enumerate().partition(|(i, _)| held.contains(i));
+        let (v, t): (Vec<_>, Vec<_>) = train_utts.into_iter().enumerate().partition(|(i, _)| held.contains(i));
         valid = v.into_iter().map(|(_, u)| u).collect();
         train_utts = t.into_iter().map(|(_, u)| u).collect();
     }
