@@ -1,5 +1,5 @@
 //! `speechtune demo`: joint ASR + LID with LoRA on the embedded demo corpus, on the built-in
-//! tiny upstream (random weights until pre-training exists), then evaluation and a plot of the
+//! tiny upstream (random weights: no pretrained default is committed yet), then evaluation and a plot of the
 //! learned layer weights. Runs in minutes on two CPU cores.
 
 use std::path::PathBuf;

@@ -166,7 +166,7 @@ impl Upstream {
 
     /// A small wav2vec2-shaped model with seeded random weights (0.68 M parameters: a 7-layer
     /// CNN of 64 channels at the standard 320× downsampling, 4 transformer layers of width 128),
-    /// for demos and tests until pre-training exists. It has learned nothing.
+    /// for demos and tests (random weights). It has learned nothing.
     pub fn tiny(seed: u64, device: &Device) -> Result<Self> {
         Ok(Self::tiny_with_weights(seed, device)?.0)
     }

@@ -43,6 +43,16 @@ fn load(dir: &Path, device: &Device) -> (PretrainModel, speechtune_models::confi
     (PretrainModel::load(&cfg, &mut w, device).unwrap(), cfg)
 }
 
+/// The reference's audio, mask and distractor indices.
+fn inputs(r: &HashMap<String, (Vec<usize>, Vec<f64>)>, device: &Device) -> (Tensor<2>, Vec<bool>, Vec<usize>) {
+    let (xs, x) = &r["input_values"];
+    let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let samples = Tensor::<2>::from_data(TensorData::new(x, [xs[0], xs[1]]), device);
+    let mask: Vec<bool> = r["mask_time_indices"].1.iter().map(|&v| v != 0.0).collect();
+    let neg: Vec<usize> = r["sampled_negative_indices"].1.iter().map(|&v| v as usize).collect();
+    (samples, mask, neg)
+}
+
 fn rel(got: f64, want: f64) -> f64 {
     (got - want).abs() / want.abs().max(1e-6)
 }
@@ -52,11 +62,7 @@ fn parity(name: &str) {
     let r = reference(&dir.join("reference.safetensors"));
     let device = Device::flex().autodiff();
     let (model, cfg) = load(&dir, &device);
-    let (xs, x) = &r["input_values"];
-    let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-    let samples = Tensor::<2>::from_data(TensorData::new(x, [xs[0], xs[1]]), &device);
-    let mask: Vec<bool> = r["mask_time_indices"].1.iter().map(|&v| v != 0.0).collect();
-    let neg: Vec<usize> = r["sampled_negative_indices"].1.iter().map(|&v| v as usize).collect();
+    let (samples, mask, neg) = inputs(&r, &device);
     let out = model.forward(samples, &mask, &neg, Quantize::Argmax, 1.0).unwrap();
     assert_eq!(out.masked, mask.iter().filter(|&&m| m).count());
     let loss = out.contrastive_sum.clone() + out.diversity_sum.clone() * cfg.diversity_loss_weight;
@@ -138,11 +144,7 @@ fn gumbel_codes_are_hard_one_hot_with_a_soft_gradient() {
     let r = reference(&dir.join("reference.safetensors"));
     let device = Device::flex().autodiff();
     let (model, cfg) = load(&dir, &device);
-    let (xs, x) = &r["input_values"];
-    let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-    let samples = Tensor::<2>::from_data(TensorData::new(x, [xs[0], xs[1]]), &device);
-    let mask: Vec<bool> = r["mask_time_indices"].1.iter().map(|&v| v != 0.0).collect();
-    let neg: Vec<usize> = r["sampled_negative_indices"].1.iter().map(|&v| v as usize).collect();
+    let (samples, mask, neg) = inputs(&r, &device);
     let mut rng = Rng::new(1);
     let gumbel = Quantize::Gumbel { temperature: 2.0, rng: &mut rng };
     let out = model.forward(samples.clone(), &mask, &neg, gumbel, 1.0).unwrap();

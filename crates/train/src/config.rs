@@ -342,15 +342,7 @@ impl RunConfig {
     /// Read a TOML file and apply `key.path=value` overrides (values in TOML syntax; bare words
     /// are strings).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let bad = |reason: String| Error::Config { path: path.to_path_buf(), reason };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        let cfg: RunConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
-        cfg.validate().map_err(bad)?;
-        Ok(cfg)
+        load_toml(path, overrides, Self::validate)
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
@@ -399,7 +391,25 @@ impl RunConfig {
     }
 }
 
-pub(crate) fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+/// Read a TOML file, apply `key.path=value` overrides, deserialise (unknown keys are errors)
+/// and check the result with `validate`; errors name the file.
+pub(crate) fn load_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    overrides: &[String],
+    validate: impl Fn(&T) -> std::result::Result<(), String>,
+) -> Result<T> {
+    let bad = |reason: String| Error::Config { path: path.to_path_buf(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    for o in overrides {
+        apply_override(&mut table, o)?;
+    }
+    let cfg: T = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    validate(&cfg).map_err(bad)?;
+    Ok(cfg)
+}
+
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let (key, raw) =
         assignment.split_once('=').ok_or_else(|| Error::Override(format!("{assignment}: expected key=value")))?;
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))

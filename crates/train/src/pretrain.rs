@@ -21,7 +21,7 @@ use speechtune_models::ssl::pretrain::{
 };
 use speechtune_models::weights::{Weights, write_atomic, write_safetensors};
 
-use crate::config::{TrainConfig, apply_override};
+use crate::config::{TrainConfig, load_toml};
 use crate::fit::{Data, Health, Job, Micro, Update, fit, latest_checkpoint, peak_rss, step_seed};
 use crate::{Error, Result};
 
@@ -146,15 +146,7 @@ fn yes() -> bool {
 impl PretrainConfig {
     /// Read a TOML file and apply `key.path=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let bad = |reason: String| Error::Config { path: path.to_path_buf(), reason };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        let cfg: Self = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
-        cfg.validate().map_err(bad)?;
-        Ok(cfg)
+        load_toml(path, overrides, Self::validate)
     }
 
     fn validate(&self) -> std::result::Result<(), String> {

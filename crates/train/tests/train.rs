@@ -88,12 +88,18 @@ fn every_shipped_config_parses() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        let pretraining = path.file_name().is_some_and(|f| f.to_string_lossy().starts_with("pretrain_"));
         if path.extension().is_some_and(|e| e == "toml") {
-            RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+            if pretraining {
+                let p = speechtune_train::pretrain::PretrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+                assert!(dir.join("..").join(&p.model.from).is_file(), "{}: model.from", path.display());
+            } else {
+                RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+            }
             n += 1;
         }
     }
-    // One per task × method, each of that task and method, plus the demo's.
+    // One per task × method, each of that task and method, plus the demo's ...
     for task in ["asr", "lid", "classify", "joint_asr_lid", "ctc_plus_lid"] {
         for (method, _) in METHODS {
             let cfg = RunConfig::load(&dir.join(format!("{task}_{method}.toml")), &[]).unwrap();
@@ -101,7 +107,8 @@ fn every_shipped_config_parses() {
             assert_eq!(serde_json::to_value(cfg.task.kind).unwrap(), task);
         }
     }
-    assert_eq!(n, 5 * METHODS.len() + 1);
+    // ... and the pre-training config.
+    assert_eq!(n, 5 * METHODS.len() + 2);
 }
 
 #[test]
