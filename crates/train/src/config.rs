@@ -289,6 +289,14 @@ pub struct TrainConfig {
     pub max_rollbacks: usize,
 }
 
+impl TrainConfig {
+    /// The settings a run must keep to be resumed (the number of steps, the time budget and
+    /// the evaluation/checkpoint intervals may change).
+    pub fn resume_key(&self) -> (f64, f64, Schedule, usize, u64) {
+        (self.lr, self.weight_decay, self.schedule.clone(), self.grad_accumulation, self.seed)
+    }
+}
+
 /// What the loop does when a run turns unhealthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -294,6 +294,19 @@ pub fn latest_checkpoint(run_dir: &Path) -> Option<(usize, PathBuf)> {
     checkpoints(run_dir).into_iter().rev().find(|(_, p)| p.join("resume/state.json").is_file())
 }
 
+/// A run folder with checkpoints is continued only with `--resume` (checked by jobs before
+/// their expensive preparation, and by the loop).
+pub fn refuse_to_overwrite(run_dir: &Path, resume: bool) -> Result<()> {
+    if latest_checkpoint(run_dir).is_some() && !resume {
+        return Err(Error::Config {
+            path: run_dir.to_path_buf(),
+            reason: "this run folder has checkpoints: pass --resume to continue it, or choose another output_dir"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Train `model` with `job` on `data` as `cfg` says, in `run_dir` (which exists).
 #[allow(clippy::too_many_arguments)]
 pub fn fit<J: Job>(
@@ -307,14 +320,8 @@ pub fn fit<J: Job>(
     resume: bool,
 ) -> Result<(J::Model, Outcome<J::Report>)> {
     let started = Instant::now();
+    refuse_to_overwrite(run_dir, resume)?;
     let latest = latest_checkpoint(run_dir);
-    if latest.is_some() && !resume {
-        return Err(Error::Config {
-            path: run_dir.to_path_buf(),
-            reason: "this run folder has checkpoints: pass --resume to continue it, or choose another output_dir"
-                .into(),
-        });
-    }
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut model = model;
     let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(cfg.weight_decay as f32).init();

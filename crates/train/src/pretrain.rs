@@ -22,7 +22,7 @@ use speechtune_models::ssl::pretrain::{
 use speechtune_models::weights::{Weights, write_atomic, write_safetensors};
 
 use crate::config::{TrainConfig, load_toml};
-use crate::fit::{Data, Health, Job, Micro, Update, fit, latest_checkpoint, peak_rss, step_seed};
+use crate::fit::{Data, Health, Job, Micro, Update, fit, peak_rss, refuse_to_overwrite, step_seed};
 use crate::{Error, Result};
 
 /// `speechtune pretrain CONFIG.toml`.
@@ -254,10 +254,7 @@ impl Pretrain<'_> {
             let start = rng.below(w.len() - len + 1);
             let crop = &w[start..start + len];
             if self.normalize {
-                let mean = crop.iter().map(|&x| x as f64).sum::<f64>() / len as f64;
-                let var = crop.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / len as f64;
-                let sd = (var + 1e-7).sqrt();
-                flat.extend(crop.iter().map(|&x| ((x as f64 - mean) / sd) as f32));
+                flat.extend(speechtune_audio::zero_mean_unit_var(crop));
             } else {
                 flat.extend_from_slice(crop);
             }
@@ -370,13 +367,10 @@ impl Job for Pretrain<'_> {
     fn check_resumable(&self, checkpoint: &Path) -> Result<()> {
         let path = checkpoint.join("pretrain.toml");
         let saved = PretrainConfig::load(&path, &[])?;
-        let t = |c: &PretrainConfig| {
-            (c.train.lr, c.train.weight_decay, c.train.schedule.clone(), c.train.grad_accumulation, c.train.seed)
-        };
         let same = saved.model == self.cfg.model
             && saved.objective == self.cfg.objective
             && saved.data == self.cfg.data
-            && t(&saved) == t(self.cfg);
+            && saved.train.resume_key() == self.cfg.train.resume_key();
         if same {
             Ok(())
         } else {
@@ -496,13 +490,7 @@ pub fn pretrain(cfg: &PretrainConfig, progress: bool, resume: bool) -> Result<Pr
     let plain = device.clone().without_autodiff();
     device.seed(cfg.train.seed);
     let run_dir = cfg.output_dir.clone();
-    if latest_checkpoint(&run_dir).is_some() && !resume {
-        return Err(Error::Config {
-            path: run_dir.clone(),
-            reason: "this run folder has checkpoints: pass --resume to continue it, or choose another output_dir"
-                .into(),
-        });
-    }
+    refuse_to_overwrite(&run_dir, resume)?;
     let (config_json, from_checkpoint) = model_config(cfg)?;
     let config_path = cfg.model.from.join("config.json");
     let parsed = ModelConfig::from_json(config_json.to_string().as_bytes(), &config_path)?;

@@ -19,7 +19,7 @@ use crate::checkpoint::save_model;
 use crate::config::{MethodConfig, RunConfig, TaskKind};
 use crate::eval::{EvalReport, evaluate};
 use crate::feature_cache::{CacheKind, CacheStats, FeatureCache};
-use crate::fit::{Data, Job, Micro, fit, latest_checkpoint, peak_rss, step_seed};
+use crate::fit::{Data, Job, Micro, fit, peak_rss, refuse_to_overwrite, step_seed};
 use crate::model::{TaskModel, count_parameters, load_upstream};
 use crate::prepare::{class_names, prepare, read_split, texts};
 use crate::{Error, Result};
@@ -86,10 +86,7 @@ fn check_resumable(cfg: &RunConfig, saved_path: &Path) -> Result<()> {
     if saved.augment != cfg.augment {
         differ.push("augment");
     }
-    let t = |c: &RunConfig| {
-        (c.train.lr, c.train.weight_decay, c.train.schedule.clone(), c.train.grad_accumulation, c.train.seed)
-    };
-    if t(&saved) != t(cfg) {
+    if saved.train.resume_key() != cfg.train.resume_key() {
         differ.push("train (lr, weight_decay, schedule, grad_accumulation or seed)");
     }
     if differ.is_empty() {
@@ -191,13 +188,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
     let plain = device.clone().without_autodiff();
     device.seed(cfg.train.seed);
     let run_dir = cfg.output_dir.clone();
-    if latest_checkpoint(&run_dir).is_some() && !opts.resume {
-        return Err(Error::Config {
-            path: run_dir.clone(),
-            reason: "this run folder has checkpoints: pass --resume to continue it, or choose another output_dir"
-                .into(),
-        });
-    }
+    refuse_to_overwrite(&run_dir, opts.resume)?;
 
     let kind = cfg.task.kind;
     let mut train_utts = read_split(Split::Train, cfg)?;

@@ -494,19 +494,14 @@ pub fn compute_mask_indices(
 /// An item with fewer than two masked frames has no distractors: its mask is cleared.
 pub fn sample_negative_indices(rng: &mut Rng, time: usize, mask: &mut [bool], k: usize) -> Vec<usize> {
     let batch = mask.len() / time.max(1);
-    let mut out = vec![0usize; batch * time * k];
+    // Unmasked frames point at their item's first frame (never read).
+    let mut out: Vec<usize> = (0..batch * time * k).map(|i| i / (time * k) * time).collect();
     for b in 0..batch {
         let row = &mut mask[b * time..(b + 1) * time];
         let masked: Vec<usize> = (0..time).filter(|&t| row[t]).collect();
         if masked.len() < 2 {
             row.iter_mut().for_each(|m| *m = false);
-            out[b * time * k..(b + 1) * time * k].iter_mut().for_each(|x| *x = b * time);
             continue;
-        }
-        for t in 0..time {
-            for q in 0..k {
-                out[(b * time + t) * k + q] = b * time;
-            }
         }
         for (j, &t) in masked.iter().enumerate() {
             for q in 0..k {
