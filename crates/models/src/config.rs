@@ -201,7 +201,7 @@ fn d_source_positions() -> usize {
     1500
 }
 
-/// `WhisperConfig`, encoder fields only.
+/// `WhisperConfig`: the encoder's fields, and the decoder's with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]
 pub struct WhisperConfig {
     pub d_model: usize,
@@ -214,6 +214,46 @@ pub struct WhisperConfig {
     pub max_source_positions: usize,
     #[serde(default = "d_gelu")]
     pub activation_function: String,
+    #[serde(default = "d_whisper_decoder_layers")]
+    pub decoder_layers: usize,
+    #[serde(default = "d_whisper_decoder_heads")]
+    pub decoder_attention_heads: usize,
+    #[serde(default = "d_whisper_decoder_ffn")]
+    pub decoder_ffn_dim: usize,
+    #[serde(default = "d_whisper_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "d_whisper_target_positions")]
+    pub max_target_positions: usize,
+    #[serde(default)]
+    pub scale_embedding: bool,
+    #[serde(default = "d_whisper_start")]
+    pub decoder_start_token_id: u32,
+    #[serde(default = "d_whisper_eos")]
+    pub eos_token_id: u32,
+    #[serde(default = "d_whisper_eos")]
+    pub pad_token_id: u32,
+}
+
+fn d_whisper_decoder_layers() -> usize {
+    4
+}
+fn d_whisper_decoder_heads() -> usize {
+    6
+}
+fn d_whisper_decoder_ffn() -> usize {
+    1536
+}
+fn d_whisper_vocab() -> usize {
+    51865
+}
+fn d_whisper_target_positions() -> usize {
+    448
+}
+fn d_whisper_start() -> u32 {
+    50257
+}
+fn d_whisper_eos() -> u32 {
+    50256
 }
 
 /// A parsed `config.json`, dispatched on `model_type`.

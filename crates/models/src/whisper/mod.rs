@@ -1,4 +1,7 @@
-//! The Whisper encoder (decoder weights in the checkpoint are ignored).
+//! Whisper: the encoder (here), the decoder (`decoder`) and the two together (`seq2seq`).
+
+pub mod decoder;
+pub mod seq2seq;
 
 use burn::module::Param;
 use burn::prelude::*;

@@ -1,0 +1,97 @@
+//! Whisper as a whole model against transformers 4.46.3 (`scripts/make_whisper_fixtures.py`,
+//! fixture `whisper-seq2seq`: 2 encoder + 2 decoder layers, vocabulary 64): teacher-forced decoder
+//! logits, and greedy and 3-beam generation with a forced prefix, suppressed tokens and tokens
+//! suppressed at the first step, with an end token that is never produced and one that is.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{fixtures, reference, values};
+use speechtune_models::burn::prelude::*;
+use speechtune_models::burn::tensor::{Int, TensorData};
+use speechtune_models::config::ModelConfig;
+use speechtune_models::weights::Weights;
+use speechtune_models::whisper::seq2seq::{GenerateOptions, WhisperSeq2Seq};
+
+/// Integer tensors of the reference file.
+fn int_reference() -> HashMap<String, (Vec<usize>, Vec<i64>)> {
+    let path = fixtures().join("whisper-seq2seq/reference.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::I64)
+        .map(|(name, v)| {
+            let vals = v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+            (name, (v.shape().to_vec(), vals))
+        })
+        .collect()
+}
+
+fn load() -> (WhisperSeq2Seq, Tensor<3>, Device) {
+    let device = Device::flex();
+    let dir = fixtures().join("whisper-seq2seq");
+    let ModelConfig::Whisper(cfg) = ModelConfig::from_dir(&dir).unwrap() else { panic!("a Whisper config") };
+    let mut w = Weights::open_dir(&dir).unwrap();
+    let model = WhisperSeq2Seq::load(&cfg, &mut w, &device).unwrap();
+    let r = reference(&dir.join("reference.safetensors"));
+    let (shape, feats) = r["input_features"].clone();
+    let features = Tensor::<3>::from_data(TensorData::new(feats, [shape[0], shape[1], shape[2]]), &device);
+    let enc = model.encode(features, true).unwrap();
+    (model, enc, device)
+}
+
+#[test]
+fn decoder_logits_match_transformers() {
+    let (model, enc, device) = load();
+    let ints = int_reference();
+    let (shape, tokens) = ints["tokens"].clone();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens, [shape[0], shape[1]]), &device);
+    let got = values(&model.logits(&enc, tokens.clone()).unwrap());
+    let r = reference(&fixtures().join("whisper-seq2seq/reference.safetensors"));
+    let (want_shape, want) = &r["logits"];
+    assert_eq!(want_shape, &vec![2, 6, 64]);
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d <= 1e-4 * scale.max(1.0), "logits differ by {d} (largest {scale})");
+    // Decoding one token at a time with the key/value cache gives the same logits.
+    let mut cache = None;
+    let mut steps = Vec::new();
+    for t in 0..6 {
+        let one = tokens.clone().narrow(1, t, 1);
+        steps.push(model.decoder.forward(one, &enc, &mut cache).unwrap());
+    }
+    let cached = values(&Tensor::cat(steps, 1));
+    let d = cached.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d <= 1e-4 * scale.max(1.0), "cached decoding differs by {d}");
+}
+
+#[test]
+fn greedy_and_beam_search_give_transformers_tokens() {
+    let (model, enc, _) = load();
+    let ints = int_reference();
+    let list = |k: &str| ints[k].1.iter().map(|&x| x as u32).collect::<Vec<u32>>();
+    for (key, beams, eos) in [("greedy", 1, 2), ("beam3", 3, 2), ("greedy_eos25", 1, 25), ("beam3_eos25", 3, 25)] {
+        let o = GenerateOptions {
+            prefix: list("prefix"),
+            max_new_tokens: list("max_new")[0] as usize,
+            eos,
+            pad: 0,
+            suppress: list("suppress"),
+            begin_suppress: list("begin_suppress"),
+            beams,
+            length_penalty: 1.0,
+        };
+        let got = model.generate(&enc, &o).unwrap();
+        let (shape, flat) = &ints[key];
+        for (i, row) in flat.chunks(shape[1]).enumerate() {
+            // transformers pads finished rows; ours stop after the end token.
+            let mut want: Vec<u32> = row.iter().map(|&x| x as u32).collect();
+            if let Some(p) = want.iter().skip(o.prefix.len()).position(|&t| t == eos) {
+                want.truncate(o.prefix.len() + p + 1);
+            }
+            assert_eq!(got[i], want, "{key}, item {i}");
+        }
+    }
+}
