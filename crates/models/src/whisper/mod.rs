@@ -1,7 +1,9 @@
 //! Whisper: the encoder (here), the decoder (`decoder`) and the two together (`seq2seq`).
 
 pub mod decoder;
+pub mod languages;
 pub mod seq2seq;
+pub mod tokenizer;
 
 use burn::module::Param;
 use burn::prelude::*;
