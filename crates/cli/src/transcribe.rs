@@ -1,7 +1,9 @@
 //! `speechtune transcribe RUN_DIR AUDIO...` and `speechtune identify RUN_DIR AUDIO...`: run a
 //! trained model on audio files (any format the decoder reads, any rate, mixed to mono 16 kHz).
 //! One tab-separated line per file: the path, then the transcript (and the language read from
-//! the first token for joint ASR + LID), or the predicted class and its probability.
+//! the first token for joint ASR + LID), or the predicted class and its probability. A pretrained
+//! Whisper folder (`WhisperForConditionalGeneration` with its tokenizer) works directly: it
+//! decodes (greedy or beam search) and identifies languages zero-shot.
 
 use std::path::PathBuf;
 
@@ -12,13 +14,27 @@ use speechtune_train::eval::decode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run folder (uses best/, else the latest checkpoint) or a checkpoint folder.
+    /// A run folder (uses best/, else the latest checkpoint), a checkpoint folder, or a
+    /// pretrained Whisper folder (config.json, weights, tokenizer).
     pub run: PathBuf,
     #[arg(required = true)]
     pub audio: Vec<PathBuf>,
-    /// CTC prefix beam search with this many beams (1: greedy).
+    /// Beam search with this many beams (CTC prefix beam search, or Whisper's); 1: greedy.
     #[arg(long, default_value_t = 1)]
     pub beam: usize,
+    /// Whisper: the spoken language (a code such as `de`, a name, or ISO 639-3 such as `deu`);
+    /// without it, detected per file.
+    #[arg(long)]
+    pub language: Option<String>,
+    /// Whisper: transcribe, or translate into English.
+    #[arg(long, value_enum, default_value = "transcribe")]
+    pub task: WhisperTask,
+    /// Whisper `identify`: choose among these languages only (comma-separated, e.g. eng,deu,fra).
+    #[arg(long, value_delimiter = ',')]
+    pub languages: Vec<String>,
+    /// Whisper: at most this many new tokens per file.
+    #[arg(long, default_value_t = 440)]
+    pub max_new_tokens: usize,
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long)]
     pub device: Option<String>,
@@ -51,8 +67,28 @@ pub enum Mode {
     Identify,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum WhisperTask {
+    Transcribe,
+    Translate,
+}
+
+/// A pretrained Whisper folder (not a training run): config.json says whisper, and it has a
+/// decoder to generate with.
+fn is_whisper_dir(dir: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return false };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+    v.get("model_type").and_then(|t| t.as_str()) == Some("whisper") && !dir.join("config.toml").is_file()
+}
+
 pub fn run(args: Args, mode: Mode) -> Result<()> {
     let device: Device = speechtune_models::parse_device(args.device.as_deref())?;
+    if is_whisper_dir(&args.run) {
+        return run_whisper(&args, mode, &device);
+    }
+    if args.language.is_some() || !args.languages.is_empty() {
+        bail!("--language and --languages are for pretrained Whisper folders; {} is a training run", args.run.display());
+    }
     if let Some(languages) = per_language(&args.run)? {
         return run_per_language(&args, mode, &languages, &device);
     }
@@ -139,6 +175,46 @@ fn run_per_language(args: &Args, mode: Mode, languages: &[String], device: &Devi
         let out = m.model.forward(m.frontend.prepare(&[wave], device)?, None, false)?;
         let p = decode(&out, 0, m.cfg.task.kind, &m.vocab, &m.classes, args.beam);
         println!("{}\t{}\t{lang}", path.display(), p.text.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Transcribe or identify with a pretrained Whisper folder, one file at a time.
+fn run_whisper(args: &Args, mode: Mode, device: &Device) -> Result<()> {
+    use speechtune_models::whisper::pipeline::{DecodeOptions, Whisper};
+    use speechtune_models::whisper::tokenizer::Task;
+    if args.lang.is_some() || args.lid.is_some() {
+        bail!("--lang and --lid are for `train --per-language` folders; for Whisper use --language");
+    }
+    let whisper = Whisper::load(&args.run, device).with_context(|| format!("loading {}", args.run.display()))?;
+    let task = match args.task {
+        WhisperTask::Transcribe => Task::Transcribe,
+        WhisperTask::Translate => Task::Translate,
+    };
+    let options =
+        DecodeOptions { language: args.language.clone(), task, beams: args.beam, max_new_tokens: args.max_new_tokens };
+    for path in &args.audio {
+        let wave = speechtune_audio::load_mono_16k(path).with_context(|| format!("reading {}", path.display()))?;
+        let waves = [wave];
+        let line = match mode {
+            Mode::Identify => {
+                let enc = whisper.encode(&waves, device)?;
+                let p = whisper.identify(&enc, &args.languages)?;
+                let (code, prob) = &p[0][0];
+                format!("{}\t{code}\t{prob:.3}", path.display())
+            }
+            Mode::Transcribe => {
+                let mut o = options.clone();
+                if o.language.is_none() && !args.languages.is_empty() {
+                    // Detect among the given languages only.
+                    let enc = whisper.encode(&waves, device)?;
+                    o.language = Some(whisper.identify(&enc, &args.languages)?[0][0].0.clone());
+                }
+                let t = whisper.transcribe(&waves, &o, device)?.remove(0);
+                format!("{}\t{}\t{}", path.display(), t.text, t.language)
+            }
+        };
+        println!("{line}");
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod decoder;
 pub mod languages;
+pub mod pipeline;
 pub mod seq2seq;
 pub mod tokenizer;
 

@@ -1,0 +1,178 @@
+//! A pretrained Whisper directory ready to use: the model, its tokenizer, its front-end and its
+//! `generation_config.json`; transcription or translation of audio and zero-shot language
+//! identification (the distribution over language tokens at the first decoding step).
+
+use std::path::Path;
+
+use burn::prelude::*;
+use serde::Deserialize;
+
+use super::seq2seq::{GenerateOptions, WhisperSeq2Seq};
+use super::tokenizer::{Task, WhisperTokenizer};
+use crate::config::ModelConfig;
+use crate::frontend::{FrontEnd, ModelInput};
+use crate::weights::Weights;
+use crate::{Error, Result};
+
+/// The fields of `generation_config.json` decoding uses (absent file or fields: none).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationConfig {
+    #[serde(default)]
+    pub suppress_tokens: Vec<u32>,
+    #[serde(default)]
+    pub begin_suppress_tokens: Vec<u32>,
+    pub max_length: Option<usize>,
+}
+
+/// How to decode one batch.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// A language (Whisper code, English name or ISO 639-3); `None`: detected per file.
+    pub language: Option<String>,
+    pub task: Task,
+    pub beams: usize,
+    pub max_new_tokens: usize,
+}
+
+/// One decoded file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    /// Whisper's language code, and whether it was detected (and its probability).
+    pub language: String,
+    pub detected_probability: Option<f64>,
+    pub tokens: Vec<u32>,
+}
+
+pub struct Whisper {
+    pub model: WhisperSeq2Seq,
+    pub tokenizer: WhisperTokenizer,
+    pub frontend: FrontEnd,
+    pub generation: GenerationConfig,
+}
+
+impl Whisper {
+    /// Load a `WhisperForConditionalGeneration` directory (config, weights, tokenizer,
+    /// preprocessor and generation configs).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config = ModelConfig::from_dir(dir)?;
+        let ModelConfig::Whisper(cfg) = &config else {
+            return Err(Error::Unsupported {
+                path: dir.join("config.json"),
+                what: "a model other than Whisper for sequence-to-sequence decoding".into(),
+            });
+        };
+        let mut weights = Weights::open_dir(dir)?;
+        let model = WhisperSeq2Seq::load(cfg, &mut weights, device)?;
+        let tokenizer = WhisperTokenizer::load(dir)?;
+        if tokenizer.vocab_size() > model.decoder.vocab_size() {
+            return Err(Error::Input(format!(
+                "{}: the tokenizer has {} tokens, the model's vocabulary {}",
+                dir.display(),
+                tokenizer.vocab_size(),
+                model.decoder.vocab_size()
+            )));
+        }
+        let frontend = FrontEnd::from_dir(dir, &config)?;
+        let gen_path = dir.join("generation_config.json");
+        let generation = if gen_path.is_file() {
+            let text = std::fs::read(&gen_path).map_err(|source| Error::Io { path: gen_path.clone(), source })?;
+            serde_json::from_slice(&text).map_err(|source| Error::Config { path: gen_path.clone(), source })?
+        } else {
+            GenerationConfig::default()
+        };
+        Ok(Self { model, tokenizer, frontend, generation })
+    }
+
+    /// The encoder output of a batch of 16-kHz waveforms.
+    pub fn encode(&self, waves: &[Vec<f32>], device: &Device) -> Result<Tensor<3>> {
+        let ModelInput::LogMel { features, .. } = self.frontend.prepare(waves, device)? else {
+            return Err(Error::Input("Whisper takes log-mel input".into()));
+        };
+        let unpadded = matches!(&self.frontend, FrontEnd::LogMel { config, .. } if config.n_samples.is_none());
+        self.model.encode(features, unpadded)
+    }
+
+    /// Zero-shot language identification: per item, the languages (Whisper code, probability)
+    /// from most to least likely, the softmax over the language tokens' logits after
+    /// `<|startoftranscript|>`; `only` restricts it to those languages (any spelling
+    /// [`WhisperTokenizer::language`] accepts).
+    pub fn identify(&self, encoder_out: &Tensor<3>, only: &[String]) -> Result<Vec<Vec<(String, f64)>>> {
+        let candidates: Vec<(String, u32)> = if only.is_empty() {
+            self.tokenizer.languages().to_vec()
+        } else {
+            let mut c = Vec::new();
+            for name in only {
+                let id = self.tokenizer.language(name)?;
+                let code = self.tokenizer.languages().iter().find(|l| l.1 == id).map(|l| l.0.clone()).unwrap_or_default();
+                c.push((code, id));
+            }
+            c
+        };
+        if candidates.is_empty() {
+            return Err(Error::Input("no language tokens to choose from".into()));
+        }
+        let sot = self.tokenizer.special("<|startoftranscript|>")?;
+        let log_probs = self.model.next_token_log_probs(encoder_out, &[sot])?;
+        Ok(log_probs
+            .into_iter()
+            .map(|lp| {
+                let max = candidates.iter().map(|c| lp[c.1 as usize] as f64).fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = candidates.iter().map(|c| (lp[c.1 as usize] as f64 - max).exp()).sum();
+                let mut p: Vec<(String, f64)> =
+                    candidates.iter().map(|c| (c.0.clone(), (lp[c.1 as usize] as f64 - max).exp() / sum)).collect();
+                p.sort_by(|a, b| b.1.total_cmp(&a.1));
+                p
+            })
+            .collect())
+    }
+
+    /// Transcribe (or translate) a batch of 16-kHz waveforms.
+    pub fn transcribe(&self, waves: &[Vec<f32>], o: &DecodeOptions, device: &Device) -> Result<Vec<Transcript>> {
+        let enc = self.encode(waves, device)?;
+        // The language of each item: given, or detected.
+        let langs: Vec<(String, Option<f64>)> = match &o.language {
+            Some(name) => {
+                let id = self.tokenizer.language(name)?;
+                let code = self.tokenizer.languages().iter().find(|l| l.1 == id).map(|l| l.0.clone()).unwrap_or_default();
+                vec![(code, None); waves.len()]
+            }
+            None => self.identify(&enc, &[])?.into_iter().map(|p| (p[0].0.clone(), Some(p[0].1))).collect(),
+        };
+        let eos = self.tokenizer.special("<|endoftext|>")?;
+        let mut out = Vec::with_capacity(waves.len());
+        // Items with the same language decode together (they share the forced prefix).
+        let mut order: Vec<usize> = (0..waves.len()).collect();
+        order.sort_by(|&a, &b| langs[a].0.cmp(&langs[b].0));
+        let mut results: Vec<Option<Transcript>> = vec![None; waves.len()];
+        for group in order.chunk_by(|&a, &b| langs[a].0 == langs[b].0) {
+            let lang = self.tokenizer.language(&langs[group[0]].0)?;
+            let prefix = self.tokenizer.prefix(Some(lang), Some(o.task), false)?;
+            let idx: Vec<i64> = group.iter().map(|&i| i as i64).collect();
+            let rows = Tensor::<1, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(idx, [group.len()]),
+                device,
+            );
+            let g = GenerateOptions {
+                prefix: prefix.clone(),
+                max_new_tokens: o.max_new_tokens,
+                eos,
+                pad: eos,
+                suppress: self.generation.suppress_tokens.clone(),
+                begin_suppress: self.generation.begin_suppress_tokens.clone(),
+                beams: o.beams.max(1),
+                length_penalty: 1.0,
+            };
+            let seqs = self.model.generate(&enc.clone().select(0, rows), &g)?;
+            for (&i, seq) in group.iter().zip(seqs) {
+                let text = self.tokenizer.decode(&seq[prefix.len()..], true)?.trim().to_string();
+                results[i] =
+                    Some(Transcript { text, language: langs[i].0.clone(), detected_probability: langs[i].1, tokens: seq });
+            }
+        }
+        for r in results {
+            out.push(r.ok_or_else(|| Error::Input("an item was not decoded".into()))?);
+        }
+        Ok(out)
+    }
+}
