@@ -86,6 +86,17 @@ impl Whisper {
 
     /// The encoder output of a batch of 16-kHz waveforms.
     pub fn encode(&self, waves: &[Vec<f32>], device: &Device) -> Result<Tensor<3>> {
+        // One window per file: longer audio would be cut silently by the front-end.
+        if let FrontEnd::LogMel { config, .. } = &self.frontend
+            && let Some(n) = config.n_samples
+            && let Some(long) = waves.iter().find(|w| w.len() > n)
+        {
+            return Err(Error::Input(format!(
+                "audio of {:.1} s is longer than Whisper's {:.0}-s window; split it first (e.g. `speechtune preprocess segment`)",
+                long.len() as f64 / 16000.0,
+                n as f64 / 16000.0
+            )));
+        }
         let ModelInput::LogMel { features, .. } = self.frontend.prepare(waves, device)? else {
             return Err(Error::Input("Whisper takes log-mel input".into()));
         };

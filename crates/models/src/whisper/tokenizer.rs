@@ -127,7 +127,8 @@ impl WhisperTokenizer {
     pub fn language(&self, name: &str) -> Result<u32> {
         let code = super::languages::to_code(name).unwrap_or(name);
         self.languages.iter().find(|(c, _)| c == code).map(|l| l.1).ok_or_else(|| {
-            bad(&self.path, format!("no language token for {name:?} (this tokenizer has {})", self.languages.len()))
+            let codes: Vec<&str> = self.languages.iter().map(|l| l.0.as_str()).collect();
+            bad(&self.path, format!("no language token for {name:?}; valid codes: {}", codes.join(" ")))
         })
     }
 
