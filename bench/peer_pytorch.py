@@ -13,6 +13,8 @@ Tasks:
   lora_ctc_2x5   one training step: LoRA r = 8 on q, v (peft) + linear CTC head, 2 × 5 s, AdamW
   frozen_ws_2x5  one training step: frozen upstream, softmax-weighted layer sum + linear CTC head
   gemm           matrix products alone, in the shapes of a 1 × 10 s forward (bench/gemm_shapes.json)
+  pretrain_2x10  one Wav2Vec2ForPreTraining step, 2 × 10 s: masks 0.65 × 10 and 100 distractors drawn
+                 each step, Gumbel quantizer, contrastive + diversity loss, AdamW, dropout off
 Each result: {"task", "median_s", "runs_s", "peak_rss_mb", "torch", "transformers", "peft", "threads"}.
 """
 
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import time
 
-TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "frozen_ws_2x5", "gemm"]
+TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "frozen_ws_2x5", "gemm", "pretrain_2x10"]
 VOCAB = 32
 # [name, times per forward, batch, m, k, n]: the matrix products of one wav2vec2-base forward over
 # 1 × 10 s, convolutions as the products they amount to; speechtune's bench reads the same file.
@@ -69,11 +71,33 @@ def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "
     if task == "gemm":
         shapes, total = gemm(repeats, warmup, device, sync)
         return {"task": task, "median_s": total, "runs_s": [total], "shapes": shapes, **about(threads, device)}
-    model = Wav2Vec2Model(Wav2Vec2Config()).to(device)  # wav2vec2-base shape, random weights
-    model.config.mask_time_prob = 0.0
-
     def audio(batch: int, seconds: float):
         return torch.randn(batch, int(seconds * 16000)).to(device)
+
+    if task == "pretrain_2x10":
+        from transformers import Wav2Vec2ForPreTraining
+        from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+        # wav2vec2-base's shape; speechtune's pre-training has no dropout, so none here either.
+        off = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                   feat_quantizer_dropout=0.0, layerdrop=0.0)
+        model = Wav2Vec2ForPreTraining(Wav2Vec2Config(mask_time_prob=0.65, **off)).to(device).train()
+        x = audio(2, 10.0)
+        frames = model._get_feat_extract_output_lengths(torch.tensor(x.shape[1])).item()
+        optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step():
+            mask = _compute_mask_indices((2, frames), 0.65, 10, min_masks=2)
+            negatives = _sample_negative_indices((2, frames), 100, mask_time_indices=mask)
+            out = model(x, mask_time_indices=torch.tensor(mask, device=device),
+                        sampled_negative_indices=torch.tensor(negatives, device=device))
+            optim.zero_grad()
+            out.loss.backward()
+            optim.step()
+
+        return timed_runs(task, step, repeats, warmup, sync, profile, threads, device)
+    model = Wav2Vec2Model(Wav2Vec2Config()).to(device)  # wav2vec2-base shape, random weights
+    model.config.mask_time_prob = 0.0
 
     if task.startswith("forward"):
         batch = 1 if task == "forward_1x10" else 4
@@ -124,6 +148,11 @@ def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "
             loss.backward()
             optim.step()
 
+    return timed_runs(task, step, repeats, warmup, sync, profile, threads, device)
+
+
+def timed_runs(task, step, repeats: int, warmup: int, sync, profile: str, threads: int, device: str) -> dict:
+    """Warm-up runs, then `repeats` timed ones (optionally under the profiler)."""
     for _ in range(warmup):
         step()
     runs = []

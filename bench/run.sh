@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # speechtune against PyTorch + transformers + peft on the same work (issue 7), in one run:
 # wav2vec2-base with random weights; forward 1 × 10 s and 4 × 10 s; one LoRA (r = 8, q, v) + CTC
-# training step on 2 × 5 s; one frozen-upstream weighted-sum + CTC step on 2 × 5 s. Each task
+# training step on 2 × 5 s; one frozen-upstream weighted-sum + CTC step on 2 × 5 s; one wav2vec 2.0
+# pre-training step (Wav2Vec2ForPreTraining, 2 × 10 s, masks 0.65 × 10, 100 distractors). Each task
 # runs in its own process (peak RSS is its own), threads = cores, REPEATS timed runs after one
 # warm-up, twice per side in alternation (A B A B); the median of the pooled runs. Prints a
 # Markdown table with the ratios speechtune / PyTorch (bench/table.py; ~15 minutes on 2 cores),
@@ -10,6 +11,7 @@
 #   bash bench/run.sh                      # REPEATS=3; creates .bench-venv on first use
 #   PYTHON=/path/to/python bash bench/run.sh   # a Python that already has the pinned peer
 #   DEVICE=cuda bash bench/run.sh          # a `cuda` build against PyTorch on the same GPU
+#   TASKS=pretrain_2x10 ONLY_SPEECHTUNE= bash bench/run.sh   # some tasks only
 #
 # The peer's packages (pinned in bench/peer_pytorch.py) are installed only here, never by the
 # tests or CI: torch's default wheel is ~5.6 GB and takes minutes to install.
@@ -37,7 +39,7 @@ results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 # This machine's speed drifts (a shared VM: the same PyTorch run took 1.0 s and 1.7 s an hour
 # apart), so the two sides alternate, task by task, twice.
-for task in forward_1x10 forward_4x10 lora_ctc_2x5 frozen_ws_2x5 gemm; do
+for task in ${TASKS:-forward_1x10 forward_4x10 lora_ctc_2x5 frozen_ws_2x5 gemm pretrain_2x10}; do
   for round in 1 2; do
     echo "$task, round $round ..." >&2
     "$ST" bench --task "$task" --repeats "$REPEATS" --device "$DEVICE" | sed 's/^/speechtune /' >>"$results"
@@ -45,7 +47,7 @@ for task in forward_1x10 forward_4x10 lora_ctc_2x5 frozen_ws_2x5 gemm; do
   done
 done
 # speechtune-only rows: the hidden-state cache, and LoRA left unmerged.
-for task in frozen_ws_2x5_cached forward_1x10_lora; do
+for task in ${ONLY_SPEECHTUNE-frozen_ws_2x5_cached forward_1x10_lora}; do
   echo "$task ..." >&2
   "$ST" bench --task "$task" --repeats "$REPEATS" --device "$DEVICE" | sed 's/^/speechtune /' >>"$results"
 done

@@ -13,6 +13,7 @@ NAMES = {
     "frozen_ws_2x5": "frozen + weighted sum + CTC step, 2 × 5 s",
     "frozen_ws_2x5_cached": "the same step on cached hidden states (later epochs)",
     "forward_1x10_lora": "forward 1 × 10 s, LoRA attached, not merged",
+    "pretrain_2x10": "wav2vec 2.0 pre-training step, 2 × 10 s (masks 0.65 × 10, 100 distractors)",
 }
 
 

@@ -21,6 +21,22 @@ pub enum Command {
     /// Similarity of S3-Router masks across runs (e.g. one per language): cosine and IoU
     /// matrices as CSV, heatmaps (PNG + labelled SVG), optional correlation with distances.
     Masks(MasksArgs),
+    /// Curves of a `speechtune pretrain` run (loss, accuracy of picking the true quantized
+    /// frame, code and prob perplexity against updates; training smoothed, validation as dots):
+    /// pretrain_curves.svg + pretrain_curves.csv.
+    Pretrain(PretrainArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PretrainArgs {
+    /// A pre-training run folder (with metrics.jsonl).
+    pub run: PathBuf,
+    /// Output folder.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// Moving-average window over training updates.
+    #[arg(long, default_value_t = 25)]
+    pub smooth: usize,
 }
 
 #[derive(clap::Args)]
@@ -96,6 +112,7 @@ pub fn run(c: Command) -> Result<()> {
         Command::Cost(a) => cost(a),
         Command::Masks(a) => masks(a),
         Command::Lur(a) => lur(a),
+        Command::Pretrain(a) => pretrain_curves(a),
     }
 }
 
@@ -369,5 +386,70 @@ fn lur(a: LurArgs) -> Result<()> {
     .map_err(anyhow::Error::msg)?;
     std::fs::rename(&tmp, &svg).with_context(|| format!("writing {}", svg.display()))?;
     println!("wrote {} and {}", csv.display(), svg.display());
+    Ok(())
+}
+
+/// Training columns and validation columns of `analyze pretrain`, as metrics.jsonl names them.
+const TRAIN_KEYS: [&str; 5] = ["loss", "accuracy", "code_perplexity", "prob_perplexity", "temperature"];
+const VALID_KEYS: [&str; 3] = ["loss", "accuracy", "code_perplexity"];
+
+fn pretrain_curves(a: PretrainArgs) -> Result<()> {
+    use speechtune_analysis::{Panel, Series, moving_average, plot_panels};
+    let path = a.run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    // Per update: the training values; per evaluation: the validation values.
+    let mut train: Vec<(f64, [f64; 5])> = Vec::new();
+    let mut valid: Vec<(f64, [f64; 3])> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
+        let get = |o: &serde_json::Value, k: &str| o.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+        if let Some(e) = v.get("eval") {
+            valid.push((get(e, "step"), VALID_KEYS.map(|k| get(e, k))));
+        } else if v.get("accuracy").is_some() && v.get("step").is_some() {
+            train.push((get(&v, "step"), TRAIN_KEYS.map(|k| get(&v, k))));
+        }
+    }
+    if train.is_empty() {
+        bail!("{}: no pre-training updates (is this a `speechtune pretrain` run?)", path.display());
+    }
+    let column = |i: usize| -> Vec<(f64, f64)> { train.iter().map(|(s, v)| (*s, v[i])).collect() };
+    let smooth = |name: &str, i: usize| Series {
+        name: format!("{name} (training, mean of {})", a.smooth),
+        points: moving_average(&column(i), a.smooth),
+        dots: false,
+    };
+    let dots = |name: &str, i: usize| Series {
+        name: format!("{name} (validation)"),
+        points: valid.iter().map(|(s, v)| (*s, v[i])).collect(),
+        dots: true,
+    };
+    let panels = vec![
+        Panel { y_desc: "loss".into(), series: vec![smooth("loss", 0), dots("loss", 0)] },
+        Panel { y_desc: "accuracy".into(), series: vec![smooth("accuracy", 1), dots("accuracy", 1)] },
+        Panel {
+            y_desc: "perplexity".into(),
+            series: vec![smooth("code perplexity", 2), smooth("prob perplexity", 3), dots("code perplexity", 2)],
+        },
+    ];
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let svg = a.out.join("pretrain_curves.svg");
+    let title = format!("pre-training: {}", run_name(&a.run));
+    plot_panels(&svg, &title, "update", &panels).map_err(anyhow::Error::msg)?;
+    let mut csv = format!("update,{},valid_{}\n", TRAIN_KEYS.join(","), VALID_KEYS.join(",valid_"));
+    let mut evals = valid.iter().peekable();
+    for (step, v) in &train {
+        // An evaluation at update N is written on the row of update N (update 0 has no row).
+        let e = evals.next_if(|(s, _)| s <= step).map(|(_, e)| *e);
+        let e = e.map_or(",,".to_string(), |e| e.map(|x| format!("{x}")).join(","));
+        csv += &format!("{step},{},{e}\n", v.map(|x| format!("{x}")).join(","));
+    }
+    crate::output::write_atomic(&a.out.join("pretrain_curves.csv"), csv.as_bytes())?;
+    let fmt = |e: &(f64, [f64; 3])| format!("update {}: loss {:.3}, accuracy {:.1}%", e.0, e.1[0], 100.0 * e.1[1]);
+    println!("{} updates, {} evaluations", train.len(), valid.len());
+    if let (Some(f), Some(l)) = (valid.first(), valid.last()) {
+        println!("validation: {} -> {}", fmt(f), fmt(l));
+    }
+    println!("wrote {} and {}", svg.display(), a.out.join("pretrain_curves.csv").display());
     Ok(())
 }

@@ -8,7 +8,10 @@ use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use speechtune_models::burn::prelude::*;
-use speechtune_models::{FrontEnd, Upstream, UpstreamModel, UpstreamOutput, parse_device};
+use speechtune_models::burn::tensor::TensorData;
+use speechtune_models::ssl::pretrain::{PretrainModel, Quantize, compute_mask_indices, sample_negative_indices};
+use speechtune_models::weights::Weights;
+use speechtune_models::{FrontEnd, ModelConfig, Upstream, UpstreamModel, UpstreamOutput, parse_device};
 use speechtune_peft::LoraConfig;
 use speechtune_tasks::{Featurizer, LinearHead, ctc_loss};
 use speechtune_train::feature_cache::FeatureCache;
@@ -43,6 +46,11 @@ pub enum Task {
     /// (`bench/gemm_shapes.json`): the throughput the rest is built on.
     #[value(name = "gemm")]
     Gemm,
+    /// One wav2vec 2.0 pre-training step (`Wav2Vec2ForPreTraining`, wav2vec2-base's shape,
+    /// transformers' initialisation), 2 × 10 s: span masks 0.65 × 10 and 100 distractors drawn
+    /// each step, Gumbel quantizer, contrastive + diversity loss, AdamW; no dropout on either side.
+    #[value(name = "pretrain_2x10")]
+    Pretrain2x10,
 }
 
 /// The matrix products of one wav2vec2-base forward over 1 × 10 s (499 frames), as
@@ -51,7 +59,7 @@ pub enum Task {
 const GEMM_SHAPES: &str = include_str!("../../../bench/gemm_shapes.json");
 
 impl Task {
-    const ALL: [Task; 7] = [
+    const ALL: [Task; 8] = [
         Task::Forward1x10,
         Task::Forward4x10,
         Task::LoraCtc2x5,
@@ -59,6 +67,7 @@ impl Task {
         Task::FrozenWs2x5Cached,
         Task::Forward1x10Lora,
         Task::Gemm,
+        Task::Pretrain2x10,
     ];
 
     fn name(self) -> &'static str {
@@ -70,6 +79,7 @@ impl Task {
             Task::FrozenWs2x5Cached => "frozen_ws_2x5_cached",
             Task::Forward1x10Lora => "forward_1x10_lora",
             Task::Gemm => "gemm",
+            Task::Pretrain2x10 => "pretrain_2x10",
         }
     }
 }
@@ -156,6 +166,48 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
                 runs.push(s * count as f64);
             }
             runs = vec![runs.iter().sum()];
+        }
+        Task::Pretrain2x10 => {
+            let device = base.clone().autodiff();
+            let name = std::path::Path::new("wav2vec2-base (pre-training)");
+            let ModelConfig::Ssl(cfg) = ModelConfig::from_json(WAV2VEC2_BASE, name)? else {
+                anyhow::bail!("wav2vec2-base is an SSL configuration");
+            };
+            let mut weights = Weights::transformers_init(0, cfg.initializer_range);
+            let mut model = PretrainModel::load(&cfg, &mut weights, &device)?;
+            let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
+            let waves = noise(2, 10.0, 1);
+            let len = waves[0].len();
+            let flat: Vec<f32> = waves.concat();
+            let frames = model.frames_for(len);
+            let mut rng = speechtune_data::Rng::new(3);
+            for i in 0..args.warmup + args.repeats {
+                if i == args.warmup {
+                    perf_control("enable");
+                }
+                let t = Instant::now();
+                // Masks and distractors are drawn inside the step, as the peer does.
+                let mut mask = compute_mask_indices(&mut rng, frames, &[frames; 2], 0.65, 10, 2);
+                let negatives = sample_negative_indices(&mut rng, frames, &mut mask, 100);
+                let samples = Tensor::<2>::from_data(TensorData::new(flat.clone(), [2, len]), &device);
+                let quantize = Quantize::Gumbel { temperature: 2.0, rng: &mut rng };
+                // transformers' loss: contrastive + 0.1 × diversity, no feature penalty.
+                let loss = model.forward(samples, &mask, &negatives, quantize, 1.0)?.loss(0.1, 0.0);
+                let _ = loss.clone().into_scalar::<f32>();
+                let forward = t.elapsed().as_secs_f64();
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let backward = t.elapsed().as_secs_f64();
+                model = optim.step(1e-4, model, grads);
+                let _ = model.project_q.weight.val().sum().into_scalar::<f32>();
+                let total = t.elapsed().as_secs_f64();
+                if i >= args.warmup {
+                    runs.push(total);
+                    for (p, v) in phases.iter_mut().zip([forward, backward - forward, total - backward]) {
+                        p.push(v);
+                    }
+                }
+            }
+            perf_control("disable");
         }
         Task::Forward1x10 | Task::Forward4x10 | Task::Forward1x10Lora => {
             let mut up = Upstream::random(WAV2VEC2_BASE, "wav2vec2-base (random)", 0, &base)?;

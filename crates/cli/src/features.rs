@@ -11,7 +11,7 @@ use crate::output::write_safetensors;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hugging Face model directory (config.json + model.safetensors).
+    /// Hugging Face model directory (config.json + model.safetensors), or builtin:tiny-pretrained.
     pub model_dir: PathBuf,
     /// Audio files (wav, flac, ogg, mp3, m4a); resampled to 16 kHz mono.
     #[arg(required = true)]
@@ -54,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
         _ => bail!("give --out FILE.safetensors (one audio file) or --out-dir DIR"),
     };
     let device = speechtune_models::parse_device(args.device.as_deref())?;
-    let mut up = Upstream::load(&args.model_dir, &device)
+    let mut up = Upstream::open(&args.model_dir, &device)
         .with_context(|| format!("loading model from {}", args.model_dir.display()))?;
     if args.unpadded {
         up.frontend = up.frontend.clone().unpadded();

@@ -7,7 +7,7 @@ use speechtune_models::{FrontEnd, ModelConfig, Upstream};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hugging Face model directory (config.json + model.safetensors).
+    /// Hugging Face model directory (config.json + model.safetensors), or builtin:tiny-pretrained.
     pub model_dir: PathBuf,
     /// cpu, cuda or cuda:N (default: the first GPU in a `cuda` build, else the CPU).
     #[arg(long)]
@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let up = Upstream::load(&args.model_dir, &speechtune_models::parse_device(args.device.as_deref())?)
+    let up = Upstream::open(&args.model_dir, &speechtune_models::parse_device(args.device.as_deref())?)
         .with_context(|| format!("loading model from {}", args.model_dir.display()))?;
     print!("{}", describe(&up));
     Ok(())

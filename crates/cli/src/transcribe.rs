@@ -87,7 +87,10 @@ pub fn run(args: Args, mode: Mode) -> Result<()> {
         return run_whisper(&args, mode, &device);
     }
     if args.language.is_some() || !args.languages.is_empty() {
-        bail!("--language and --languages are for pretrained Whisper folders; {} is a training run", args.run.display());
+        bail!(
+            "--language and --languages are for pretrained Whisper folders; {} is a training run",
+            args.run.display()
+        );
     }
     if let Some(languages) = per_language(&args.run)? {
         return run_per_language(&args, mode, &languages, &device);

@@ -439,3 +439,121 @@ fn s3_router_per_language_masks_transcribe_compare_and_export() {
     let (ok, stdout, stderr) = speechtune(&["inspect", hf.to_str().unwrap()]);
     assert!(ok && stdout.contains("671968"), "{stdout}{stderr}");
 }
+
+/// Every file under `dir`, relative to it, with its bytes.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(base: &std::path::Path, dir: &std::path::Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.insert(p.strip_prefix(base).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = Default::default();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn the_demo_runs_from_any_directory_on_its_embedded_corpus_and_pretrained_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cwd, cache) = (tmp.path().join("elsewhere"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    let demo = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_speechtune"))
+            .args(["demo", "--set", "train.steps=2", "--set", "train.eval_every=2"])
+            .args(extra)
+            .current_dir(&cwd)
+            .env("SPEECHTUNE_CACHE", &cache)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        stdout.to_string()
+    };
+    let out = demo(&[]);
+    assert!(out.contains("upstream builtin:tiny-pretrained,"), "{out}");
+    assert!(!out.contains("random"), "{out}");
+    // The corpus was written once into the cache, byte for byte the repository's data/demo.
+    let extracted: Vec<PathBuf> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(extracted.len(), 1, "{extracted:?}");
+    assert!(extracted[0].file_name().unwrap().to_string_lossy().starts_with("demo-corpus-"));
+    let (got, want) = (tree(&extracted[0]), tree(&root().join("data/demo")));
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the extracted corpus differs from data/demo");
+    // The run is in the working directory and names what it trained on; eval reopens it.
+    let run = cwd.join("runs/demo");
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(cfg.contains("model = \"builtin:tiny-pretrained\""), "{cfg}");
+    assert!(cfg.contains(&extracted[0].to_string_lossy().to_string()), "{cfg}");
+    assert!(run.join("layer_weights.svg").is_file());
+    // A second demo reuses the extracted copy; the random upstream is one setting away.
+    let out = demo(&["--set", "upstream.model=builtin:tiny"]);
+    assert!(out.contains("upstream builtin:tiny (random weights)"), "{out}");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+}
+
+#[test]
+fn builtin_models_are_accepted_where_a_model_folder_is() {
+    let total = |out: &str| -> usize {
+        let line = out.lines().find(|l| l.trim_start().starts_with("total")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let (ok, pretrained, err) = speechtune(&["inspect", "builtin:tiny-pretrained"]);
+    assert!(ok, "{err}");
+    // The wav2vec2 part of the committed Wav2Vec2ForPreTraining model (its quantizer is not
+    // read): the random built-in model's architecture, weights under `wav2vec2.`.
+    assert!(pretrained.contains("weights prefix wav2vec2.") && pretrained.contains("pre-LN"), "{pretrained}");
+    let (ok, random, err) = speechtune(&["inspect", "builtin:tiny"]);
+    assert!(ok, "{err}");
+    assert_eq!(total(&pretrained), total(&random));
+    assert!(total(&random) > 600_000, "{random}");
+    let (ok, _, err) = speechtune(&["inspect", "builtin:nothing"]);
+    assert!(!ok);
+    assert!(
+        err.contains("builtin:nothing is not a built-in model (built in: builtin:tiny, builtin:tiny-pretrained)"),
+        "{err}"
+    );
+}
+
+/// A pretrained Whisper folder works with `transcribe` and `identify` directly: zero-shot
+/// language identification (restricted with --languages, any spelling), greedy and beam
+/// decoding in a given or detected language; an unknown language is a clear error.
+#[test]
+fn whisper_folders_transcribe_and_identify_without_training() {
+    let model = "tests/fixtures/whisper-seq2seq";
+    let audio = ["tests/fixtures/audio/mono16k.wav", "tests/fixtures/audio/stereo22k.wav"];
+    let (ok, out, err) = speechtune(&["identify", model, audio[0], audio[1]]);
+    assert!(ok, "{err}");
+    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (l, a) in lines.iter().zip(audio) {
+        assert_eq!((l.len(), l[0]), (3, a), "{out}");
+        assert!(speechtune_models::whisper::languages::to_code(l[1]) == Some(l[1]), "{out}");
+        let p: f64 = l[2].parse().unwrap();
+        assert!(p > 0.01 && p <= 1.0, "{out}");
+    }
+    // Three candidates, named three ways: the answer is one of them, at least as likely as 1/3.
+    let (ok, out, err) = speechtune(&["identify", model, audio[0], "--languages", "deu,fr,english"]);
+    assert!(ok, "{err}");
+    let l: Vec<&str> = out.trim().split('\t').collect();
+    assert!(["de", "fr", "en"].contains(&l[1]), "{out}");
+    assert!(l[2].parse::<f64>().unwrap() >= 1.0 / 3.0, "{out}");
+    for extra in [&["--language", "de"][..], &["--language", "de", "--beam", "3"], &[]] {
+        let mut args = vec!["transcribe", model, audio[0], "--max-new-tokens", "6"];
+        args.extend(extra);
+        let (ok, out, err) = speechtune(&args);
+        assert!(ok, "{err}");
+        let l: Vec<&str> = out.trim_end_matches('\n').split('\t').collect();
+        assert_eq!(l.len(), 3, "{out}");
+        assert_eq!(l[2], if extra.is_empty() { lines[0][1] } else { "de" }, "{out}");
+    }
+    let (ok, _, err) = speechtune(&["transcribe", model, audio[0], "--language", "klingon"]);
+    assert!(!ok && err.contains("no language token for \"klingon\"; valid codes: en zh de es"), "{err}");
+    // One 30-s window per file (here the fixture's 1-s window): longer audio is refused, named.
+    let (ok, _, err) = speechtune(&["transcribe", model, "data/demo/espeak/eng/wav/espeak_eng_01_v0.ogg"]);
+    assert!(!ok && err.contains("longer than Whisper's 1-s window"), "{err}");
+}

@@ -12,28 +12,41 @@ use burn::prelude::*;
 use crate::peft::{transpose, values};
 use crate::upstream::TINY_CONFIG;
 use crate::weights::{Weights, write_atomic, write_bool_safetensors, write_safetensors};
-use crate::{Error, Result, Upstream, UpstreamModel};
+use crate::{Error, Result, Upstream, UpstreamModel, builtin};
 
 /// Where an upstream's weights come from.
 #[derive(Debug, Clone)]
 pub enum Source {
     /// A Hugging Face model directory.
     Dir(PathBuf),
-    /// The built-in tiny model with this seed.
+    /// The built-in tiny model with this seed (`builtin:tiny`).
     Tiny(u64),
+    /// The built-in pretrained tiny model (`builtin:tiny-pretrained`).
+    TinyPretrained,
 }
 
 impl Source {
-    /// `builtin:tiny` or a directory, as run configs name upstreams.
+    /// A built-in name (see [`crate::builtin`]) or a directory, as run configs name upstreams;
+    /// `seed` is for `builtin:tiny`.
     pub fn parse(model: &str, seed: u64) -> Self {
-        if model == "builtin:tiny" { Source::Tiny(seed) } else { Source::Dir(PathBuf::from(model)) }
+        match model {
+            builtin::TINY => Source::Tiny(seed),
+            builtin::TINY_PRETRAINED => Source::TinyPretrained,
+            dir => Source::Dir(PathBuf::from(dir)),
+        }
     }
 
     /// Build the upstream; the weights list every tensor it read.
     pub fn open(&self, device: &Device) -> Result<(Upstream, Weights)> {
         match self {
+            Source::Dir(d) if !d.exists() && d.to_string_lossy().starts_with("builtin:") => Err(Error::Input(format!(
+                "{} is not a built-in model (built in: {})",
+                d.display(),
+                builtin::NAMES.join(", ")
+            ))),
             Source::Dir(d) => Upstream::load_with_weights(d, device),
             Source::Tiny(seed) => Upstream::tiny_with_weights(*seed, device),
+            Source::TinyPretrained => Upstream::tiny_pretrained_with_weights(device),
         }
     }
 }
@@ -147,6 +160,13 @@ pub fn export_hf(source: &Source, model: &UpstreamModel, out: &Path) -> Result<V
             for f in ["config.json", "preprocessor_config.json"] {
                 if d.join(f).is_file() {
                     std::fs::copy(d.join(f), tmp.join(f)).map_err(io(&d.join(f)))?;
+                }
+            }
+        }
+        Source::TinyPretrained => {
+            for (name, bytes) in builtin::TINY_PRETRAINED_FILES {
+                if name.ends_with(".json") {
+                    write_atomic(&tmp.join(name), bytes)?;
                 }
             }
         }

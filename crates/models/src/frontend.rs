@@ -47,11 +47,23 @@ impl FrontEnd {
     /// released models' 30-s log-mel front-end).
     pub fn from_dir(dir: &Path, model: &ModelConfig) -> Result<Self> {
         let path = dir.join("preprocessor_config.json");
-        let pp: PreprocessorConfig = if path.is_file() {
-            let text = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-            serde_json::from_slice(&text).map_err(|source| Error::Config { path: path.clone(), source })?
+        let text = if path.is_file() {
+            Some(std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?)
         } else {
-            PreprocessorConfig::default()
+            None
+        };
+        Self::from_json(text.as_deref(), &path, model)
+    }
+
+    /// The front-end a `preprocessor_config.json` text describes (`None`: the file is absent);
+    /// `path` names it in errors.
+    pub fn from_json(text: Option<&[u8]>, path: &Path, model: &ModelConfig) -> Result<Self> {
+        let path = path.to_path_buf();
+        let pp: PreprocessorConfig = match text {
+            Some(text) => {
+                serde_json::from_slice(text).map_err(|source| Error::Config { path: path.clone(), source })?
+            }
+            None => PreprocessorConfig::default(),
         };
         if let Some(sr) = pp.sampling_rate.filter(|&sr| sr != speechtune_audio::SAMPLE_RATE) {
             return Err(Error::Unsupported {

@@ -3,6 +3,7 @@
 //! Every hidden state matches transformers' `output_hidden_states` (see `tests/parity.rs`).
 
 pub mod augment;
+pub mod builtin;
 pub mod config;
 mod device;
 mod error;

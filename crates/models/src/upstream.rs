@@ -7,6 +7,7 @@ use burn::module::Module;
 use burn::prelude::*;
 
 use crate::augment::Perturb;
+use crate::builtin;
 use crate::config::ModelConfig;
 use crate::frontend::{FrontEnd, ModelInput};
 use crate::ssl::{self, SslModel};
@@ -140,6 +141,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// A Hugging Face model directory or a built-in name (`builtin:tiny` with seed 0,
+    /// `builtin:tiny-pretrained`), as commands that take a model accept them.
+    pub fn open(model: &Path, device: &Device) -> Result<Self> {
+        Ok(crate::export::Source::parse(&model.to_string_lossy(), 0).open(device)?.0)
+    }
+
     /// Load a Hugging Face model directory (`config.json` + safetensors weights).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         Ok(Self::load_with_weights(dir, device)?.0)
@@ -148,7 +155,33 @@ impl Upstream {
     /// Like [`Upstream::load`], also returning the opened weights (which list what was read).
     pub fn load_with_weights(dir: &Path, device: &Device) -> Result<(Self, Weights)> {
         let config = ModelConfig::from_dir(dir)?;
-        let mut weights = Weights::open_dir(dir)?;
+        let weights = Weights::open_dir(dir)?;
+        let frontend = FrontEnd::from_dir(dir, &config)?;
+        Self::assemble(config, weights, frontend, device)
+    }
+
+    /// The built-in pretrained tiny upstream (`builtin:tiny-pretrained`: models/tiny-pretrained,
+    /// embedded in the program), with its weight source.
+    pub fn tiny_pretrained_with_weights(device: &Device) -> Result<(Self, Weights)> {
+        let file = |name: &str| {
+            let bytes = builtin::TINY_PRETRAINED_FILES.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
+            (Path::new(builtin::TINY_PRETRAINED).join(name), bytes.unwrap_or_default())
+        };
+        let (config_path, config_json) = file("config.json");
+        let config = ModelConfig::from_json(config_json, &config_path)?;
+        let (pp_path, pp_json) = file("preprocessor_config.json");
+        let frontend = FrontEnd::from_json(Some(pp_json), &pp_path, &config)?;
+        let (weights_path, bytes) = file("model.safetensors");
+        let weights = Weights::from_safetensors_bytes(vec![(weights_path, bytes.to_vec())])?;
+        Self::assemble(config, weights, frontend, device)
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        mut weights: Weights,
+        frontend: FrontEnd,
+        device: &Device,
+    ) -> Result<(Self, Weights)> {
         let model = match &config {
             ModelConfig::Ssl(c) => {
                 weights.select_prefix(&ssl::PREFIXES, "feature_extractor.conv_layers.0.conv.weight")?;
@@ -159,7 +192,6 @@ impl Upstream {
                 UpstreamModel::Whisper(WhisperEncoder::load(c, &weights, device)?)
             }
         };
-        let frontend = FrontEnd::from_dir(dir, &config)?;
         let prefix = weights.prefix().to_string();
         Ok((Self { model, frontend, config, prefix }, weights))
     }

@@ -158,6 +158,30 @@ fn tiny_builtin_upstream_is_seeded_and_well_scaled() {
     assert!((500_000..800_000).contains(&total), "{total} parameters");
 }
 
+/// The embedded `builtin:tiny-pretrained` is the committed folder models/tiny-pretrained, read
+/// from memory: the same front-end (normalising) and the same hidden states; not random weights.
+#[test]
+fn builtin_pretrained_upstream_is_the_committed_folder() {
+    let dev = device();
+    let wave = reference(&fixtures().join("wav2vec2-base/reference.safetensors"))["single.raw"].1.clone();
+    let dir = fixtures().join("../../models/tiny-pretrained");
+    let (embedded, _) = Upstream::tiny_pretrained_with_weights(&dev).unwrap();
+    let folder = Upstream::load(&dir, &dev).unwrap();
+    assert_eq!(embedded.frontend, folder.frontend);
+    assert_eq!(embedded.frontend, speechtune_models::FrontEnd::Waveform { normalize: true });
+    assert_eq!(embedded.prefix, "wav2vec2.");
+    let a = embedded.forward_waves(std::slice::from_ref(&wave), &dev).unwrap();
+    let b = folder.forward_waves(std::slice::from_ref(&wave), &dev).unwrap();
+    assert_eq!(a.hidden_states.len(), 5);
+    for (x, y) in a.hidden_states.iter().zip(&b.hidden_states) {
+        assert_eq!(values(x), values(y));
+    }
+    let random = Upstream::tiny(0, &dev).unwrap().forward_waves(&[wave], &dev).unwrap();
+    let (x, y) = (values(&a.hidden_states[4]), values(&random.hidden_states[4]));
+    let d = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+    assert!(d > 0.1, "the pretrained model's last layer equals the random one's within {d}");
+}
+
 /// The native CPU feature encoder (used where the CNN is frozen) against burn's graph of the
 /// same layers, on a padded batch: group-norm (base) and layer-norm (large/XLS-R) layouts, with
 /// and without conv biases. And where each applies.

@@ -73,7 +73,8 @@ fn greedy_and_beam_search_give_transformers_tokens() {
     let ints = int_reference();
     let list = |k: &str| ints[k].1.iter().map(|&x| x as u32).collect::<Vec<u32>>();
     let (eos, early) = (list("eos")[0], list("early_eos")[0]);
-    for (key, beams, end) in [("greedy", 1, eos), ("beam3", 3, eos), ("greedy_early", 1, early), ("beam3_early", 3, early)]
+    for (key, beams, end) in
+        [("greedy", 1, eos), ("beam3", 3, eos), ("greedy_early", 1, early), ("beam3_early", 3, early)]
     {
         let o = GenerateOptions {
             prefix: list("prefix"),

@@ -32,7 +32,8 @@ pub struct RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// A Hugging Face model directory, or `builtin:tiny` (random weights; see `Upstream::tiny`).
+    /// A Hugging Face model directory, `builtin:tiny-pretrained` (the committed pre-trained tiny
+    /// model) or `builtin:tiny` (random weights; see `Upstream::tiny`).
     pub model: String,
     #[serde(default)]
     pub seed: u64,

@@ -152,8 +152,5 @@ pub fn count_parameters<M: Module>(m: &M) -> (usize, usize) {
 
 /// Load the configured upstream.
 pub fn load_upstream(cfg: &RunConfig, device: &Device) -> Result<Upstream> {
-    Ok(match cfg.upstream.model.as_str() {
-        "builtin:tiny" => Upstream::tiny(cfg.upstream.seed, device)?,
-        dir => Upstream::load(std::path::Path::new(dir), device)?,
-    })
+    Ok(speechtune_models::export::Source::parse(&cfg.upstream.model, cfg.upstream.seed).open(device)?.0)
 }

@@ -99,7 +99,7 @@ fn every_shipped_config_parses() {
             n += 1;
         }
     }
-    // One per task × method, each of that task and method, plus the demo's ...
+    // One per task × method, each of that task and method, ...
     for task in ["asr", "lid", "classify", "joint_asr_lid", "ctc_plus_lid"] {
         for (method, _) in METHODS {
             let cfg = RunConfig::load(&dir.join(format!("{task}_{method}.toml")), &[]).unwrap();
@@ -107,8 +107,8 @@ fn every_shipped_config_parses() {
             assert_eq!(serde_json::to_value(cfg.task.kind).unwrap(), task);
         }
     }
-    // ... and the pre-training config.
-    assert_eq!(n, 5 * METHODS.len() + 2);
+    // ... the demo's two (the demo and its LID probe), and the two pre-training configs.
+    assert_eq!(n, 5 * METHODS.len() + 4);
 }
 
 #[test]

@@ -104,10 +104,16 @@ impl Weights {
 
     /// Open one or more safetensors files as one checkpoint.
     pub fn open_safetensors(paths: &[PathBuf]) -> Result<Self> {
+        let files = paths.iter().map(|p| Ok((p.clone(), read(p)?))).collect::<Result<Vec<_>>>()?;
+        Self::from_safetensors_bytes(files)
+    }
+
+    /// Safetensors files already in memory (the built-in pretrained model), each with the path
+    /// errors name it by.
+    pub fn from_safetensors_bytes(contents: Vec<(PathBuf, Vec<u8>)>) -> Result<Self> {
         let mut files = Vec::new();
         let mut index = HashMap::new();
-        for path in paths {
-            let bytes = read(path)?;
+        for (path, bytes) in contents {
             let (n, meta) = SafeTensors::read_metadata(&bytes)
                 .map_err(|e| Error::Safetensors { path: path.clone(), reason: e.to_string() })?;
             for (name, info) in meta.tensors() {
@@ -124,7 +130,7 @@ impl Weights {
                 index
                     .insert(name, Entry { file: files.len(), dtype, shape: info.shape.clone(), strides: None, offset });
             }
-            files.push(WeightFile { path: path.clone(), bytes });
+            files.push(WeightFile { path, bytes });
         }
         Ok(Self {
             files,

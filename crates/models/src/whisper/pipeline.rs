@@ -115,7 +115,8 @@ impl Whisper {
             let mut c = Vec::new();
             for name in only {
                 let id = self.tokenizer.language(name)?;
-                let code = self.tokenizer.languages().iter().find(|l| l.1 == id).map(|l| l.0.clone()).unwrap_or_default();
+                let code =
+                    self.tokenizer.languages().iter().find(|l| l.1 == id).map(|l| l.0.clone()).unwrap_or_default();
                 c.push((code, id));
             }
             c
@@ -145,7 +146,8 @@ impl Whisper {
         let langs: Vec<(String, Option<f64>)> = match &o.language {
             Some(name) => {
                 let id = self.tokenizer.language(name)?;
-                let code = self.tokenizer.languages().iter().find(|l| l.1 == id).map(|l| l.0.clone()).unwrap_or_default();
+                let code =
+                    self.tokenizer.languages().iter().find(|l| l.1 == id).map(|l| l.0.clone()).unwrap_or_default();
                 vec![(code, None); waves.len()]
             }
             None => self.identify(&enc, &[])?.into_iter().map(|p| (p[0].0.clone(), Some(p[0].1))).collect(),
@@ -160,10 +162,8 @@ impl Whisper {
             let lang = self.tokenizer.language(&langs[group[0]].0)?;
             let prefix = self.tokenizer.prefix(Some(lang), Some(o.task), false)?;
             let idx: Vec<i64> = group.iter().map(|&i| i as i64).collect();
-            let rows = Tensor::<1, burn::tensor::Int>::from_data(
-                burn::tensor::TensorData::new(idx, [group.len()]),
-                device,
-            );
+            let rows =
+                Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(idx, [group.len()]), device);
             let g = GenerateOptions {
                 prefix: prefix.clone(),
                 max_new_tokens: o.max_new_tokens,
@@ -177,8 +177,12 @@ impl Whisper {
             let seqs = self.model.generate(&enc.clone().select(0, rows), &g)?;
             for (&i, seq) in group.iter().zip(seqs) {
                 let text = self.tokenizer.decode(&seq[prefix.len()..], true)?.trim().to_string();
-                results[i] =
-                    Some(Transcript { text, language: langs[i].0.clone(), detected_probability: langs[i].1, tokens: seq });
+                results[i] = Some(Transcript {
+                    text,
+                    language: langs[i].0.clone(),
+                    detected_probability: langs[i].1,
+                    tokens: seq,
+                });
             }
         }
         for r in results {

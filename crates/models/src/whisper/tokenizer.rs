@@ -62,9 +62,8 @@ impl WhisperTokenizer {
                 )));
             }
         }
-        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
-            .build()
-            .map_err(|e| bad(&vocab, e))?;
+        let bpe =
+            BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy()).build().map_err(|e| bad(&vocab, e))?;
         let mut tok = Tokenizer::new(bpe);
         let byte_level = tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true);
         tok.with_pre_tokenizer(Some(byte_level));
