@@ -166,6 +166,10 @@ def main():
         with open(tok_path, "wb") as f:
             f.write(files["tokenizer.json"])
         tokenizer = WhisperTokenizerFast(tokenizer_file=tok_path)
+    # Mark the added tokens as special for transformers too (skip_special_tokens), as the
+    # released tokenizer_config.json does; their ids do not change.
+    added = [t for _, t in sorted(tokenizer.added_tokens_decoder.items()) if t.content != "<|endoftext|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": [t.content for t in added]})
     ids = tokenizer.convert_tokens_to_ids
     eot, sot = ids("<|endoftext|>"), ids("<|startoftranscript|>")
     config = WhisperConfig(

@@ -201,10 +201,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
                 let _ = model.project_q.weight.val().sum().into_scalar::<f32>();
                 let total = t.elapsed().as_secs_f64();
                 if i >= args.warmup {
-                    runs.push(total);
-                    for (p, v) in phases.iter_mut().zip([forward, backward - forward, total - backward]) {
-                        p.push(v);
-                    }
+                    record_step(&mut runs, &mut phases, [forward, backward, total]);
                 }
             }
             perf_control("disable");
@@ -272,10 +269,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
                 let _ = model.head.out.weight.val().sum().into_scalar::<f32>();
                 let total = t.elapsed().as_secs_f64();
                 if i >= args.warmup {
-                    runs.push(total);
-                    for (p, v) in phases.iter_mut().zip([forward, backward - forward, total - backward]) {
-                        p.push(v);
-                    }
+                    record_step(&mut runs, &mut phases, [forward, backward, total]);
                 }
             }
             perf_control("disable");
@@ -314,6 +308,15 @@ fn perf_control(command: &str) {
         if let Ok(mut a) = std::fs::File::open(ack) {
             let _ = a.read(&mut reply);
         }
+    }
+}
+
+/// One timed training step: its total, and its forward / backward / update phases from the
+/// times at which each ended.
+fn record_step(runs: &mut Vec<f64>, phases: &mut [Vec<f64>; 3], [forward, backward, total]: [f64; 3]) {
+    runs.push(total);
+    for (p, v) in phases.iter_mut().zip([forward, backward - forward, total - backward]) {
+        p.push(v);
     }
 }
 
