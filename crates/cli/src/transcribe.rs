@@ -35,6 +35,9 @@ pub struct Args {
     /// Whisper: at most this many new tokens per file.
     #[arg(long, default_value_t = 440)]
     pub max_new_tokens: usize,
+    /// Whisper: files decoded together.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long)]
     pub device: Option<String>,
@@ -182,7 +185,7 @@ fn run_per_language(args: &Args, mode: Mode, languages: &[String], device: &Devi
     Ok(())
 }
 
-/// Transcribe or identify with a pretrained Whisper folder, one file at a time.
+/// Transcribe or identify with a pretrained Whisper folder, `--batch` files at a time.
 fn run_whisper(args: &Args, mode: Mode, device: &Device) -> Result<()> {
     use speechtune_models::whisper::pipeline::{DecodeOptions, Whisper};
     use speechtune_models::whisper::tokenizer::Task;
@@ -196,28 +199,42 @@ fn run_whisper(args: &Args, mode: Mode, device: &Device) -> Result<()> {
     };
     let options =
         DecodeOptions { language: args.language.clone(), task, beams: args.beam, max_new_tokens: args.max_new_tokens };
-    for path in &args.audio {
-        let wave = speechtune_audio::load_mono_16k(path).with_context(|| format!("reading {}", path.display()))?;
-        let waves = [wave];
-        let line = match mode {
+    // Files are decoded in batches (Whisper pads every file to its window, so lengths may differ).
+    for paths in args.audio.chunks(args.batch.max(1)) {
+        let mut waves = Vec::with_capacity(paths.len());
+        for path in paths {
+            waves.push(speechtune_audio::load_mono_16k(path).with_context(|| format!("reading {}", path.display()))?);
+        }
+        let lines: Vec<String> = match mode {
             Mode::Identify => {
                 let enc = whisper.encode(&waves, device)?;
-                let p = whisper.identify(&enc, &args.languages)?;
-                let (code, prob) = &p[0][0];
-                format!("{}\t{code}\t{prob:.3}", path.display())
+                let found = whisper.identify(&enc, &args.languages)?;
+                paths.iter().zip(found).map(|(p, l)| format!("{}\t{}\t{:.3}", p.display(), l[0].0, l[0].1)).collect()
             }
             Mode::Transcribe => {
-                let mut o = options.clone();
-                if o.language.is_none() && !args.languages.is_empty() {
-                    // Detect among the given languages only.
+                let transcripts = if options.language.is_none() && !args.languages.is_empty() {
+                    // Detect among the given languages only, then decode each file in its own.
                     let enc = whisper.encode(&waves, device)?;
-                    o.language = Some(whisper.identify(&enc, &args.languages)?[0][0].0.clone());
-                }
-                let t = whisper.transcribe(&waves, &o, device)?.remove(0);
-                format!("{}\t{}\t{}", path.display(), t.text, t.language)
+                    let found = whisper.identify(&enc, &args.languages)?;
+                    let mut out = Vec::with_capacity(paths.len());
+                    for (wave, l) in waves.into_iter().zip(found) {
+                        let o = DecodeOptions { language: Some(l[0].0.clone()), ..options.clone() };
+                        out.push(whisper.transcribe(&[wave], &o, device)?.remove(0));
+                    }
+                    out
+                } else {
+                    whisper.transcribe(&waves, &options, device)?
+                };
+                paths
+                    .iter()
+                    .zip(transcripts)
+                    .map(|(p, t)| format!("{}\t{}\t{}", p.display(), t.text, t.language))
+                    .collect()
             }
         };
-        println!("{line}");
+        for line in lines {
+            println!("{line}");
+        }
     }
     Ok(())
 }

@@ -551,6 +551,16 @@ fn whisper_folders_transcribe_and_identify_without_training() {
         assert_eq!(l.len(), 3, "{out}");
         assert_eq!(l[2], if extra.is_empty() { lines[0][1] } else { "de" }, "{out}");
     }
+    // Files of different lengths decoded as one batch give what each gives alone.
+    for mode in ["transcribe", "identify"] {
+        let run = |batch: &str| {
+            let (ok, out, err) =
+                speechtune(&[mode, model, audio[0], audio[1], "--max-new-tokens", "6", "--beam", "2", "--batch", batch]);
+            assert!(ok, "{err}");
+            out
+        };
+        assert_eq!(run("2"), run("1"), "{mode}");
+    }
     let (ok, _, err) = speechtune(&["transcribe", model, audio[0], "--language", "klingon"]);
     assert!(!ok && err.contains("no language token for \"klingon\"; valid codes: en zh de es"), "{err}");
     // One 30-s window per file (here the fixture's 1-s window): longer audio is refused, named.
