@@ -554,8 +554,18 @@ fn whisper_folders_transcribe_and_identify_without_training() {
     // Files of different lengths decoded as one batch give what each gives alone.
     for mode in ["transcribe", "identify"] {
         let run = |batch: &str| {
-            let (ok, out, err) =
-                speechtune(&[mode, model, audio[0], audio[1], "--max-new-tokens", "6", "--beam", "2", "--batch", batch]);
+            let (ok, out, err) = speechtune(&[
+                mode,
+                model,
+                audio[0],
+                audio[1],
+                "--max-new-tokens",
+                "6",
+                "--beam",
+                "2",
+                "--batch",
+                batch,
+            ]);
             assert!(ok, "{err}");
             out
         };
