@@ -542,6 +542,10 @@ fn whisper_folders_transcribe_and_identify_without_training() {
     let l: Vec<&str> = out.trim().split('\t').collect();
     assert!(["de", "fr", "en"].contains(&l[1]), "{out}");
     assert!(l[2].parse::<f64>().unwrap() >= 1.0 / 3.0, "{out}");
+    // The same language named twice is one candidate: the same answer and probability.
+    let (ok, twice, err) = speechtune(&["identify", model, audio[0], "--languages", "deu,fr,english,de,german"]);
+    assert!(ok, "{err}");
+    assert_eq!(twice, out);
     for extra in [&["--language", "de"][..], &["--language", "de", "--beam", "3"], &[]] {
         let mut args = vec!["transcribe", model, audio[0], "--max-new-tokens", "6"];
         args.extend(extra);

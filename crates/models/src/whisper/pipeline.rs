@@ -115,6 +115,10 @@ impl Whisper {
             let mut c = Vec::new();
             for name in only {
                 let id = self.tokenizer.language(name)?;
+                // `de,deu` name one language: it is one candidate.
+                if c.iter().any(|(_, known)| *known == id) {
+                    continue;
+                }
                 let code =
                     self.tokenizer.languages().iter().find(|l| l.1 == id).map(|l| l.0.clone()).unwrap_or_default();
                 c.push((code, id));
