@@ -88,14 +88,8 @@ pub struct DecoderCache {
 impl DecoderCache {
     /// Keep the rows `rows` of the batch, in that order (beam search reorders hypotheses).
     pub fn select(&self, rows: &[usize]) -> Self {
-        let device = self.cross_kv.first().map(|kv| kv.0.device());
-        let Some(device) = device else { return self.clone() };
-        let idx = Tensor::<1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
-            &device,
-        );
         let pick = |kv: &Vec<(Tensor<4>, Tensor<4>)>| {
-            kv.iter().map(|(k, v)| (k.clone().select(0, idx.clone()), v.clone().select(0, idx.clone()))).collect()
+            kv.iter().map(|(k, v)| (select_rows(k.clone(), rows), select_rows(v.clone(), rows))).collect()
         };
         Self { self_kv: pick(&self.self_kv), cross_kv: pick(&self.cross_kv), len: self.len }
     }
@@ -214,4 +208,11 @@ impl WhisperDecoder {
         let x = self.layer_norm.forward(x);
         Ok(x.matmul(self.embed_tokens.val().transpose().unsqueeze::<3>()))
     }
+}
+
+/// The rows `rows` of the first (batch) dimension of `x`, in that order.
+pub fn select_rows<const D: usize>(x: Tensor<D>, rows: &[usize]) -> Tensor<D> {
+    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &x.device());
+    x.select(0, idx)
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use burn::prelude::*;
 use serde::Deserialize;
 
+use super::decoder::select_rows;
 use super::seq2seq::{GenerateOptions, WhisperSeq2Seq};
 use super::tokenizer::{Task, WhisperTokenizer};
 use crate::config::ModelConfig;
@@ -119,9 +120,7 @@ impl Whisper {
                 if c.iter().any(|(_, known)| *known == id) {
                     continue;
                 }
-                let code =
-                    self.tokenizer.languages().iter().find(|l| l.1 == id).map(|l| l.0.clone()).unwrap_or_default();
-                c.push((code, id));
+                c.push((self.tokenizer.language_code(id).unwrap_or_default().to_string(), id));
             }
             c
         };
@@ -146,28 +145,29 @@ impl Whisper {
     /// Transcribe (or translate) a batch of 16-kHz waveforms.
     pub fn transcribe(&self, waves: &[Vec<f32>], o: &DecodeOptions, device: &Device) -> Result<Vec<Transcript>> {
         let enc = self.encode(waves, device)?;
-        // The language of each item: given, or detected.
-        let langs: Vec<(String, Option<f64>)> = match &o.language {
+        // The language of each item (Whisper code, token id, detection probability): given, or detected.
+        let langs: Vec<(String, u32, Option<f64>)> = match &o.language {
             Some(name) => {
                 let id = self.tokenizer.language(name)?;
-                let code =
-                    self.tokenizer.languages().iter().find(|l| l.1 == id).map(|l| l.0.clone()).unwrap_or_default();
-                vec![(code, None); waves.len()]
+                let code = self.tokenizer.language_code(id).unwrap_or_default().to_string();
+                vec![(code, id, None); waves.len()]
             }
-            None => self.identify(&enc, &[])?.into_iter().map(|p| (p[0].0.clone(), Some(p[0].1))).collect(),
+            None => {
+                let mut out = Vec::with_capacity(waves.len());
+                for p in self.identify(&enc, &[])? {
+                    let id = self.tokenizer.language(&p[0].0)?;
+                    out.push((p[0].0.clone(), id, Some(p[0].1)));
+                }
+                out
+            }
         };
         let eos = self.tokenizer.special("<|endoftext|>")?;
-        let mut out = Vec::with_capacity(waves.len());
         // Items with the same language decode together (they share the forced prefix).
         let mut order: Vec<usize> = (0..waves.len()).collect();
-        order.sort_by(|&a, &b| langs[a].0.cmp(&langs[b].0));
+        order.sort_by_key(|&i| langs[i].1);
         let mut results: Vec<Option<Transcript>> = vec![None; waves.len()];
-        for group in order.chunk_by(|&a, &b| langs[a].0 == langs[b].0) {
-            let lang = self.tokenizer.language(&langs[group[0]].0)?;
-            let prefix = self.tokenizer.prefix(Some(lang), Some(o.task), false)?;
-            let idx: Vec<i64> = group.iter().map(|&i| i as i64).collect();
-            let rows =
-                Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(idx, [group.len()]), device);
+        for group in order.chunk_by(|&a, &b| langs[a].1 == langs[b].1) {
+            let prefix = self.tokenizer.prefix(Some(langs[group[0]].1), Some(o.task), false)?;
             let g = GenerateOptions {
                 prefix: prefix.clone(),
                 max_new_tokens: o.max_new_tokens,
@@ -178,20 +178,14 @@ impl Whisper {
                 beams: o.beams.max(1),
                 length_penalty: 1.0,
             };
-            let seqs = self.model.generate(&enc.clone().select(0, rows), &g)?;
+            let seqs = self.model.generate(&select_rows(enc.clone(), group), &g)?;
             for (&i, seq) in group.iter().zip(seqs) {
                 let text = self.tokenizer.decode(&seq[prefix.len()..], true)?.trim().to_string();
-                results[i] = Some(Transcript {
-                    text,
-                    language: langs[i].0.clone(),
-                    detected_probability: langs[i].1,
-                    tokens: seq,
-                });
+                let (language, _, detected_probability) = langs[i].clone();
+                results[i] = Some(Transcript { text, language, detected_probability, tokens: seq });
             }
         }
-        for r in results {
-            out.push(r.ok_or_else(|| Error::Input("an item was not decoded".into()))?);
-        }
-        Ok(out)
+        // Every item is in exactly one group.
+        Ok(results.into_iter().flatten().collect())
     }
 }

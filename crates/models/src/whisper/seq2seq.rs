@@ -7,7 +7,7 @@ use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 
 use super::WhisperEncoder;
-use super::decoder::{DecoderCache, WhisperDecoder};
+use super::decoder::{DecoderCache, WhisperDecoder, select_rows};
 use crate::config::WhisperConfig;
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -113,7 +113,7 @@ impl WhisperSeq2Seq {
         let prompt = o.prefix.len();
         // Every item's encoder output repeated once per beam (rows i·k .. i·k + k).
         let rows: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat_n(i, k)).collect();
-        let enc = select_rows(encoder_out, &rows);
+        let enc = select_rows(encoder_out.clone(), &rows);
         let mut beams: Vec<Vec<u32>> = vec![o.prefix.clone(); b * k];
         // Only the first beam is live at the start (transformers: the others at -1e9).
         let mut scores: Vec<f32> = (0..b * k).map(|r| if r % k == 0 { 0.0 } else { -1e9 }).collect();
@@ -289,11 +289,6 @@ fn ids(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
     let t = rows.first().map_or(0, |r| r.len());
     let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|&x| x as i64)).collect();
     Tensor::from_data(TensorData::new(flat, [rows.len(), t]), device)
-}
-
-fn select_rows(x: &Tensor<3>, rows: &[usize]) -> Tensor<3> {
-    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    x.clone().select(0, Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &x.device()))
 }
 
 /// The last position's logits of each row, on the host.

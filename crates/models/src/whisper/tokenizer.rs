@@ -131,6 +131,11 @@ impl WhisperTokenizer {
         })
     }
 
+    /// Whisper's code of a language token id.
+    pub fn language_code(&self, id: u32) -> Option<&str> {
+        self.languages.iter().find(|l| l.1 == id).map(|l| l.0.as_str())
+    }
+
     /// `<|startoftranscript|> [<|lang|>] [<|task|>] [<|notimestamps|>]`, as transformers'
     /// `prefix_tokens`.
     pub fn prefix(&self, language: Option<u32>, task: Option<Task>, timestamps: bool) -> Result<Vec<u32>> {
