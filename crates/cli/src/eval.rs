@@ -37,6 +37,9 @@ pub fn parse_split(s: &str) -> Result<Split> {
 pub fn run(args: Args) -> Result<()> {
     let split = parse_split(&args.split)?;
     let device: Device = speechtune_models::parse_device(args.device.as_deref())?;
+    if crate::transcribe::is_seq2seq_run(&args.run) {
+        return run_seq2seq(&args, split, &device);
+    }
     let loaded = checkpoint::load_for_inference(&args.run, &device)
         .with_context(|| format!("loading {}", args.run.display()))?;
     let mut cfg = loaded.cfg.clone();
@@ -98,6 +101,37 @@ pub fn run(args: Args) -> Result<()> {
     let json = loaded.dir.join(format!("eval_{}.json", split.name()));
     crate::output::write_atomic(&json, serde_json::to_string_pretty(&report)?.as_bytes())?;
     let tsv = loaded.dir.join(format!("predictions_{}.tsv", split.name()));
+    crate::output::write_atomic(&tsv, (rows.join("\n") + "\n").as_bytes())?;
+    println!("wrote {} and {}", json.display(), tsv.display());
+    Ok(())
+}
+
+/// `eval` of a fine-tuned Whisper (`seq2seq_asr`): generated text scored by CER/WER.
+fn run_seq2seq(args: &Args, split: Split, device: &Device) -> Result<()> {
+    use speechtune_train::seq2seq;
+    let (mut cfg, whisper, dir) =
+        seq2seq::load(&args.run, device, true).with_context(|| format!("loading {}", args.run.display()))?;
+    if let Some(d) = &args.data {
+        cfg.data.root = d.clone();
+    }
+    let set = seq2seq::read_prepared(split, &cfg, &whisper)
+        .with_context(|| format!("reading the {} split of {}", split.name(), cfg.data.root.display()))?;
+    let mut rows = vec!["id\tlang\treference\thypothesis".to_string()];
+    let report = seq2seq::evaluate(&whisper.model, &whisper.processor, &set, &cfg, 0, args.beam, device, |i, hyp| {
+        let u = &set.utts[i];
+        rows.push(format!("{}\t{}\t{}\t{hyp}", u.id, u.lang.as_deref().unwrap_or("-"), set.texts[i]));
+    })?;
+    println!(
+        "{} on {} ({} utterances): {}",
+        dir.display(),
+        split.name(),
+        report.utterances,
+        crate::train::scores(&report)
+    );
+    print!("{}", crate::train::per_language(&report));
+    let json = dir.join(format!("eval_{}.json", split.name()));
+    crate::output::write_atomic(&json, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let tsv = dir.join(format!("predictions_{}.tsv", split.name()));
     crate::output::write_atomic(&tsv, (rows.join("\n") + "\n").as_bytes())?;
     println!("wrote {} and {}", json.display(), tsv.display());
     Ok(())

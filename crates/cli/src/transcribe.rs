@@ -3,7 +3,8 @@
 //! One tab-separated line per file: the path, then the transcript (and the language read from
 //! the first token for joint ASR + LID), or the predicted class and its probability. A pretrained
 //! Whisper folder (`WhisperForConditionalGeneration` with its tokenizer) works directly: it
-//! decodes (greedy or beam search) and identifies languages zero-shot.
+//! decodes (greedy or beam search) and identifies languages zero-shot, and so does a Whisper
+//! fine-tuned by a `seq2seq_asr` run.
 
 use std::path::PathBuf;
 
@@ -84,10 +85,24 @@ fn is_whisper_dir(dir: &std::path::Path) -> bool {
     v.get("model_type").and_then(|t| t.as_str()) == Some("whisper") && !dir.join("config.toml").is_file()
 }
 
+/// Whether `run` is a fine-tuned Whisper (`seq2seq_asr`) run or checkpoint.
+pub fn is_seq2seq_run(run: &std::path::Path) -> bool {
+    let Ok(dir) = checkpoint::resolve(run) else { return false };
+    speechtune_train::RunConfig::load(&dir.join("config.toml"), &[])
+        .is_ok_and(|c| c.task.kind == speechtune_train::config::TaskKind::Seq2seqAsr)
+}
+
 pub fn run(args: Args, mode: Mode) -> Result<()> {
     let device: Device = speechtune_models::parse_device(args.device.as_deref())?;
     if is_whisper_dir(&args.run) {
-        return run_whisper(&args, mode, &device);
+        let whisper = speechtune_models::whisper::pipeline::Whisper::load(&args.run, &device)
+            .with_context(|| format!("loading {}", args.run.display()))?;
+        return run_whisper(&args, mode, &whisper, &device);
+    }
+    if is_seq2seq_run(&args.run) {
+        let (_, whisper, _) = speechtune_train::seq2seq::load(&args.run, &device, true)
+            .with_context(|| format!("loading {}", args.run.display()))?;
+        return run_whisper(&args, mode, &whisper, &device);
     }
     if args.language.is_some() || !args.languages.is_empty() {
         bail!(
@@ -185,14 +200,18 @@ fn run_per_language(args: &Args, mode: Mode, languages: &[String], device: &Devi
     Ok(())
 }
 
-/// Transcribe or identify with a pretrained Whisper folder, `--batch` files at a time.
-fn run_whisper(args: &Args, mode: Mode, device: &Device) -> Result<()> {
-    use speechtune_models::whisper::pipeline::{DecodeOptions, Whisper};
+/// Transcribe or identify with a pretrained or fine-tuned Whisper, `--batch` files at a time.
+fn run_whisper(
+    args: &Args,
+    mode: Mode,
+    whisper: &speechtune_models::whisper::pipeline::Whisper,
+    device: &Device,
+) -> Result<()> {
+    use speechtune_models::whisper::pipeline::DecodeOptions;
     use speechtune_models::whisper::tokenizer::Task;
     if args.lang.is_some() || args.lid.is_some() {
         bail!("--lang and --lid are for `train --per-language` folders; for Whisper use --language");
     }
-    let whisper = Whisper::load(&args.run, device).with_context(|| format!("loading {}", args.run.display()))?;
     let task = match args.task {
         WhisperTask::Transcribe => Task::Transcribe,
         WhisperTask::Translate => Task::Translate,

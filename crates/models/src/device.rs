@@ -1,13 +1,34 @@
-//! Choosing where models run: `cpu` (burn's flex backend) or, when built with the `cuda`
-//! feature, `cuda` / `cuda:N`.
+//! Choosing where models run: `cpu` (burn's flex backend); when built with the `cuda`
+//! feature, `cuda` / `cuda:N`; when built with the `vulkan` feature (burn's wgpu backend pinned
+//! to Vulkan, SPIR-V kernels: NVIDIA, AMD and Intel GPUs, and a build that needs no download),
+//! `vulkan` / `vulkan:N` (the N-th discrete GPU).
 
 use burn::prelude::*;
 
 use crate::{Error, Result};
 
-/// Parse a device name. `None` picks the first GPU in a `cuda` build, the CPU otherwise.
+/// The device names this build accepts, for messages.
+const ACCEPTED: &str = if cfg!(all(feature = "cuda", feature = "vulkan")) {
+    "cpu, cuda, cuda:N, vulkan or vulkan:N"
+} else if cfg!(feature = "cuda") {
+    "cpu, cuda or cuda:N"
+} else if cfg!(feature = "vulkan") {
+    "cpu, vulkan or vulkan:N"
+} else {
+    "cpu (build with --features cuda or --features vulkan for GPUs)"
+};
+
+/// Parse a device name. `None` picks the first GPU in a `cuda` or `vulkan` build, the CPU
+/// otherwise.
 pub fn parse_device(spec: Option<&str>) -> Result<Device> {
-    match spec.unwrap_or(if cfg!(feature = "cuda") { "cuda" } else { "cpu" }) {
+    let default = if cfg!(feature = "cuda") {
+        "cuda"
+    } else if cfg!(feature = "vulkan") {
+        "vulkan"
+    } else {
+        "cpu"
+    };
+    match spec.unwrap_or(default) {
         "cpu" => Ok(Device::flex()),
         #[cfg(feature = "cuda")]
         s if s == "cuda" || s.starts_with("cuda:") => {
@@ -15,10 +36,13 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device> {
             let index = index.map_err(|_| Error::Input(format!("bad device \"{s}\": expected cuda:N")))?;
             Ok(Device::cuda(index.unwrap_or(0)))
         }
-        other => Err(Error::Input(format!(
-            "unknown device \"{other}\": use cpu{}",
-            if cfg!(feature = "cuda") { ", cuda or cuda:N" } else { " (build with --features cuda for GPUs)" }
-        ))),
+        #[cfg(feature = "vulkan")]
+        s if s == "vulkan" || s.starts_with("vulkan:") => {
+            let index = s.strip_prefix("vulkan:").map(|i| i.parse::<usize>()).transpose();
+            let index = index.map_err(|_| Error::Input(format!("bad device \"{s}\": expected vulkan:N")))?;
+            Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index.unwrap_or(0))))
+        }
+        other => Err(Error::Input(format!("unknown device \"{other}\": use {ACCEPTED}"))),
     }
 }
 

@@ -13,6 +13,7 @@ use speechtune_peft::{
 };
 
 use crate::upstream::UpstreamModel;
+use crate::whisper::seq2seq::WhisperSeq2Seq;
 use crate::{Error, Result};
 
 /// A named f32 tensor: (name, shape, row-major values).
@@ -89,24 +90,7 @@ impl UpstreamModel {
     /// Attach LoRA to every projection `cfg` targets; returns their names. Fails when nothing
     /// matches, listing the names that exist.
     pub fn attach_lora(&mut self, cfg: &LoraConfig, device: &Device) -> Result<Vec<String>> {
-        let spec = cfg.target();
-        spec.validate().map_err(Error::Input)?;
-        let mut names = Vec::new();
-        for p in self.projections_mut() {
-            if spec.matches(&p.name) {
-                p.lora = Some(LoraLayer::new(p.d_in(), p.d_out(), cfg, device));
-                names.push(p.name.clone());
-            }
-        }
-        if names.is_empty() {
-            let have: Vec<String> = self.projections().iter().take(6).map(|p| p.name.clone()).collect();
-            return Err(Error::Input(format!(
-                "LoRA target_modules {:?} match no projection (they are named like {})",
-                cfg.target_modules,
-                have.join(", ")
-            )));
-        }
-        Ok(names)
+        attach_lora(self.projections_mut(), cfg, device)
     }
 
     /// The PEFT slots of every transformer layer, in order.
@@ -261,51 +245,169 @@ impl UpstreamModel {
 
     /// Fold every LoRA update into its base weight and remove the LoRA layers.
     pub fn merge_lora(&mut self) {
-        for p in self.projections_mut() {
-            if let Some(lora) = p.lora.take() {
-                let merged = p.base.weight.val() + lora.delta();
-                p.base.weight = Param::from_tensor(merged.detach());
-            }
-        }
+        merge_lora(self.projections_mut());
     }
 
     /// LoRA weights in peft's names and layouts; `prefix` is the checkpoint's base-model
     /// prefix (`wav2vec2.`, `model.encoder.`, ...).
     pub fn lora_state(&self, prefix: &str) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        for p in self.projections() {
-            if let Some(l) = &p.lora {
-                let (d_in, r, d_out) = (p.d_in(), l.rank(), p.d_out());
-                let base = format!("base_model.model.{prefix}{}", p.name);
-                out.push((format!("{base}.lora_A.weight"), vec![r, d_in], transpose(&values(l.a.val()), d_in, r)));
-                out.push((format!("{base}.lora_B.weight"), vec![d_out, r], transpose(&values(l.b.val()), r, d_out)));
-            }
-        }
-        out
+        lora_state(self.projections(), prefix)
     }
 
     /// Load LoRA weights saved by [`UpstreamModel::lora_state`] (or by peft) into the LoRA
     /// layers already attached; every attached layer must be found with the right shape.
     pub fn load_lora_state(&mut self, prefix: &str, tensors: &HashMap<String, (Vec<usize>, Vec<f32>)>) -> Result<()> {
         let device = self.devices().into_iter().next().unwrap_or_default();
-        for p in self.projections_mut() {
-            let (d_in, d_out, name) = (p.d_in(), p.d_out(), p.name.clone());
-            let Some(l) = p.lora.as_mut() else { continue };
-            let r = l.rank();
-            let base = format!("base_model.model.{prefix}{name}");
-            let get = |suffix: &str, shape: Vec<usize>| -> Result<Vec<f32>> {
-                let key = format!("{base}.{suffix}");
-                let (s, v) = tensors.get(&key).ok_or_else(|| Error::Input(format!("adapter tensor {key} missing")))?;
-                if *s != shape {
-                    return Err(Error::Input(format!("adapter tensor {key} has shape {s:?}, expected {shape:?}")));
-                }
-                Ok(v.clone())
-            };
-            let a = transpose(&get("lora_A.weight", vec![r, d_in])?, r, d_in);
-            let b = transpose(&get("lora_B.weight", vec![d_out, r])?, d_out, r);
-            l.a = Param::from_data(TensorData::new(a, [d_in, r]), &device);
-            l.b = Param::from_data(TensorData::new(b, [r, d_out]), &device);
-        }
-        Ok(())
+        load_lora_state(self.projections_mut(), prefix, tensors, &device)
     }
+}
+
+/// Whisper as a whole: LoRA on the projections of the encoder and the decoder (self- and
+/// cross-attention, feed-forward), named as in `WhisperForConditionalGeneration` below its
+/// `model.` (`encoder.layers.0.self_attn.q_proj`, `decoder.layers.0.encoder_attn.v_proj`), so the
+/// usual peft target list `["q_proj", "v_proj"]` adapts both halves as peft does; bottleneck
+/// adapters in every layer of both.
+impl WhisperSeq2Seq {
+    pub fn projections(&self) -> Vec<&Proj> {
+        let enc = self.encoder.layers.iter().flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.out_proj, &l.fc1, &l.fc2]);
+        let dec = self.decoder.layers.iter().flat_map(|l| {
+            let (s, c) = (&l.self_attn, &l.encoder_attn);
+            [&s.q_proj, &s.k_proj, &s.v_proj, &s.out_proj, &c.q_proj, &c.k_proj, &c.v_proj, &c.out_proj, &l.fc1, &l.fc2]
+        });
+        enc.chain(dec).collect()
+    }
+
+    pub fn projections_mut(&mut self) -> Vec<&mut Proj> {
+        let enc = self.encoder.layers.iter_mut().flat_map(|l| {
+            [&mut l.q_proj, &mut l.k_proj, &mut l.v_proj, &mut l.out_proj, &mut l.fc1, &mut l.fc2]
+        });
+        let dec = self.decoder.layers.iter_mut().flat_map(|l| {
+            let (s, c) = (&mut l.self_attn, &mut l.encoder_attn);
+            [
+                &mut s.q_proj,
+                &mut s.k_proj,
+                &mut s.v_proj,
+                &mut s.out_proj,
+                &mut c.q_proj,
+                &mut c.k_proj,
+                &mut c.v_proj,
+                &mut c.out_proj,
+                &mut l.fc1,
+                &mut l.fc2,
+            ]
+        });
+        enc.chain(dec).collect()
+    }
+
+    /// See [`UpstreamModel::attach_lora`].
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, device: &Device) -> Result<Vec<String>> {
+        attach_lora(self.projections_mut(), cfg, device)
+    }
+
+    pub fn merge_lora(&mut self) {
+        merge_lora(self.projections_mut());
+    }
+
+    /// LoRA weights in peft's names: `base_model.model.{prefix}encoder.layers.0.self_attn.q_proj.lora_A.weight`,
+    /// `prefix` being `model.` for `WhisperForConditionalGeneration`.
+    pub fn lora_state(&self, prefix: &str) -> Vec<NamedTensor> {
+        lora_state(self.projections(), prefix)
+    }
+
+    pub fn load_lora_state(&mut self, prefix: &str, tensors: &HashMap<String, (Vec<usize>, Vec<f32>)>) -> Result<()> {
+        let device = self.devices().into_iter().next().unwrap_or_default();
+        load_lora_state(self.projections_mut(), prefix, tensors, &device)
+    }
+
+    /// Bottleneck adapters in every encoder and decoder layer (Houlsby: after self-attention
+    /// and feed-forward; Pfeiffer: after feed-forward); returns how many were added.
+    pub fn attach_adapters(&mut self, cfg: &AdapterConfig, device: &Device) -> usize {
+        let d = self.decoder.embed_tokens.dims()[1];
+        let houlsby = cfg.placement == Placement::Houlsby;
+        let enc = self.encoder.layers.iter_mut().map(|l| (&mut l.adapter_attn, &mut l.adapter_ffn));
+        let dec = self.decoder.layers.iter_mut().map(|l| (&mut l.adapter_attn, &mut l.adapter_ffn));
+        let mut n = 0;
+        for (attn, ffn) in enc.chain(dec) {
+            if houlsby {
+                *attn = Some(Bottleneck::new(d, cfg, device));
+                n += 1;
+            }
+            *ffn = Some(Bottleneck::new(d, cfg, device));
+            n += 1;
+        }
+        n
+    }
+}
+
+fn attach_lora(projs: Vec<&mut Proj>, cfg: &LoraConfig, device: &Device) -> Result<Vec<String>> {
+    let spec = cfg.target();
+    spec.validate().map_err(Error::Input)?;
+    let mut names = Vec::new();
+    let mut have = Vec::new();
+    for p in projs {
+        if have.len() < 6 {
+            have.push(p.name.clone());
+        }
+        if spec.matches(&p.name) {
+            p.lora = Some(LoraLayer::new(p.d_in(), p.d_out(), cfg, device));
+            names.push(p.name.clone());
+        }
+    }
+    if names.is_empty() {
+        return Err(Error::Input(format!(
+            "LoRA target_modules {:?} match no projection (they are named like {})",
+            cfg.target_modules,
+            have.join(", ")
+        )));
+    }
+    Ok(names)
+}
+
+fn merge_lora(projs: Vec<&mut Proj>) {
+    for p in projs {
+        if let Some(lora) = p.lora.take() {
+            let merged = p.base.weight.val() + lora.delta();
+            p.base.weight = Param::from_tensor(merged.detach());
+        }
+    }
+}
+
+fn lora_state(projs: Vec<&Proj>, prefix: &str) -> Vec<NamedTensor> {
+    let mut out = Vec::new();
+    for p in projs {
+        if let Some(l) = &p.lora {
+            let (d_in, r, d_out) = (p.d_in(), l.rank(), p.d_out());
+            let base = format!("base_model.model.{prefix}{}", p.name);
+            out.push((format!("{base}.lora_A.weight"), vec![r, d_in], transpose(&values(l.a.val()), d_in, r)));
+            out.push((format!("{base}.lora_B.weight"), vec![d_out, r], transpose(&values(l.b.val()), r, d_out)));
+        }
+    }
+    out
+}
+
+fn load_lora_state(
+    projs: Vec<&mut Proj>,
+    prefix: &str,
+    tensors: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+    device: &Device,
+) -> Result<()> {
+    for p in projs {
+        let (d_in, d_out, name) = (p.d_in(), p.d_out(), p.name.clone());
+        let Some(l) = p.lora.as_mut() else { continue };
+        let r = l.rank();
+        let base = format!("base_model.model.{prefix}{name}");
+        let get = |suffix: &str, shape: Vec<usize>| -> Result<Vec<f32>> {
+            let key = format!("{base}.{suffix}");
+            let (s, v) = tensors.get(&key).ok_or_else(|| Error::Input(format!("adapter tensor {key} missing")))?;
+            if *s != shape {
+                return Err(Error::Input(format!("adapter tensor {key} has shape {s:?}, expected {shape:?}")));
+            }
+            Ok(v.clone())
+        };
+        let a = transpose(&get("lora_A.weight", vec![r, d_in])?, r, d_in);
+        let b = transpose(&get("lora_B.weight", vec![d_out, r])?, d_out, r);
+        l.a = Param::from_data(TensorData::new(a, [d_in, r]), device);
+        l.b = Param::from_data(TensorData::new(b, [r, d_out]), device);
+    }
+    Ok(())
 }

@@ -12,4 +12,4 @@ pub use heads::{
     AttentiveStatsClassifier, Classifier, CtcHead, LinearHead, MeanPoolClassifier, ProjectorClassifier,
     SuperbDownstream, frame_mask,
 };
-pub use loss::ctc_loss;
+pub use loss::{ctc_loss, token_cross_entropy};

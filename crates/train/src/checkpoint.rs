@@ -70,20 +70,7 @@ pub fn save_model(
         MethodConfig::Lora(l) => {
             let state = model.upstream.lora_state(upstream_prefix);
             write_safetensors(&dir.join(LORA), &state, HashMap::from([("format".into(), "pt".into())]))?;
-            let adapter_config = serde_json::json!({
-                "peft_type": "LORA",
-                "base_model_name_or_path": cfg.upstream.model,
-                "r": l.r,
-                "lora_alpha": l.lora_alpha,
-                "lora_dropout": l.lora_dropout,
-                "target_modules": l.target_modules,
-                "layers_to_transform": l.layers_to_transform,
-                "use_rslora": l.use_rslora,
-                "bias": "none",
-                "fan_in_fan_out": false,
-                "inference_mode": true,
-                "task_type": null,
-            });
+            let adapter_config = peft_adapter_config(l, &cfg.upstream.model);
             json_file(&dir.join("adapter_config.json"), &adapter_config)?;
         }
         MethodConfig::Adapter(_)
@@ -105,6 +92,33 @@ pub fn save_model(
     Ok(())
 }
 
+/// `adapter_config.json` as Hugging Face peft writes it for these LoRA settings.
+pub(crate) fn peft_adapter_config(l: &speechtune_peft::LoraConfig, base_model: &str) -> serde_json::Value {
+    serde_json::json!({
+        "peft_type": "LORA",
+        "base_model_name_or_path": base_model,
+        "r": l.r,
+        "lora_alpha": l.lora_alpha,
+        "lora_dropout": l.lora_dropout,
+        "target_modules": l.target_modules,
+        "layers_to_transform": l.layers_to_transform,
+        "use_rslora": l.use_rslora,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "task_type": null,
+    })
+}
+
+pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    json_file(path, value)
+}
+
+/// Whether `dir` holds a trained model (a checkpoint folder, not a run folder).
+fn is_model_dir(dir: &Path) -> bool {
+    dir.join("config.toml").is_file() && [HEADS, LORA, UPSTREAM].iter().any(|f| dir.join(f).is_file())
+}
+
 /// A trained model read back from a checkpoint folder.
 pub struct Loaded {
     pub cfg: RunConfig,
@@ -122,18 +136,18 @@ fn subset(map: &TensorMap, prefix: &str) -> TensorMap {
 /// The checkpoint a run folder points to: `best/` when present, else the latest of
 /// `checkpoints/step-N/`; a checkpoint folder itself is returned as it is.
 pub fn resolve(dir: &Path) -> Result<PathBuf> {
-    if dir.join("best").join(HEADS).is_file() {
+    if is_model_dir(&dir.join("best")) {
         return Ok(dir.join("best"));
     }
     if let Some((_, last)) = checkpoints(dir).pop() {
         return Ok(last);
     }
-    if dir.join(HEADS).is_file() {
+    if is_model_dir(dir) {
         return Ok(dir.to_path_buf());
     }
     Err(Error::Config {
         path: dir.to_path_buf(),
-        reason: "no trained model here (expected heads.safetensors, best/ or checkpoints/step-N/)".into(),
+        reason: "no trained model here (expected a checkpoint folder, best/ or checkpoints/step-N/)".into(),
     })
 }
 
@@ -181,6 +195,12 @@ pub fn load_without_dropout(dir: &Path, device: &Device) -> Result<Loaded> {
 fn load_with(dir: &Path, device: &Device, edit: impl FnOnce(&mut RunConfig)) -> Result<Loaded> {
     let dir = resolve(dir)?;
     let mut cfg = RunConfig::load(&dir.join("config.toml"), &[])?;
+    if cfg.task.kind == crate::config::TaskKind::Seq2seqAsr {
+        return Err(Error::Config {
+            path: dir.join("config.toml"),
+            reason: "a seq2seq_asr run is a whole Whisper model: read it with speechtune_train::seq2seq::load".into(),
+        });
+    }
     edit(&mut cfg);
     let vocab = Vocab::load(&dir.join("vocab.json"))?;
     let classes_path = dir.join("classes.json");

@@ -141,11 +141,21 @@ pub enum TaskKind {
     /// A CTC head and a pooled LID head on the same features, trained on
     /// `(1 - lid_weight) · CTC + lid_weight · cross-entropy`.
     CtcPlusLid,
+    /// Whisper's own decoder writes the transcript (teacher forcing, cross-entropy on the target
+    /// tokens after the forced prefix `<|startoftranscript|> <|lang|> <|transcribe|>
+    /// <|notimestamps|>`); evaluated on the generated text. Needs a Whisper model directory
+    /// with its tokenizer.
+    Seq2seqAsr,
 }
 
 impl TaskKind {
     pub fn has_ctc(self) -> bool {
-        !matches!(self, TaskKind::Lid | TaskKind::Classify)
+        !matches!(self, TaskKind::Lid | TaskKind::Classify | TaskKind::Seq2seqAsr)
+    }
+
+    /// Whether the task writes text (scored by CER/WER).
+    pub fn has_text(self) -> bool {
+        self.has_ctc() || self == TaskKind::Seq2seqAsr
     }
 }
 
@@ -167,6 +177,14 @@ pub struct TaskConfig {
     /// CTC head (asr, joint_asr_lid, ctc_plus_lid).
     #[serde(default)]
     pub head: CtcHeadKind,
+    /// seq2seq_asr: most tokens generated per utterance when evaluating (also bounded by the
+    /// decoder's positions).
+    #[serde(default = "max_new_tokens")]
+    pub max_new_tokens: usize,
+}
+
+fn max_new_tokens() -> usize {
+    128
 }
 
 /// The CTC head.
@@ -377,22 +395,36 @@ impl RunConfig {
         if self.train.keep_last == 0 {
             return Err("train.keep_last must be at least 1 (the last checkpoint is what --resume reads)".into());
         }
-        let has_ctc = self.task.kind.has_ctc();
+        let has_text = self.task.kind.has_text();
         match self.best_metric() {
-            Metric::Cer | Metric::Wer if !has_ctc => {
+            Metric::Cer | Metric::Wer if !has_text => {
                 return Err(format!("train.best_metric: a {:?} task has no CER/WER", self.task.kind));
             }
-            Metric::Accuracy | Metric::MacroF1 if self.task.kind == TaskKind::Asr => {
+            Metric::Accuracy | Metric::MacroF1 if matches!(self.task.kind, TaskKind::Asr | TaskKind::Seq2seqAsr) => {
                 return Err("train.best_metric: an asr task has no accuracy; use cer or wer".into());
             }
             _ => {}
+        }
+        if self.task.kind == TaskKind::Seq2seqAsr {
+            if !matches!(
+                self.method,
+                MethodConfig::Lora(_) | MethodConfig::Adapter(_) | MethodConfig::Bitfit | MethodConfig::Full { .. }
+            ) {
+                return Err(format!(
+                    "method {}: seq2seq_asr trains with lora, adapter, bitfit or full",
+                    self.method.name()
+                ));
+            }
+            if !self.augment.is_off() {
+                return Err("augment: seq2seq_asr does not apply SpecAugment or LayerDrop yet; leave [augment] out".into());
+            }
         }
         Ok(())
     }
 
     /// The metric that selects the best checkpoint.
     pub fn best_metric(&self) -> Metric {
-        self.train.best_metric.unwrap_or(if self.task.kind.has_ctc() { Metric::Cer } else { Metric::Accuracy })
+        self.train.best_metric.unwrap_or(if self.task.kind.has_text() { Metric::Cer } else { Metric::Accuracy })
     }
 
     pub fn to_toml(&self) -> String {

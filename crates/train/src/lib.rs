@@ -14,6 +14,7 @@ pub mod prepare;
 pub mod pretrain;
 mod run;
 mod schedule;
+pub mod seq2seq;
 mod tensorboard;
 
 pub use config::RunConfig;

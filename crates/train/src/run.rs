@@ -68,7 +68,7 @@ fn is_better(metric: crate::config::Metric, new: f64, old: f64) -> bool {
 
 /// A run resumes only with the settings it was trained with; the number of steps, the time
 /// budget and evaluation/checkpoint intervals may change.
-fn check_resumable(cfg: &RunConfig, saved_path: &Path) -> Result<()> {
+pub(crate) fn check_resumable(cfg: &RunConfig, saved_path: &Path) -> Result<()> {
     let saved = RunConfig::load(saved_path, &[])?;
     let mut differ = Vec::new();
     if saved.upstream != cfg.upstream {
@@ -184,6 +184,9 @@ impl Job for FineTune<'_> {
 
 /// Train as configured.
 pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
+    if cfg.task.kind == TaskKind::Seq2seqAsr {
+        return crate::seq2seq::train(cfg, opts);
+    }
     let device = speechtune_models::parse_device(cfg.train.device.as_deref())?.autodiff();
     let plain = device.clone().without_autodiff();
     device.seed(cfg.train.seed);

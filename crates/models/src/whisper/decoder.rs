@@ -11,7 +11,7 @@ use crate::config::WhisperConfig;
 use crate::layers::{Activation, LayerNorm, load_proj, softmax_last};
 use crate::weights::Weights;
 use crate::{Error, Result};
-use speechtune_peft::Proj;
+use speechtune_peft::{Bottleneck, Proj, adapt};
 
 /// `WhisperForConditionalGeneration` keeps the decoder under `model.decoder.`, `WhisperModel`
 /// under `decoder.`.
@@ -73,6 +73,10 @@ pub struct DecoderLayer {
     pub final_layer_norm: LayerNorm,
     pub fc1: Proj,
     pub fc2: Proj,
+    /// Bottleneck adapters on the self-attention and feed-forward outputs (PEFT; None when
+    /// loaded), placed as in the encoder's layers.
+    pub adapter_attn: Option<Bottleneck>,
+    pub adapter_ffn: Option<Bottleneck>,
 }
 
 /// Keys and values computed so far: per layer, the self-attention's over every decoded
@@ -127,6 +131,8 @@ impl WhisperDecoder {
                 final_layer_norm: LayerNorm::load(w, &format!("{p}.final_layer_norm"), d, 1e-5, device)?,
                 fc1: load_proj(w, &format!("{p}.fc1"), d, f, true, device)?,
                 fc2: load_proj(w, &format!("{p}.fc2"), f, d, true, device)?,
+                adapter_attn: None,
+                adapter_ffn: None,
             });
         }
         Ok(Self {
@@ -197,12 +203,12 @@ impl WhisperDecoder {
             } else {
                 c.self_kv[i] = (k.clone(), v.clone());
             }
-            x = x + layer.self_attn.attend(h, k, v, mask.clone());
+            x = x + adapt(&layer.adapter_attn, layer.self_attn.attend(h, k, v, mask.clone()));
             let h = layer.encoder_attn_layer_norm.forward(x.clone());
             let (ck, cv) = c.cross_kv[i].clone();
             x = x + layer.encoder_attn.attend(h, ck, cv, None);
             let h = layer.final_layer_norm.forward(x.clone());
-            x = x.clone() + layer.fc2.forward(self.activation.forward(layer.fc1.forward(h)));
+            x = x.clone() + adapt(&layer.adapter_ffn, layer.fc2.forward(self.activation.forward(layer.fc1.forward(h))));
         }
         c.len = past + t;
         let x = self.layer_norm.forward(x);

@@ -45,8 +45,18 @@ pub struct Transcript {
     pub tokens: Vec<u32>,
 }
 
+/// A pretrained Whisper: the model and what turns audio and text into its inputs and its
+/// outputs into text.
 pub struct Whisper {
     pub model: WhisperSeq2Seq,
+    pub processor: WhisperProcessor,
+}
+
+/// Everything of a Whisper directory but the weights (as transformers' `WhisperProcessor`, plus
+/// the generation config): the tokenizer, the log-mel front-end and `generation_config.json`.
+/// Its methods take the model, so a model being fine-tuned decodes with them too.
+#[derive(Clone)]
+pub struct WhisperProcessor {
     pub tokenizer: WhisperTokenizer,
     pub frontend: FrontEnd,
     pub generation: GenerationConfig,
@@ -65,16 +75,39 @@ impl Whisper {
         };
         let mut weights = Weights::open_dir(dir)?;
         let model = WhisperSeq2Seq::load(cfg, &mut weights, device)?;
-        let tokenizer = WhisperTokenizer::load(dir)?;
-        if tokenizer.vocab_size() > model.decoder.vocab_size() {
+        let processor = WhisperProcessor::load(dir, &config)?;
+        if processor.tokenizer.vocab_size() > model.decoder.vocab_size() {
             return Err(Error::Input(format!(
                 "{}: the tokenizer has {} tokens, the model's vocabulary {}",
                 dir.display(),
-                tokenizer.vocab_size(),
+                processor.tokenizer.vocab_size(),
                 model.decoder.vocab_size()
             )));
         }
-        let frontend = FrontEnd::from_dir(dir, &config)?;
+        Ok(Self { model, processor })
+    }
+
+    /// See [`WhisperProcessor::encode`].
+    pub fn encode(&self, waves: &[Vec<f32>], device: &Device) -> Result<Tensor<3>> {
+        self.processor.encode(&self.model, waves, device)
+    }
+
+    /// See [`WhisperProcessor::identify`].
+    pub fn identify(&self, encoder_out: &Tensor<3>, only: &[String]) -> Result<Vec<Vec<(String, f64)>>> {
+        self.processor.identify(&self.model, encoder_out, only)
+    }
+
+    /// See [`WhisperProcessor::transcribe`].
+    pub fn transcribe(&self, waves: &[Vec<f32>], o: &DecodeOptions, device: &Device) -> Result<Vec<Transcript>> {
+        self.processor.transcribe(&self.model, waves, o, device)
+    }
+}
+
+impl WhisperProcessor {
+    /// The tokenizer, front-end and generation config of a Whisper directory.
+    pub fn load(dir: &Path, config: &ModelConfig) -> Result<Self> {
+        let tokenizer = WhisperTokenizer::load(dir)?;
+        let frontend = FrontEnd::from_dir(dir, config)?;
         let gen_path = dir.join("generation_config.json");
         let generation = if gen_path.is_file() {
             let text = std::fs::read(&gen_path).map_err(|source| Error::Io { path: gen_path.clone(), source })?;
@@ -82,11 +115,11 @@ impl Whisper {
         } else {
             GenerationConfig::default()
         };
-        Ok(Self { model, tokenizer, frontend, generation })
+        Ok(Self { tokenizer, frontend, generation })
     }
 
-    /// The encoder output of a batch of 16-kHz waveforms.
-    pub fn encode(&self, waves: &[Vec<f32>], device: &Device) -> Result<Tensor<3>> {
+    /// The encoder output of `model` for a batch of 16-kHz waveforms.
+    pub fn encode(&self, model: &WhisperSeq2Seq, waves: &[Vec<f32>], device: &Device) -> Result<Tensor<3>> {
         // One window per file: longer audio would be cut silently by the front-end.
         if let FrontEnd::LogMel { config, .. } = &self.frontend
             && let Some(n) = config.n_samples
@@ -102,14 +135,19 @@ impl Whisper {
             return Err(Error::Input("Whisper takes log-mel input".into()));
         };
         let unpadded = matches!(&self.frontend, FrontEnd::LogMel { config, .. } if config.n_samples.is_none());
-        self.model.encode(features, unpadded)
+        model.encode(features, unpadded)
     }
 
     /// Zero-shot language identification: per item, the languages (Whisper code, probability)
     /// from most to least likely, the softmax over the language tokens' logits after
     /// `<|startoftranscript|>`; `only` restricts it to those languages (any spelling
     /// [`WhisperTokenizer::language`] accepts).
-    pub fn identify(&self, encoder_out: &Tensor<3>, only: &[String]) -> Result<Vec<Vec<(String, f64)>>> {
+    pub fn identify(
+        &self,
+        model: &WhisperSeq2Seq,
+        encoder_out: &Tensor<3>,
+        only: &[String],
+    ) -> Result<Vec<Vec<(String, f64)>>> {
         let candidates: Vec<(String, u32)> = if only.is_empty() {
             self.tokenizer.languages().to_vec()
         } else {
@@ -128,7 +166,7 @@ impl Whisper {
             return Err(Error::Input("no language tokens to choose from".into()));
         }
         let sot = self.tokenizer.special("<|startoftranscript|>")?;
-        let log_probs = self.model.next_token_log_probs(encoder_out, &[sot])?;
+        let log_probs = model.next_token_log_probs(encoder_out, &[sot])?;
         Ok(log_probs
             .into_iter()
             .map(|lp| {
@@ -142,9 +180,15 @@ impl Whisper {
             .collect())
     }
 
-    /// Transcribe (or translate) a batch of 16-kHz waveforms.
-    pub fn transcribe(&self, waves: &[Vec<f32>], o: &DecodeOptions, device: &Device) -> Result<Vec<Transcript>> {
-        let enc = self.encode(waves, device)?;
+    /// Transcribe (or translate) a batch of 16-kHz waveforms with `model`.
+    pub fn transcribe(
+        &self,
+        model: &WhisperSeq2Seq,
+        waves: &[Vec<f32>],
+        o: &DecodeOptions,
+        device: &Device,
+    ) -> Result<Vec<Transcript>> {
+        let enc = self.encode(model, waves, device)?;
         // The language of each item (Whisper code, token id, detection probability): given, or detected.
         let langs: Vec<(String, u32, Option<f64>)> = match &o.language {
             Some(name) => {
@@ -154,7 +198,7 @@ impl Whisper {
             }
             None => {
                 let mut out = Vec::with_capacity(waves.len());
-                for p in self.identify(&enc, &[])? {
+                for p in self.identify(model, &enc, &[])? {
                     let id = self.tokenizer.language(&p[0].0)?;
                     out.push((p[0].0.clone(), id, Some(p[0].1)));
                 }
@@ -178,7 +222,7 @@ impl Whisper {
                 beams: o.beams.max(1),
                 length_penalty: 1.0,
             };
-            let seqs = self.model.generate(&select_rows(enc.clone(), group), &g)?;
+            let seqs = model.generate(&select_rows(enc.clone(), group), &g)?;
             for (&i, seq) in group.iter().zip(seqs) {
                 let text = self.tokenizer.decode(&seq[prefix.len()..], true)?.trim().to_string();
                 let (language, _, detected_probability) = langs[i].clone();

@@ -17,6 +17,10 @@ use crate::{Error, Result};
 pub struct WhisperSeq2Seq {
     pub encoder: WhisperEncoder,
     pub decoder: WhisperDecoder,
+    /// Where the checkpoint keeps both halves: `model.` (`WhisperForConditionalGeneration`) or
+    /// nothing (`WhisperModel`); saved PEFT weights are named below it.
+    #[module(skip)]
+    pub prefix: String,
 }
 
 /// How to decode: the forced prefix (e.g. `<|startoftranscript|> <|en|> <|transcribe|>
@@ -38,13 +42,20 @@ pub struct GenerateOptions {
 }
 
 impl WhisperSeq2Seq {
-    /// Load both halves from a checkpoint (`model.encoder.` / `model.decoder.`).
+    /// Load both halves from a checkpoint (`model.encoder.` / `model.decoder.`). Projections
+    /// are named below the model (`encoder.layers.0.self_attn.q_proj`,
+    /// `decoder.layers.0.encoder_attn.q_proj`), as peft names them.
     pub fn load(cfg: &WhisperConfig, w: &mut Weights, device: &Device) -> Result<Self> {
-        w.select_prefix(&super::PREFIXES[..2], "conv1.weight")?;
+        let prefix = w.select_prefix(&super::PREFIXES[..2], "conv1.weight")?.trim_end_matches("encoder.").to_string();
         let encoder = WhisperEncoder::load(cfg, w, device)?;
         w.select_prefix(&super::decoder::PREFIXES, "embed_tokens.weight")?;
         let decoder = WhisperDecoder::load(cfg, w, device)?;
-        Ok(Self { encoder, decoder })
+        let mut model = Self { encoder, decoder, prefix };
+        for (i, p) in model.projections_mut().into_iter().enumerate() {
+            let half = if i < cfg.encoder_layers * 6 { "encoder" } else { "decoder" };
+            p.name = format!("{half}.{}", p.name);
+        }
+        Ok(model)
     }
 
     /// The encoder's last hidden state, `[batch, frames / 2, d_model]`.

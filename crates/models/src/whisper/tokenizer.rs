@@ -19,6 +19,7 @@ pub enum Task {
     Translate,
 }
 
+#[derive(Clone)]
 pub struct WhisperTokenizer {
     inner: Tokenizer,
     /// Where it was read from (for errors).
