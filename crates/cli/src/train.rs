@@ -59,10 +59,12 @@ pub fn report(s: &RunSummary) -> String {
     }
     out += &format!("best checkpoint: {}\n", s.best_dir.display());
     out += &per_language(&s.last);
-    out += &format!(
-        "layer weights: {:?}\n",
-        s.layer_weights.iter().map(|w| (w * 1000.0).round() / 1000.0).collect::<Vec<_>>()
-    );
+    if !s.layer_weights.is_empty() {
+        out += &format!(
+            "layer weights: {:?}\n",
+            s.layer_weights.iter().map(|w| (w * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+        );
+    }
     out
 }
 

@@ -1,7 +1,8 @@
 //! Whisper fine-tuned as a whole (`task.kind = "seq2seq_asr"`), as a [`Job`] of the shared loop:
 //! the decoder reads the forced prefix and the transcript (teacher forcing) and is trained by
-//! token-level cross-entropy, as `WhisperForConditionalGeneration(labels=...)` computes it; the
-//! dev split is scored by CER/WER of the text generated greedily. LoRA (peft's usual Whisper
+//! token-level cross-entropy, as `WhisperForConditionalGeneration(labels=...)` computes it, on
+//! the transcript as written (Whisper writes case and punctuation); the dev split is scored by
+//! CER/WER of the text generated greedily, both sides normalised by `task.text` first. LoRA (peft's usual Whisper
 //! recipe: `q_proj`, `v_proj` of the encoder and of both decoder attentions), bottleneck adapters
 //! in every layer of both halves, BitFit, or full fine-tuning.
 //!
@@ -103,9 +104,11 @@ fn adapt(model: WhisperSeq2Seq, cfg: &RunConfig, device: &Device) -> Result<Whis
     })
 }
 
-/// Normalised transcripts and the token sequences the decoder learns (`<|startoftranscript|>
-/// <|lang|> <|transcribe|> <|notimestamps|> text <|endoftext|>`); utterances whose sequence does
-/// not fit the decoder's positions are dropped (counted in `dropped_too_short`).
+/// The token sequences the decoder learns (`<|startoftranscript|> <|lang|> <|transcribe|>
+/// <|notimestamps|> text <|endoftext|>`, the transcript as written: Whisper keeps case and
+/// punctuation) and the normalised transcripts (`task.text`) that scoring compares with the
+/// normalised output; utterances whose sequence does not fit the decoder's positions are dropped
+/// (counted in `dropped_too_short`).
 fn prepare(utts: Vec<Utterance>, cfg: &RunConfig, processor: &WhisperProcessor, max_positions: usize) -> Result<Prepared> {
     let tok = &processor.tokenizer;
     let eot = tok.special("<|endoftext|>")?;
@@ -130,7 +133,7 @@ fn prepare(utts: Vec<Utterance>, cfg: &RunConfig, processor: &WhisperProcessor, 
             None => None,
         };
         let mut ids = tok.prefix(language, Some(Task::Transcribe), false)?;
-        ids.extend(tok.encode(&text)?);
+        ids.extend(tok.encode(u.text.as_deref().unwrap_or("").trim())?);
         ids.push(eot);
         if ids.len() > max_positions {
             p.dropped_too_short += 1;
