@@ -8,10 +8,16 @@ scripts/whisper_base_from_pypi.py and the fixture environment's torch + transfor
 Prints, as Markdown:
   - encoder parity: max |speechtune - transformers| of the last encoder hidden state on the
     real English recordings of data/demo (pocketsphinx, test split), and the largest value;
+  - decoder parity: max |speechtune - transformers| of the decoder's logits along each of
+    speechtune's transcripts (teacher forced on its tokens: `transcribe --logits`);
   - transcription: speechtune's greedy `transcribe --language en` against transformers'
     `generate(language="en")` (identical texts, WER between the two) and both against the
     reference transcripts (WER after lower-casing and removing punctuation);
-  - zero-shot LID on the demo test split (all languages, and restricted to the demo's six).
+  - zero-shot LID on the demo test split (all languages, and restricted to the demo's six);
+  - unless --no-train: seed 003's recipe (encoder + WhisperForAudioClassification head, LID on
+    the demo corpus) with LoRA and frozen (configs/whisper_lid_{lora,frozen}.toml), and Whisper
+    fine-tuned for ASR with LoRA (configs/whisper_seq2seq_lora.toml): dev/test accuracy and
+    macro-F1, or CER/WER, and seconds per update (~1.5 h on 2 cores; runs go to runs/real_*).
 """
 
 import argparse
@@ -76,6 +82,7 @@ def main():
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "whisper-base"))
     target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/speechtune-target"))
     ap.add_argument("--speechtune", default=os.path.join(target, "release", "speechtune"))
+    ap.add_argument("--no-train", action="store_true", help="skip the fine-tuning runs")
     a = ap.parse_args()
 
     import torch
@@ -114,6 +121,20 @@ def main():
     out = run(a.speechtune, "transcribe", a.model, "--language", "en", *[u[0] for u in english])
     t_st = time.time() - t0
     st_texts = [line.split("\t")[1] for line in out.splitlines()]
+
+    # Decoder parity: logits along speechtune's own transcripts, teacher forced.
+    dec_worst, dec_largest = 0.0, 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "logits.safetensors")
+        run(a.speechtune, "transcribe", a.model, "--language", "en", "--logits", path, *[u[0] for u in english])
+        ours = load_file(path)
+        for i, (audio, _, _) in enumerate(english):
+            feats = processor(load(audio), sampling_rate=16000, return_tensors="pt").input_features
+            tokens = torch.from_numpy(ours[f"tokens.{i}"].astype(np.int64))[None]
+            with torch.no_grad():
+                ref = model(input_features=feats, decoder_input_ids=tokens).logits[0].numpy()
+            dec_worst = max(dec_worst, float(np.abs(ours[f"logits.{i}"] - ref).max()))
+            dec_largest = max(dec_largest, float(np.abs(ref).max()))
     refs = [u[2] for u in english]
     same = sum(s == p for s, p in zip(st_texts, pt_texts))
 
@@ -131,6 +152,7 @@ def main():
     print("| check | result |")
     print("|---|---|")
     print(f"| encoder last hidden state, max abs difference to transformers | {worst:.1e} (largest value {largest:.1f}) |")
+    print(f"| decoder logits along the transcripts, max abs difference to transformers | {dec_worst:.1e} (largest value {dec_largest:.1f}) |")
     print(f"| greedy transcripts identical to transformers' `generate` | {same} of {len(english)} (WER between them {100 * wer(st_texts, pt_texts):.1f}%) |")
     print(f"| WER against the reference transcripts | speechtune {100 * wer(st_texts, refs):.1f}%, transformers {100 * wer(pt_texts, refs):.1f}% |")
     print(f"| zero-shot LID accuracy, demo test split, all 100 languages | {100 * acc_all:.1f}% |")
@@ -138,6 +160,38 @@ def main():
     print()
     print(f"time: transformers encoder + generate {t_pt:.1f} s, speechtune transcribe {t_st:.1f} s (process included)")
     json.dump({"speechtune": st_texts, "transformers": pt_texts, "reference": refs}, sys.stderr, ensure_ascii=False, indent=1)
+    if not a.no_train:
+        fine_tune(a)
+
+
+def fine_tune(a):
+    """Seed 003's recipe (LoRA, frozen) and seq2seq LoRA ASR on the demo corpus, trained and
+    evaluated by speechtune; one Markdown row each."""
+    rows = []
+    for name, cfg in [("LID, LoRA r=8 (q, v)", "whisper_lid_lora"), ("LID, frozen encoder", "whisper_lid_frozen"),
+                      ("ASR (seq2seq), LoRA r=8 (q, v)", "whisper_seq2seq_lora")]:
+        out_dir = os.path.join(ROOT, "runs", "real_" + cfg)
+        if os.path.exists(out_dir):
+            import shutil
+            shutil.rmtree(out_dir)
+        t0 = time.time()
+        run(a.speechtune, "train", os.path.join(ROOT, "configs", cfg + ".toml"), "--set", f"upstream.model={a.model}",
+            "--set", f"output_dir={out_dir}")
+        wall = time.time() - t0
+        summary = json.load(open(os.path.join(out_dir, "summary.json")))
+        run(a.speechtune, "eval", out_dir, "--split", "test")
+        test = json.load(open(os.path.join(out_dir, "best", "eval_test.json")))
+        dev, first = summary["best"], summary["first"]
+        if dev.get("accuracy") is not None:
+            score = lambda r: f"acc {100 * r['accuracy']:.1f}%, macro-F1 {r['macro_f1']:.3f}"
+        else:
+            score = lambda r: f"CER {100 * r['cer']:.1f}%, WER {100 * r['wer']:.1f}%"
+        rows.append(f"| {name} | {summary['trainable_parameters']:,} | {score(first)} | {score(dev)} (step {dev['step']}) | "
+                    f"{score(test)} | {summary['seconds_per_step']:.2f} s | {wall / 60:.0f} min |")
+    print()
+    print("| fine-tuning on the demo corpus | trainable | dev before | dev best | test (best) | per update | wall |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,11 @@ pub struct Args {
     /// the model was trained on padded windows).
     #[arg(long)]
     pub unpadded: bool,
+    /// Whose `output_hidden_states` to reproduce: transformers 4 (the default; the last hidden
+    /// state of a pre-LN encoder — wav2vec2-large/XLS-R, HuBERT-large, WavLM-large — after the
+    /// final layer norm) or 5 (before it). Other models are the same under both.
+    #[arg(long, default_value_t = 4)]
+    pub transformers: u32,
     /// cpu, cuda or cuda:N (default: the first GPU in a `cuda` build, else the CPU).
     #[arg(long)]
     pub device: Option<String>,
@@ -56,6 +61,7 @@ pub fn run(args: Args) -> Result<()> {
     let device = speechtune_models::parse_device(args.device.as_deref())?;
     let mut up = Upstream::open(&args.model_dir, &device)
         .with_context(|| format!("loading model from {}", args.model_dir.display()))?;
+    up.model.hidden_states_like_transformers(args.transformers)?;
     if args.unpadded {
         up.frontend = up.frontend.clone().unpadded();
     }

@@ -39,6 +39,12 @@ pub struct Args {
     /// Whisper: files decoded together.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Whisper `transcribe`: also write the decoder's logits along each transcript (teacher
+    /// forced on the generated tokens: `logits.N` `[tokens, vocab]` and `tokens.N` for the N-th
+    /// file) to this safetensors file, to compare with transformers' `model(input_features,
+    /// decoder_input_ids=tokens).logits`.
+    #[arg(long)]
+    pub logits: Option<PathBuf>,
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long)]
     pub device: Option<String>,
@@ -218,6 +224,7 @@ fn run_whisper(
     };
     let options =
         DecodeOptions { language: args.language.clone(), task, beams: args.beam, max_new_tokens: args.max_new_tokens };
+    let mut logits = Vec::new();
     // Files are decoded in batches (Whisper pads every file to its window, so lengths may differ).
     for paths in args.audio.chunks(args.batch.max(1)) {
         let mut waves = Vec::with_capacity(paths.len());
@@ -236,7 +243,7 @@ fn run_whisper(
                     let enc = whisper.encode(&waves, device)?;
                     let found = whisper.identify(&enc, &args.languages)?;
                     let mut out = Vec::with_capacity(paths.len());
-                    for (wave, l) in waves.into_iter().zip(found) {
+                    for (wave, l) in waves.iter().cloned().zip(found) {
                         let o = DecodeOptions { language: Some(l[0].0.clone()), ..options.clone() };
                         out.push(whisper.transcribe(&[wave], &o, device)?.remove(0));
                     }
@@ -244,6 +251,23 @@ fn run_whisper(
                 } else {
                     whisper.transcribe(&waves, &options, device)?
                 };
+                if args.logits.is_some() {
+                    let enc = whisper.encode(&waves, device)?;
+                    for (k, t) in transcripts.iter().enumerate() {
+                        let n = logits.len() / 2;
+                        let tokens = &t.tokens[..t.tokens.len() - 1];
+                        let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
+                        let ids = Tensor::<2, burn::tensor::Int>::from_data(
+                            burn::tensor::TensorData::new(ids, [1, tokens.len()]),
+                            device,
+                        );
+                        let l = whisper.model.logits(&enc.clone().narrow(0, k, 1), ids)?;
+                        let [_, t_len, v] = l.dims();
+                        let values = l.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                        logits.push((format!("logits.{n}"), vec![t_len, v], values));
+                        logits.push((format!("tokens.{n}"), vec![tokens.len()], tokens.iter().map(|&x| x as f32).collect()));
+                    }
+                }
                 paths
                     .iter()
                     .zip(transcripts)
@@ -254,6 +278,10 @@ fn run_whisper(
         for line in lines {
             println!("{line}");
         }
+    }
+    if let Some(path) = &args.logits {
+        speechtune_models::weights::write_safetensors(path, &logits, Default::default())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

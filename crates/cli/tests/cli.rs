@@ -49,6 +49,41 @@ fn features_writes_every_hidden_state_matching_transformers() {
 }
 
 #[test]
+fn features_reproduce_transformers_5_hidden_states_on_request() {
+    // transformers 5 takes the last hidden state of a pre-LN encoder before the final layer norm
+    // (reference_transformers5.safetensors: scripts/make_hidden_states_v5_reference.py).
+    let tmp = tempfile::tempdir().unwrap();
+    for model in ["wav2vec2-xlsr", "hubert-large", "wavlm-large"] {
+        let out = tmp.path().join(format!("{model}.safetensors"));
+        let dir = format!("tests/fixtures/{model}");
+        let args = ["features", &dir, "tests/fixtures/audio/mono16k.wav", "--out", out.to_str().unwrap()];
+        let (ok, _, err) = speechtune(&[&args[..], &["--transformers", "5"]].concat());
+        assert!(ok, "{err}");
+        let got = tensors(&out);
+        let want = tensors(&root().join(&dir).join("reference.safetensors"));
+        let v5 = tensors(&root().join(&dir).join("reference_transformers5.safetensors"));
+        let last = got.len() - 1;
+        for i in 0..=last {
+            let (gs, gv) = &got[&format!("hidden_states.{i}")];
+            let (ws, wv) = if i == last {
+                &v5["single.last_hidden_state_before_norm"]
+            } else {
+                &want[&format!("single.hidden_states.{i}")]
+            };
+            assert_eq!(gs, ws, "{model} {i}");
+            let d = gv.iter().zip(wv).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(d <= 1e-4, "{model} hidden_states.{i}: {d}");
+        }
+        // The 4.x choice differs in the last state only, and the flag knows no other version.
+        let (_, gv) = &got[&format!("hidden_states.{last}")];
+        let (_, wv) = &want[&format!("single.hidden_states.{last}")];
+        assert!(gv.iter().zip(wv).any(|(a, b)| (a - b).abs() > 1e-2), "{model}");
+    }
+    let (ok, _, err) = speechtune(&["features", "tests/fixtures/wav2vec2-xlsr", "x.wav", "--out", "y", "--transformers", "3"]);
+    assert!(!ok && err.contains("transformers 3: expected 4 or 5"), "{err}");
+}
+
+#[test]
 fn features_out_dir_writes_one_file_per_input() {
     let tmp = tempfile::tempdir().unwrap();
     let (ok, _, err) = speechtune(&[

@@ -77,6 +77,23 @@ impl UpstreamModel {
         }
     }
 
+    /// Reproduce the `output_hidden_states` of transformers `major` (4 or 5). They differ for
+    /// pre-LN (stable-layer-norm) SSL encoders — wav2vec2-large/XLS-R, HuBERT-large, WavLM-large:
+    /// 4.x returns the last layer's output after the encoder's final layer norm, 5 before it.
+    /// Returns whether this model is affected.
+    pub fn hidden_states_like_transformers(&mut self, major: u32) -> Result<bool> {
+        if !matches!(major, 4 | 5) {
+            return Err(crate::Error::Input(format!("transformers {major}: expected 4 or 5")));
+        }
+        Ok(match self {
+            UpstreamModel::Ssl(m) => {
+                m.encoder.final_norm_in_hidden_states = major == 4;
+                m.encoder.stable
+            }
+            UpstreamModel::Whisper(_) => false,
+        })
+    }
+
     /// Number of transformer layers (hidden states = layers + 1).
     pub fn num_layers(&self) -> usize {
         match self {

@@ -144,6 +144,10 @@ pub struct Encoder {
     pub layer_norm: LayerNorm,
     pub layers: Vec<EncoderLayer>,
     pub stable: bool,
+    /// Stable layout: the last hidden state is taken after the final layer norm (transformers
+    /// 4.x, the default) or before it (transformers 5).
+    #[module(skip)]
+    pub final_norm_in_hidden_states: bool,
     #[module(skip)]
     pub pos_activation: Activation,
     #[module(skip)]
@@ -208,6 +212,7 @@ impl Encoder {
             layer_norm: LayerNorm::load(w, "encoder.layer_norm", d, eps, device)?,
             layers,
             stable: cfg.do_stable_layer_norm,
+            final_norm_in_hidden_states: true,
             pos_activation: Activation::parse(&cfg.feat_extract_activation)?,
             hidden_activation: Activation::parse(&cfg.hidden_act)?,
         })
@@ -237,13 +242,14 @@ impl Encoder {
             }
         }
         if from < n {
-            out.push(if self.stable { self.layer_norm.forward(x) } else { x });
+            out.push(if self.stable && self.final_norm_in_hidden_states { self.layer_norm.forward(x) } else { x });
         }
         Ok(out)
     }
 
     /// Every hidden state as `output_hidden_states` returns them: the transformer input first,
-    /// then each layer's output (the last one after the final norm in the stable layout).
+    /// then each layer's output (in the stable layout the last one after the final norm, as
+    /// transformers 4.x; before it when `final_norm_in_hidden_states` is off, as transformers 5).
     /// Layers marked in `skip` pass their input through (LayerDrop).
     pub fn forward(&self, x: Tensor<3>, lengths: Option<&[usize]>, skip: &[bool]) -> Vec<Tensor<3>> {
         let [_, t, _] = x.dims();
@@ -264,7 +270,7 @@ impl Encoder {
                 x = layer.forward(x, mask.clone(), &mut bias, self.stable, self.hidden_activation);
             }
         }
-        if self.stable {
+        if self.stable && self.final_norm_in_hidden_states {
             x = self.layer_norm.forward(x);
         }
         hidden.push(x);
