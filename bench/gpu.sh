@@ -49,11 +49,11 @@ PY
 echo "== speed"
 results="$OUT/results.jsonl"
 : >"$results"
-for task in ${TASKS:-forward_1x10 forward_4x10 lora_ctc_2x5 frozen_ws_2x5 pretrain_2x10}; do
-  for round in 1 2; do
-    timeout 150 "$ST" bench --task "$task" --repeats "$REPEATS" --device vulkan | sed 's/^/speechtune /' >>"$results" \
+for task in ${TASKS:-forward_1x10 lora_ctc_2x5 forward_4x10 frozen_ws_2x5 pretrain_2x10}; do
+  for round in $(seq "${ROUNDS:-2}"); do
+    timeout "${TASK_TIMEOUT:-150}" "$ST" bench --task "$task" --repeats "$REPEATS" --device vulkan | sed 's/^/speechtune /' >>"$results" \
       || echo "speechtune $task failed"
-    timeout 150 "$PY" bench/peer_pytorch.py --task "$task" --repeats "$REPEATS" --device cuda | sed 's/^/pytorch /' >>"$results" \
+    timeout "${TASK_TIMEOUT:-150}" "$PY" bench/peer_pytorch.py --task "$task" --repeats "$REPEATS" --device cuda | sed 's/^/pytorch /' >>"$results" \
       || echo "pytorch $task failed"
   done
 done
