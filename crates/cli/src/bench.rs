@@ -95,9 +95,12 @@ pub struct Args {
     /// Untimed runs first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// cpu, cuda or cuda:N (default: the first GPU in a `cuda` build, else the CPU).
+    /// cpu; cuda / cuda:N or vulkan / vulkan:N in a build with that feature (default: its GPU).
     #[arg(long)]
     pub device: Option<String>,
+    /// Training steps with burn's gradient checkpointing (`train.activation_checkpointing`).
+    #[arg(long)]
+    pub activation_checkpointing: bool,
 }
 
 /// What trains in the step tasks: the upstream (LoRA inside it, or frozen), an optional
@@ -117,6 +120,12 @@ impl StepModel {
         };
         Ok(ctc_loss(self.head.forward(x), &out.frame_lengths, targets, 0).mean())
     }
+}
+
+/// The autodiff device of the step tasks, with gradient checkpointing when asked.
+fn training(base: &Device, args: &Args) -> Device {
+    let device = base.clone().autodiff();
+    if args.activation_checkpointing { device.gradient_checkpointing() } else { device }
 }
 
 /// Reproducible noise, like `torch.randn` in the peer (values do not matter for timing).
@@ -168,7 +177,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
             runs = vec![runs.iter().sum()];
         }
         Task::Pretrain2x10 => {
-            let device = base.clone().autodiff();
+            let device = training(&base, args);
             let name = std::path::Path::new("wav2vec2-base (pre-training)");
             let ModelConfig::Ssl(cfg) = ModelConfig::from_json(WAV2VEC2_BASE, name)? else {
                 anyhow::bail!("wav2vec2-base is an SSL configuration");
@@ -227,7 +236,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
             perf_control("disable");
         }
         Task::LoraCtc2x5 | Task::FrozenWs2x5 | Task::FrozenWs2x5Cached => {
-            let device = base.clone().autodiff();
+            let device = training(&base, args);
             let up = Upstream::random(WAV2VEC2_BASE, "wav2vec2-base (random)", 0, &device)?;
             let mut upstream = up.model.no_grad();
             let mut cache = (task == Task::FrozenWs2x5Cached)
@@ -289,6 +298,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
         "speechtune": env!("CARGO_PKG_VERSION"),
         "burn": "0.22.1",
         "device": format!("{base:?}"),
+        "activation_checkpointing": args.activation_checkpointing,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     }))
 }
@@ -343,6 +353,9 @@ pub fn run(args: Args) -> Result<()> {
         cmd.args(["--warmup", &args.warmup.to_string()]);
         if let Some(d) = &args.device {
             cmd.args(["--device", d]);
+        }
+        if args.activation_checkpointing {
+            cmd.arg("--activation-checkpointing");
         }
         let status = cmd.status().with_context(|| format!("cannot run {}", exe.display()))?;
         anyhow::ensure!(status.success(), "bench task {} failed ({status})", task.name());

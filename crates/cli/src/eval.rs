@@ -25,7 +25,7 @@ pub struct Args {
     /// CTC prefix beam search with this many beams (1: greedy).
     #[arg(long, default_value_t = 1)]
     pub beam: usize,
-    /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    /// cpu; cuda / cuda:N or vulkan / vulkan:N in a build with that feature (default: its GPU).
     #[arg(long)]
     pub device: Option<String>,
 }

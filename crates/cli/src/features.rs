@@ -31,7 +31,7 @@ pub struct Args {
     /// final layer norm) or 5 (before it). Other models are the same under both.
     #[arg(long, default_value_t = 4)]
     pub transformers: u32,
-    /// cpu, cuda or cuda:N (default: the first GPU in a `cuda` build, else the CPU).
+    /// cpu; cuda / cuda:N or vulkan / vulkan:N in a build with that feature (default: its GPU).
     #[arg(long)]
     pub device: Option<String>,
 }

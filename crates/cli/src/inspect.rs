@@ -9,7 +9,7 @@ use speechtune_models::{FrontEnd, ModelConfig, Upstream};
 pub struct Args {
     /// Hugging Face model directory (config.json + model.safetensors), or builtin:tiny-pretrained.
     pub model_dir: PathBuf,
-    /// cpu, cuda or cuda:N (default: the first GPU in a `cuda` build, else the CPU).
+    /// cpu; cuda / cuda:N or vulkan / vulkan:N in a build with that feature (default: its GPU).
     #[arg(long)]
     pub device: Option<String>,
 }

@@ -45,7 +45,7 @@ pub struct Args {
     /// decoder_input_ids=tokens).logits`.
     #[arg(long)]
     pub logits: Option<PathBuf>,
-    /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    /// cpu; cuda / cuda:N or vulkan / vulkan:N in a build with that feature (default: its GPU).
     #[arg(long)]
     pub device: Option<String>,
     /// For a run trained with `train --per-language` (one model per language, e.g. S3-Router

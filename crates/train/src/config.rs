@@ -297,9 +297,13 @@ pub struct TrainConfig {
     pub best_metric: Option<Metric>,
     /// Stop after this many evaluations without improvement of `best_metric`.
     pub early_stopping_patience: Option<usize>,
-    /// `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature (default: the first GPU
-    /// in such a build, else the CPU).
+    /// `cpu`; `cuda` / `cuda:N` or `vulkan` / `vulkan:N` in a build with that feature (default:
+    /// the first GPU in such a build, else the CPU).
     pub device: Option<String>,
+    /// Trade compute for memory: burn's gradient checkpointing (its `Balanced` strategy)
+    /// recomputes the activations of memory-bound operations in the backward pass instead of
+    /// keeping them; compute-bound ones (matrix products) stay cached. Same results.
+    pub activation_checkpointing: bool,
     /// When training goes wrong (pre-training: codebook or contrastive collapse, divergence;
     /// any run: `max_bad_steps` non-finite losses in a row): `warn` (the default; non-finite
     /// runs stop) or `rollback` to the last checkpoint at half the learning rate.
@@ -309,6 +313,13 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The device training runs on: `device` with autodiff, and gradient checkpointing when
+    /// `activation_checkpointing` is set.
+    pub fn training_device(&self) -> Result<burn::prelude::Device> {
+        let device = speechtune_models::parse_device(self.device.as_deref())?.autodiff();
+        Ok(if self.activation_checkpointing { device.gradient_checkpointing() } else { device })
+    }
+
     /// The settings a run must keep to be resumed (the number of steps, the time budget and
     /// the evaluation/checkpoint intervals may change).
     pub fn resume_key(&self) -> (f64, f64, Schedule, usize, u64) {
@@ -359,6 +370,7 @@ impl Default for TrainConfig {
             best_metric: None,
             early_stopping_patience: None,
             device: None,
+            activation_checkpointing: false,
             on_collapse: OnCollapse::Warn,
             max_rollbacks: 3,
         }

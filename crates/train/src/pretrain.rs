@@ -486,7 +486,7 @@ fn model_config(cfg: &PretrainConfig) -> Result<(serde_json::Value, bool)> {
 
 /// Pre-train as configured.
 pub fn pretrain(cfg: &PretrainConfig, progress: bool, resume: bool) -> Result<PretrainSummary> {
-    let device = speechtune_models::parse_device(cfg.train.device.as_deref())?.autodiff();
+    let device = cfg.train.training_device()?;
     let plain = device.clone().without_autodiff();
     device.seed(cfg.train.seed);
     let run_dir = cfg.output_dir.clone();

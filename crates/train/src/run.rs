@@ -187,7 +187,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
     if cfg.task.kind == TaskKind::Seq2seqAsr {
         return crate::seq2seq::train(cfg, opts);
     }
-    let device = speechtune_models::parse_device(cfg.train.device.as_deref())?.autodiff();
+    let device = cfg.train.training_device()?;
     let plain = device.clone().without_autodiff();
     device.seed(cfg.train.seed);
     let run_dir = cfg.output_dir.clone();

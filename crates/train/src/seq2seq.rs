@@ -318,7 +318,7 @@ pub fn read_prepared(split: Split, cfg: &RunConfig, whisper: &Whisper) -> Result
 
 /// Fine-tune Whisper as configured (called by [`crate::train`] for `seq2seq_asr`).
 pub(crate) fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
-    let device = speechtune_models::parse_device(cfg.train.device.as_deref())?.autodiff();
+    let device = cfg.train.training_device()?;
     let plain = device.clone().without_autodiff();
     device.seed(cfg.train.seed);
     let run_dir = cfg.output_dir.clone();

@@ -107,8 +107,44 @@ fn every_shipped_config_parses() {
             assert_eq!(serde_json::to_value(cfg.task.kind).unwrap(), task);
         }
     }
-    // ... the demo's two (the demo and its LID probe), and the two pre-training configs.
-    assert_eq!(n, 5 * METHODS.len() + 4);
+    // ... the demo's two (the demo and its LID probe), the two pre-training configs, and the
+    // three for Whisper (seed 003's LID with LoRA and frozen, seq2seq ASR with LoRA).
+    for (name, kind, method) in [
+        ("whisper_lid_lora", "lid", "lora"),
+        ("whisper_lid_frozen", "lid", "frozen"),
+        ("whisper_seq2seq_lora", "seq2seq_asr", "lora"),
+    ] {
+        let cfg = RunConfig::load(&dir.join(format!("{name}.toml")), &[]).unwrap();
+        assert_eq!((serde_json::to_value(cfg.task.kind).unwrap(), cfg.method.name()), (kind.into(), method));
+    }
+    assert_eq!(n, 5 * METHODS.len() + 4 + 3);
+}
+
+#[test]
+fn activation_checkpointing_trains_to_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    mini_corpus(tmp.path());
+    let method = "kind = \"lora\"\nr = 4\nlora_dropout = 0.0";
+    let mut runs = Vec::new();
+    for checkpointing in [false, true] {
+        let out = tmp.path().join(format!("ckpt_{checkpointing}"));
+        let mut cfg = config(tmp.path(), &out, "asr", method, "");
+        cfg.task.dropout = 0.0;
+        cfg.train.activation_checkpointing = checkpointing;
+        train(&cfg, &opts()).unwrap();
+        runs.push(out);
+    }
+    let (a, b) = (losses(&runs[0]), losses(&runs[1]));
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-6 * x.abs(), "{a:?} vs {b:?}");
+    }
+    let read = |run: &PathBuf| speechtune_models::state::read_safetensors(&run.join("best/adapter_model.safetensors")).unwrap();
+    let (wa, wb) = (read(&runs[0]), read(&runs[1]));
+    for (name, (_, v)) in &wa {
+        let d = v.iter().zip(&wb[name].1).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(d <= 1e-6, "{name}: {d}");
+    }
 }
 
 #[test]
