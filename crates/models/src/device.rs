@@ -40,7 +40,18 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device> {
         s if s == "vulkan" || s.starts_with("vulkan:") => {
             let index = s.strip_prefix("vulkan:").map(|i| i.parse::<usize>()).transpose();
             let index = index.map_err(|_| Error::Input(format!("bad device \"{s}\": expected vulkan:N")))?;
-            Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index.unwrap_or(0))))
+            let device = Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index.unwrap_or(0)));
+            // burn panics (on a worker thread's closed channel) when no adapter comes up: say why.
+            let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Tensor::<1>::zeros([1], &device).into_data();
+            }));
+            match probe {
+                Ok(()) => Ok(device),
+                Err(_) => Err(Error::Input(format!(
+                    "device \"{s}\": no Vulkan GPU found (needs the Vulkan loader, libvulkan1, and a GPU driver with \
+                     Vulkan support; VK_DRIVER_FILES may point at the driver's ICD file)"
+                ))),
+            }
         }
         other => Err(Error::Input(format!("unknown device \"{other}\": use {ACCEPTED}"))),
     }

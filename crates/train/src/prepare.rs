@@ -15,7 +15,8 @@ pub struct Prepared {
     pub utts: Arc<Vec<Utterance>>,
     /// Normalised transcripts.
     pub texts: Vec<String>,
-    /// CTC token ids (with the `[lang]` token first for joint ASR + LID).
+    /// CTC token ids (with the `[lang]` token first for joint ASR + LID), or for `seq2seq_asr`
+    /// the Whisper token sequence (prefix, text, end token).
     pub targets: Vec<Vec<u32>>,
     /// Index into the class list (languages, or labels for `classify`); None for a class the
     /// training data did not have.
@@ -26,6 +27,22 @@ pub struct Prepared {
     /// Characters not in the vocabulary (mapped to `<unk>`), and which.
     pub unknown_characters: usize,
     pub unknown_examples: BTreeSet<char>,
+}
+
+impl Prepared {
+    /// No utterances yet.
+    pub fn empty() -> Self {
+        Self {
+            utts: Arc::new(Vec::new()),
+            texts: Vec::new(),
+            targets: Vec::new(),
+            classes: Vec::new(),
+            durations: Vec::new(),
+            dropped_too_short: 0,
+            unknown_characters: 0,
+            unknown_examples: BTreeSet::new(),
+        }
+    }
 }
 
 /// The class of an utterance: its language, or its label for `classify` ("-" when missing).
@@ -54,16 +71,7 @@ pub fn prepare(
 ) -> Prepared {
     let kind = cfg.task.kind;
     let joint = kind == TaskKind::JointAsrLid;
-    let mut p = Prepared {
-        utts: Arc::new(Vec::new()),
-        texts: Vec::new(),
-        targets: Vec::new(),
-        classes: Vec::new(),
-        durations: Vec::new(),
-        dropped_too_short: 0,
-        unknown_characters: 0,
-        unknown_examples: BTreeSet::new(),
-    };
+    let mut p = Prepared::empty();
     let mut keep = Vec::new();
     for u in utts {
         let text = normalize(u.text.as_deref().unwrap_or(""), &cfg.task.text);

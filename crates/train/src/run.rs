@@ -62,6 +62,34 @@ pub struct RunSummary {
     pub layer_weights: Vec<f32>,
 }
 
+impl RunSummary {
+    /// What `fit` reports for the run in `run_dir`; the task-specific fields start empty.
+    pub(crate) fn new(run_dir: &Path, out: crate::fit::Outcome<EvalReport>, (trainable, total): (usize, usize)) -> Self {
+        let st = out.state;
+        Self {
+            run_dir: run_dir.to_path_buf(),
+            steps: st.step,
+            resumed_from: out.resumed_from,
+            skipped_steps: st.skipped,
+            dropped_too_short: 0,
+            unknown_characters: 0,
+            unknown_examples: String::new(),
+            trainable_parameters: trainable,
+            total_parameters: total,
+            seconds: st.seconds,
+            seconds_per_step: out.seconds_per_step,
+            peak_rss_bytes: peak_rss(),
+            stopped_early: out.stopped_early,
+            feature_cache: None,
+            first: st.first,
+            last: st.last,
+            best: st.best,
+            best_dir: run_dir.join("best"),
+            layer_weights: Vec::new(),
+        }
+    }
+}
+
 fn is_better(metric: crate::config::Metric, new: f64, old: f64) -> bool {
     if metric.higher_is_better() { new > old } else { new < old }
 }
@@ -266,28 +294,12 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
         skip_unreadable: false,
     };
     let (model, out) = fit(&mut job, model, data, &cfg.train, &run_dir, &device, opts.progress, opts.resume)?;
-    let st = out.state;
-    let summary = RunSummary {
-        run_dir: run_dir.clone(),
-        steps: st.step,
-        resumed_from: out.resumed_from,
-        skipped_steps: st.skipped,
-        dropped_too_short,
-        unknown_characters: unknown,
-        unknown_examples,
-        trainable_parameters: trainable,
-        total_parameters: total,
-        seconds: st.seconds,
-        seconds_per_step: out.seconds_per_step,
-        peak_rss_bytes: peak_rss(),
-        stopped_early: out.stopped_early,
-        feature_cache: job.feature_cache.as_ref().map(|c| c.stats()),
-        first: st.first,
-        last: st.last,
-        best: st.best,
-        best_dir: run_dir.join("best"),
-        layer_weights: model.featurizer.layer_weights(),
-    };
+    let mut summary = RunSummary::new(&run_dir, out, (trainable, total));
+    summary.dropped_too_short = dropped_too_short;
+    summary.unknown_characters = unknown;
+    summary.unknown_examples = unknown_examples;
+    summary.feature_cache = job.feature_cache.as_ref().map(|c| c.stats());
+    summary.layer_weights = model.featurizer.layer_weights();
     write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
     Ok(summary)
 }

@@ -31,7 +31,7 @@ use speechtune_tasks::token_cross_entropy;
 use crate::checkpoint::{LORA, UPSTREAM, peft_adapter_config, resolve, write_json};
 use crate::config::{MethodConfig, RunConfig};
 use crate::eval::{EvalReport, LanguageScore};
-use crate::fit::{Data, Job, Micro, fit, peak_rss, refuse_to_overwrite};
+use crate::fit::{Data, Job, Micro, fit, refuse_to_overwrite};
 use crate::model::count_parameters;
 use crate::prepare::{Prepared, read_split};
 use crate::run::{RunSummary, TrainOptions, check_resumable};
@@ -112,16 +112,7 @@ fn adapt(model: WhisperSeq2Seq, cfg: &RunConfig, device: &Device) -> Result<Whis
 fn prepare(utts: Vec<Utterance>, cfg: &RunConfig, processor: &WhisperProcessor, max_positions: usize) -> Result<Prepared> {
     let tok = &processor.tokenizer;
     let eot = tok.special("<|endoftext|>")?;
-    let mut p = Prepared {
-        utts: Default::default(),
-        texts: Vec::new(),
-        targets: Vec::new(),
-        classes: Vec::new(),
-        durations: Vec::new(),
-        dropped_too_short: 0,
-        unknown_characters: 0,
-        unknown_examples: Default::default(),
-    };
+    let mut p = Prepared::empty();
     let mut keep = Vec::new();
     for u in utts {
         let text = normalize(u.text.as_deref().unwrap_or(""), &cfg.task.text);
@@ -374,28 +365,8 @@ pub(crate) fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> 
         skip_unreadable: false,
     };
     let (_, out) = fit(&mut job, model, data, &cfg.train, &run_dir, &device, opts.progress, opts.resume)?;
-    let st = out.state;
-    let summary = RunSummary {
-        run_dir: run_dir.clone(),
-        steps: st.step,
-        resumed_from: out.resumed_from,
-        skipped_steps: st.skipped,
-        dropped_too_short: dropped,
-        unknown_characters: 0,
-        unknown_examples: String::new(),
-        trainable_parameters: trainable,
-        total_parameters: total,
-        seconds: st.seconds,
-        seconds_per_step: out.seconds_per_step,
-        peak_rss_bytes: peak_rss(),
-        stopped_early: out.stopped_early,
-        feature_cache: None,
-        first: st.first,
-        last: st.last,
-        best: st.best,
-        best_dir: run_dir.join("best"),
-        layer_weights: Vec::new(),
-    };
+    let mut summary = RunSummary::new(&run_dir, out, (trainable, total));
+    summary.dropped_too_short = dropped;
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
     write_atomic(&run_dir.join("summary.json"), text.as_bytes())?;
     Ok(summary)

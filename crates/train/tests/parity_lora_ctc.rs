@@ -2,6 +2,8 @@
 //! tiny wav2vec2-base fixture, same initial LoRA and head weights, same padded batch and targets.
 //! The loss before each step and after the last must match within 1e-3 relative.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -17,30 +19,6 @@ fn fixtures() -> PathBuf {
     PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../../tests/fixtures")
 }
 
-/// Every tensor of a safetensors file as f64 (f32, f64 or i64 on disk).
-fn read(path: &std::path::Path) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            let d = v.data();
-            let vals: Vec<f64> = match v.dtype() {
-                safetensors::Dtype::F32 => {
-                    d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
-                }
-                safetensors::Dtype::F64 => {
-                    d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
-                }
-                safetensors::Dtype::I64 => {
-                    d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect()
-                }
-                other => panic!("{name}: {other:?}"),
-            };
-            (name, (v.shape().to_vec(), vals))
-        })
-        .collect()
-}
 
 #[derive(Module, Debug)]
 struct Model {
@@ -51,8 +29,8 @@ struct Model {
 #[test]
 fn five_lora_ctc_steps_match_pytorch() {
     let device = Device::flex().autodiff();
-    let reference = read(&fixtures().join("train-lora-ctc/reference.safetensors"));
-    let inputs = read(&fixtures().join("wav2vec2-base/reference.safetensors"));
+    let reference = common::read_reference(&fixtures().join("train-lora-ctc/reference.safetensors"));
+    let inputs = common::read_reference(&fixtures().join("wav2vec2-base/reference.safetensors"));
     let f32s = |k: &str, r: &HashMap<String, (Vec<usize>, Vec<f64>)>| -> (Vec<usize>, Vec<f32>) {
         let (s, v) = &r[k];
         (s.clone(), v.iter().map(|&x| x as f32).collect())

@@ -4,6 +4,8 @@
 //! The loss before each step and after the last must match within 1e-3 relative, and so must the
 //! trained LoRA weights, written back under peft's names.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -19,30 +21,6 @@ fn fixtures() -> PathBuf {
     PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../../tests/fixtures")
 }
 
-/// Every tensor of a safetensors file as f64 (f32, f64 or i64 on disk).
-fn read(path: &std::path::Path) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            let d = v.data();
-            let vals: Vec<f64> = match v.dtype() {
-                safetensors::Dtype::F32 => {
-                    d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
-                }
-                safetensors::Dtype::F64 => {
-                    d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
-                }
-                safetensors::Dtype::I64 => {
-                    d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect()
-                }
-                other => panic!("{name}: {other:?}"),
-            };
-            (name, (v.shape().to_vec(), vals))
-        })
-        .collect()
-}
 
 fn with_prefix(r: &HashMap<String, (Vec<usize>, Vec<f64>)>, prefix: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
     r.iter()
@@ -56,8 +34,8 @@ fn with_prefix(r: &HashMap<String, (Vec<usize>, Vec<f64>)>, prefix: &str) -> Has
 fn five_lora_seq2seq_steps_match_pytorch_and_peft() {
     let device = Device::flex().autodiff();
     let dir = fixtures().join("train-lora-seq2seq");
-    let reference = read(&dir.join("reference.safetensors"));
-    let inputs = read(&fixtures().join("whisper-seq2seq/reference.safetensors"));
+    let reference = common::read_reference(&dir.join("reference.safetensors"));
+    let inputs = common::read_reference(&fixtures().join("whisper-seq2seq/reference.safetensors"));
     let Whisper { model, processor } = Whisper::load(&fixtures().join("whisper-seq2seq"), &device).unwrap();
 
     // The token sequences: our tokenizer gives the ids transformers' gave for the same text.

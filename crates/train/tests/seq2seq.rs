@@ -13,24 +13,9 @@ fn fixture() -> std::path::PathBuf {
         .join("../../tests/fixtures/whisper-seq2seq")
 }
 
-/// A mono 16-bit 16-kHz WAV file.
-fn wav(path: &Path, samples: &[f32]) {
-    let data: Vec<u8> = samples.iter().flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes()).collect();
-    let mut out = Vec::new();
-    out.extend(b"RIFF");
-    out.extend((36 + data.len() as u32).to_le_bytes());
-    out.extend(b"WAVEfmt ");
-    out.extend(16u32.to_le_bytes());
-    out.extend(1u16.to_le_bytes());
-    out.extend(1u16.to_le_bytes());
-    out.extend(16000u32.to_le_bytes());
-    out.extend(32000u32.to_le_bytes());
-    out.extend(2u16.to_le_bytes());
-    out.extend(16u16.to_le_bytes());
-    out.extend(b"data");
-    out.extend((data.len() as u32).to_le_bytes());
-    out.extend(data);
-    std::fs::write(path, out).unwrap();
+/// A 16-kHz FLAC file.
+fn flac(path: &Path, samples: &[f32]) {
+    std::fs::write(path, speechtune_audio::flac::encode_flac(samples).unwrap()).unwrap();
 }
 
 /// Four "words", each a tone of its own pitch, 0.5-0.9 s; two German, two English; dev and test
@@ -42,8 +27,8 @@ fn corpus(root: &Path) {
         let n = 8000 + 2000 * k;
         let samples: Vec<f32> =
             (0..n).map(|i| 0.5 * (2.0 * std::f32::consts::PI * hz * i as f32 / 16000.0).sin()).collect();
-        let name = format!("{text}.wav");
-        wav(&root.join(&name), &samples);
+        let name = format!("{text}.flac");
+        flac(&root.join(&name), &samples);
         for split in ["train", "dev", "test"] {
             manifest += &format!("{name}\t{text}\t{lang}\t{split}\n");
         }

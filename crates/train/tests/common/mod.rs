@@ -82,3 +82,28 @@ pub fn losses(run: &Path) -> Vec<f64> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
         .collect()
 }
+
+/// Every tensor of a reference safetensors file as f64 (f32, f64 or i64 on disk).
+pub fn read_reference(path: &Path) -> std::collections::HashMap<String, (Vec<usize>, Vec<f64>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let d = v.data();
+            let vals: Vec<f64> = match v.dtype() {
+                safetensors::Dtype::F32 => {
+                    d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+                }
+                safetensors::Dtype::F64 => {
+                    d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+                }
+                safetensors::Dtype::I64 => {
+                    d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+                }
+                other => panic!("{name}: {other:?}"),
+            };
+            (name, (v.shape().to_vec(), vals))
+        })
+        .collect()
+}
