@@ -263,9 +263,17 @@ fn run_whisper(
                         );
                         let l = whisper.model.logits(&enc.clone().narrow(0, k, 1), ids)?;
                         let [_, t_len, v] = l.dims();
-                        let values = l.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                        let values = l
+                            .into_data()
+                            .convert::<f32>()
+                            .try_into_vec::<f32>()
+                            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
                         logits.push((format!("logits.{n}"), vec![t_len, v], values));
-                        logits.push((format!("tokens.{n}"), vec![tokens.len()], tokens.iter().map(|&x| x as f32).collect()));
+                        logits.push((
+                            format!("tokens.{n}"),
+                            vec![tokens.len()],
+                            tokens.iter().map(|&x| x as f32).collect(),
+                        ));
                     }
                 }
                 paths

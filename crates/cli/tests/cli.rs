@@ -79,7 +79,8 @@ fn features_reproduce_transformers_5_hidden_states_on_request() {
         let (_, wv) = &want[&format!("single.hidden_states.{last}")];
         assert!(gv.iter().zip(wv).any(|(a, b)| (a - b).abs() > 1e-2), "{model}");
     }
-    let (ok, _, err) = speechtune(&["features", "tests/fixtures/wav2vec2-xlsr", "x.wav", "--out", "y", "--transformers", "3"]);
+    let (ok, _, err) =
+        speechtune(&["features", "tests/fixtures/wav2vec2-xlsr", "x.wav", "--out", "y", "--transformers", "3"]);
     assert!(!ok && err.contains("transformers 3: expected 4 or 5"), "{err}");
 }
 

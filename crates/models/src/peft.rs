@@ -269,7 +269,8 @@ impl UpstreamModel {
 /// adapters in every layer of both.
 impl WhisperSeq2Seq {
     pub fn projections(&self) -> Vec<&Proj> {
-        let enc = self.encoder.layers.iter().flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.out_proj, &l.fc1, &l.fc2]);
+        let enc =
+            self.encoder.layers.iter().flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.out_proj, &l.fc1, &l.fc2]);
         let dec = self.decoder.layers.iter().flat_map(|l| {
             let (s, c) = (&l.self_attn, &l.encoder_attn);
             [&s.q_proj, &s.k_proj, &s.v_proj, &s.out_proj, &c.q_proj, &c.k_proj, &c.v_proj, &c.out_proj, &l.fc1, &l.fc2]
@@ -278,9 +279,11 @@ impl WhisperSeq2Seq {
     }
 
     pub fn projections_mut(&mut self) -> Vec<&mut Proj> {
-        let enc = self.encoder.layers.iter_mut().flat_map(|l| {
-            [&mut l.q_proj, &mut l.k_proj, &mut l.v_proj, &mut l.out_proj, &mut l.fc1, &mut l.fc2]
-        });
+        let enc = self
+            .encoder
+            .layers
+            .iter_mut()
+            .flat_map(|l| [&mut l.q_proj, &mut l.k_proj, &mut l.v_proj, &mut l.out_proj, &mut l.fc1, &mut l.fc2]);
         let dec = self.decoder.layers.iter_mut().flat_map(|l| {
             let (s, c) = (&mut l.self_attn, &mut l.encoder_attn);
             [

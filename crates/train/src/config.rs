@@ -428,7 +428,9 @@ impl RunConfig {
                 ));
             }
             if !self.augment.is_off() {
-                return Err("augment: seq2seq_asr does not apply SpecAugment or LayerDrop yet; leave [augment] out".into());
+                return Err(
+                    "augment: seq2seq_asr does not apply SpecAugment or LayerDrop yet; leave [augment] out".into()
+                );
             }
         }
         Ok(())

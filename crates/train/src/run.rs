@@ -64,7 +64,11 @@ pub struct RunSummary {
 
 impl RunSummary {
     /// What `fit` reports for the run in `run_dir`; the task-specific fields start empty.
-    pub(crate) fn new(run_dir: &Path, out: crate::fit::Outcome<EvalReport>, (trainable, total): (usize, usize)) -> Self {
+    pub(crate) fn new(
+        run_dir: &Path,
+        out: crate::fit::Outcome<EvalReport>,
+        (trainable, total): (usize, usize),
+    ) -> Self {
         let st = out.state;
         Self {
             run_dir: run_dir.to_path_buf(),

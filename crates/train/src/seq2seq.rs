@@ -41,10 +41,18 @@ use crate::{Error, Result};
 /// the encoder output: the decoder reads every token but the last and is scored on every token
 /// but the first, padding ignored — `WhisperForConditionalGeneration`'s loss with
 /// `labels = targets[1:]` (its decoder input is the labels shifted right behind the start token).
-pub fn teacher_forced_loss(model: &WhisperSeq2Seq, encoder_out: &Tensor<3>, targets: &[Vec<u32>], pad: u32) -> Result<Tensor<1>> {
+pub fn teacher_forced_loss(
+    model: &WhisperSeq2Seq,
+    encoder_out: &Tensor<3>,
+    targets: &[Vec<u32>],
+    pad: u32,
+) -> Result<Tensor<1>> {
     let t = targets.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
     if t == 0 {
-        return Err(Error::Config { path: PathBuf::from("<targets>"), reason: "every target needs at least two tokens".into() });
+        return Err(Error::Config {
+            path: PathBuf::from("<targets>"),
+            reason: "every target needs at least two tokens".into(),
+        });
     }
     let b = targets.len();
     let mut input = vec![pad as i64; b * t];
@@ -65,11 +73,15 @@ fn whisper_dir(cfg: &RunConfig) -> Result<PathBuf> {
     let dir = PathBuf::from(&cfg.upstream.model);
     let bad = |reason: String| Error::Config { path: dir.clone(), reason };
     if !dir.is_dir() {
-        return Err(bad("seq2seq_asr needs a Whisper model directory (WhisperForConditionalGeneration with its tokenizer)".into()));
+        return Err(bad(
+            "seq2seq_asr needs a Whisper model directory (WhisperForConditionalGeneration with its tokenizer)".into(),
+        ));
     }
     match ModelConfig::from_dir(&dir)? {
         ModelConfig::Whisper(_) => Ok(dir),
-        ModelConfig::Ssl(_) => Err(bad("seq2seq_asr needs a Whisper model; this is an encoder-only model (use asr for CTC)".into())),
+        ModelConfig::Ssl(_) => {
+            Err(bad("seq2seq_asr needs a Whisper model; this is an encoder-only model (use asr for CTC)".into()))
+        }
     }
 }
 
@@ -109,7 +121,12 @@ fn adapt(model: WhisperSeq2Seq, cfg: &RunConfig, device: &Device) -> Result<Whis
 /// punctuation) and the normalised transcripts (`task.text`) that scoring compares with the
 /// normalised output; utterances whose sequence does not fit the decoder's positions are dropped
 /// (counted in `dropped_too_short`).
-fn prepare(utts: Vec<Utterance>, cfg: &RunConfig, processor: &WhisperProcessor, max_positions: usize) -> Result<Prepared> {
+fn prepare(
+    utts: Vec<Utterance>,
+    cfg: &RunConfig,
+    processor: &WhisperProcessor,
+    max_positions: usize,
+) -> Result<Prepared> {
     let tok = &processor.tokenizer;
     let eot = tok.special("<|endoftext|>")?;
     let mut p = Prepared::empty();
@@ -230,7 +247,13 @@ impl Job for Seq2SeqJob<'_> {
     type Model = WhisperSeq2Seq;
     type Report = EvalReport;
 
-    fn micro(&mut self, model: &WhisperSeq2Seq, batch: &speechtune_data::Batch, _: usize, _: usize) -> Result<Option<Micro>> {
+    fn micro(
+        &mut self,
+        model: &WhisperSeq2Seq,
+        batch: &speechtune_data::Batch,
+        _: usize,
+        _: usize,
+    ) -> Result<Option<Micro>> {
         let waves: Vec<Vec<f32>> = batch.waves.iter().map(|w| w.as_ref().clone()).collect();
         let enc = self.processor.encode(model, &waves, &self.device)?;
         let targets: Vec<Vec<u32>> = batch.indices.iter().map(|&i| self.train_set.targets[i].clone()).collect();
@@ -274,7 +297,8 @@ pub fn save(dir: &Path, model: &WhisperSeq2Seq, cfg: &RunConfig, report: Option<
         write_json(&dir.join("adapter_config.json"), &peft_adapter_config(l, &cfg.upstream.model))?;
     } else {
         let state = named_parameters(model, "", true);
-        let meta = std::collections::HashMap::from([("format".to_string(), format!("speechtune-{}", cfg.method.name()))]);
+        let meta =
+            std::collections::HashMap::from([("format".to_string(), format!("speechtune-{}", cfg.method.name()))]);
         write_safetensors(&dir.join(UPSTREAM), &state, meta)?;
     }
     Ok(())
@@ -333,7 +357,10 @@ pub(crate) fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> 
     let train_set = prepare(train_utts, cfg, &processor, max_positions)?;
     let dev_set = prepare(dev_utts, cfg, &processor, usize::MAX)?;
     if train_set.utts.is_empty() {
-        return Err(Error::Config { path: cfg.data.root.clone(), reason: "no training utterance left to train on".into() });
+        return Err(Error::Config {
+            path: cfg.data.root.clone(),
+            reason: "no training utterance left to train on".into(),
+        });
     }
     if train_set.dropped_too_short > 0 {
         eprintln!(

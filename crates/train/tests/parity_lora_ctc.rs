@@ -19,7 +19,6 @@ fn fixtures() -> PathBuf {
     PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../../tests/fixtures")
 }
 
-
 #[derive(Module, Debug)]
 struct Model {
     upstream: UpstreamModel,

@@ -21,7 +21,6 @@ fn fixtures() -> PathBuf {
     PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../../tests/fixtures")
 }
 
-
 fn with_prefix(r: &HashMap<String, (Vec<usize>, Vec<f64>)>, prefix: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
     r.iter()
         .filter_map(|(k, (s, v))| {

@@ -102,11 +102,10 @@ fn lora_seq2seq_learns_the_corpus_resumes_exactly_and_reloads() {
     assert_eq!(dir, s.best_dir);
     let dev = seq2seq::read_prepared(Split::Dev, &cfg_back, &whisper).unwrap();
     let mut hyps = Vec::new();
-    let report =
-        seq2seq::evaluate(&whisper.model, &whisper.processor, &dev, &cfg_back, 0, 1, &device, |_, h| {
-            hyps.push(h.to_string())
-        })
-        .unwrap();
+    let report = seq2seq::evaluate(&whisper.model, &whisper.processor, &dev, &cfg_back, 0, 1, &device, |_, h| {
+        hyps.push(h.to_string())
+    })
+    .unwrap();
     assert_eq!(report.cer, s.best.cer, "{hyps:?}");
     assert_eq!(hyps.len(), 4);
 
@@ -152,8 +151,7 @@ fn adapters_bitfit_and_full_train_and_the_rest_are_refused() {
     }
     // An encoder-only model cannot write text.
     let mut cfg = config(tmp.path(), "ssl", "kind = \"full\"", 2);
-    cfg.upstream.model =
-        fixture().join("../wav2vec2-base").canonicalize().unwrap().display().to_string();
+    cfg.upstream.model = fixture().join("../wav2vec2-base").canonicalize().unwrap().display().to_string();
     let err = train(&cfg, &opts()).unwrap_err().to_string();
     assert!(err.contains("needs a Whisper model"), "{err}");
 }

@@ -139,7 +139,9 @@ fn activation_checkpointing_trains_to_the_same_weights() {
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() <= 1e-6 * x.abs(), "{a:?} vs {b:?}");
     }
-    let read = |run: &PathBuf| speechtune_models::state::read_safetensors(&run.join("best/adapter_model.safetensors")).unwrap();
+    let read = |run: &PathBuf| {
+        speechtune_models::state::read_safetensors(&run.join("best/adapter_model.safetensors")).unwrap()
+    };
     let (wa, wb) = (read(&runs[0]), read(&runs[1]));
     for (name, (_, v)) in &wa {
         let d = v.iter().zip(&wb[name].1).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
