@@ -41,10 +41,14 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device> {
             let index = s.strip_prefix("vulkan:").map(|i| i.parse::<usize>()).transpose();
             let index = index.map_err(|_| Error::Input(format!("bad device \"{s}\": expected vulkan:N")))?;
             let device = Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index.unwrap_or(0)));
-            // burn panics (on a worker thread's closed channel) when no adapter comes up: say why.
+            // burn panics (on a worker thread's closed channel) when no adapter comes up: say why,
+            // without the panic's own report.
+            let report = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
             let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 Tensor::<1>::zeros([1], &device).into_data();
             }));
+            std::panic::set_hook(report);
             match probe {
                 Ok(()) => Ok(device),
                 Err(_) => Err(Error::Input(format!(
