@@ -2,13 +2,17 @@
 """Load a `seq2seq_asr` LoRA checkpoint of speechtune in Hugging Face peft and decode with it
 (a development check, never run by tests or CI; the fixture environment of make_fixtures.py):
 
-    ~/fixenv/bin/python scripts/check_peft_seq2seq.py RUN_DIR/best BASE_MODEL_DIR LANG AUDIO...
+    ~/fixenv/bin/python scripts/check_peft_seq2seq.py RUN_DIR/best BASE_MODEL_DIR LANGUAGE WAV...
+
+LANGUAGE as transformers names it (german, polish); WAV 16-kHz mono 16-bit; MAX_NEW_TOKENS
+(default 96) bounds each transcript.
 
 `PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(BASE), CHECKPOINT)`
 must load every LoRA tensor (peft warns about none missing or unexpected); prints each file's
 greedy transcript, for comparison with `speechtune transcribe CHECKPOINT AUDIO --language LANG`.
 """
 
+import os
 import sys
 import wave
 
@@ -42,7 +46,7 @@ def main():
     for path in audio:
         x = fe(read_wav(path), sampling_rate=16000, return_tensors="pt").input_features
         with torch.no_grad():
-            ids = model.generate(x, decoder_input_ids=prefix, max_new_tokens=8)
+            ids = model.generate(x, decoder_input_ids=prefix, max_new_tokens=int(os.environ.get("MAX_NEW_TOKENS", "96")))
         print(f"{path}\t{tok.decode(ids[0], skip_special_tokens=True).strip()}")
 
 
