@@ -1,76 +1,16 @@
-//! `seq2seq_asr`: Whisper fine-tuned as a whole on a tiny corpus (the tiny Whisper fixture with its
-//! tokenizer; its window is 1 s, so the clips are short tones). Its own test binary: training is
-//! seeded per process (see resume.rs).
+//! `seq2seq_asr`: Whisper fine-tuned as a whole with LoRA on a tiny corpus (the tiny Whisper
+//! fixture with its tokenizer; its window is 1 s, so the clips are short tones). Its own test
+//! binary: training is seeded per process, and the resumed run must equal the uninterrupted one
+//! bit for bit (see resume.rs).
+
+mod common;
 
 use std::path::Path;
 
+use common::{opts, seq2seq_config as config, seq2seq_corpus as corpus};
 use speechtune_data::Split;
 use speechtune_train::seq2seq;
-use speechtune_train::{RunConfig, TrainOptions, train};
-
-fn fixture() -> std::path::PathBuf {
-    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
-        .join("../../tests/fixtures/whisper-seq2seq")
-}
-
-/// A 16-kHz FLAC file.
-fn flac(path: &Path, samples: &[f32]) {
-    std::fs::write(path, speechtune_audio::flac::encode_flac(samples).unwrap()).unwrap();
-}
-
-/// Four "words", each a tone of its own pitch, 0.5-0.9 s; two German, two English; dev and test
-/// repeat the training items (the test asks whether the model learns them).
-fn corpus(root: &Path) {
-    let items = [("der", "deu", 220.0), ("an", "deu", 330.0), ("the", "eng", 440.0), ("in", "eng", 550.0)];
-    let mut manifest = String::from("path\ttext\tlang\tsplit\n");
-    for (k, (text, lang, hz)) in items.iter().enumerate() {
-        let n = 8000 + 2000 * k;
-        let samples: Vec<f32> =
-            (0..n).map(|i| 0.5 * (2.0 * std::f32::consts::PI * hz * i as f32 / 16000.0).sin()).collect();
-        let name = format!("{text}.flac");
-        flac(&root.join(&name), &samples);
-        for split in ["train", "dev", "test"] {
-            manifest += &format!("{name}\t{text}\t{lang}\t{split}\n");
-        }
-    }
-    std::fs::write(root.join("manifest.tsv"), manifest).unwrap();
-}
-
-fn config(root: &Path, out: &str, method: &str, steps: usize) -> RunConfig {
-    RunConfig::from_toml(&config_text(root, out, method, steps)).unwrap()
-}
-
-fn config_text(root: &Path, out: &str, method: &str, steps: usize) -> String {
-    format!(
-        r#"
-output_dir = {out:?}
-[upstream]
-model = {model:?}
-[method]
-{method}
-[task]
-kind = "seq2seq_asr"
-max_new_tokens = 8
-[data]
-root = {data:?}
-workers = 1
-[data.batch]
-max_seconds = 4.0
-[train]
-steps = {steps}
-lr = 1e-2
-checkpoint_every = 2
-keep_last = 5
-"#,
-        out = root.join(out).display().to_string(),
-        model = fixture().display().to_string(),
-        data = root.join("manifest.tsv").display().to_string(),
-    )
-}
-
-fn opts() -> TrainOptions {
-    TrainOptions::default()
-}
+use speechtune_train::{TrainOptions, train};
 
 #[test]
 fn lora_seq2seq_learns_the_corpus_resumes_exactly_and_reloads() {
@@ -122,36 +62,4 @@ fn lora_seq2seq_learns_the_corpus_resumes_exactly_and_reloads() {
     assert_eq!(resumed.resumed_from, Some(2));
     let file = |run: &Path| std::fs::read(run.join("checkpoints/step-4/adapter_model.safetensors")).unwrap();
     assert!(file(&whole.run_dir) == file(&killed.output_dir), "the resumed adapter differs");
-}
-
-#[test]
-fn adapters_bitfit_and_full_train_and_the_rest_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    corpus(tmp.path());
-    let mut trained = Vec::new();
-    for (name, method) in [
-        ("adapter", "kind = \"adapter\"\nreduction_factor = 4"),
-        ("bitfit", "kind = \"bitfit\""),
-        ("full", "kind = \"full\""),
-    ] {
-        let s = train(&config(tmp.path(), name, method, 2), &opts()).unwrap();
-        assert!(s.trainable_parameters > 0 && s.trainable_parameters < s.total_parameters, "{name}: {s:?}");
-        let saved = speechtune_models::state::read_safetensors(&s.best_dir.join("upstream.safetensors")).unwrap();
-        assert!(!saved.is_empty(), "{name}");
-        let device = burn::prelude::Device::flex();
-        seq2seq::load(&s.run_dir, &device, true).unwrap();
-        trained.push((name, s.trainable_parameters));
-    }
-    // Houlsby adapters (d 32 → 8 → 32, two per layer) in 2 encoder and 2 decoder layers.
-    assert_eq!(trained[0].1, 4 * 2 * (32 * 8 + 8 + 8 * 32 + 32), "{trained:?}");
-    for method in ["kind = \"frozen\"", "kind = \"prefix\"", "kind = \"s3_router\""] {
-        let text = config_text(tmp.path(), "refused", method, 2);
-        let err = RunConfig::from_toml(&text).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("seq2seq_asr trains with lora, adapter, bitfit or full"), "{err}");
-    }
-    // An encoder-only model cannot write text.
-    let mut cfg = config(tmp.path(), "ssl", "kind = \"full\"", 2);
-    cfg.upstream.model = fixture().join("../wav2vec2-base").canonicalize().unwrap().display().to_string();
-    let err = train(&cfg, &opts()).unwrap_err().to_string();
-    assert!(err.contains("needs a Whisper model"), "{err}");
 }

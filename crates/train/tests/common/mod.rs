@@ -107,3 +107,65 @@ pub fn read_reference(path: &Path) -> std::collections::HashMap<String, (Vec<usi
         })
         .collect()
 }
+
+// Whisper seq2seq: the tiny Whisper fixture (1-s window) and a corpus of four short tones.
+
+pub fn whisper_fixture() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
+        .join("../../tests/fixtures/whisper-seq2seq")
+}
+
+/// A 16-kHz FLAC file.
+fn flac(path: &Path, samples: &[f32]) {
+    std::fs::write(path, speechtune_audio::flac::encode_flac(samples).unwrap()).unwrap();
+}
+
+/// Four "words", each a tone of its own pitch, 0.5-0.9 s; two German, two English; dev and test
+/// repeat the training items (the test asks whether the model learns them).
+pub fn seq2seq_corpus(root: &Path) {
+    let items = [("der", "deu", 220.0), ("an", "deu", 330.0), ("the", "eng", 440.0), ("in", "eng", 550.0)];
+    let mut manifest = String::from("path\ttext\tlang\tsplit\n");
+    for (k, (text, lang, hz)) in items.iter().enumerate() {
+        let n = 8000 + 2000 * k;
+        let samples: Vec<f32> =
+            (0..n).map(|i| 0.5 * (2.0 * std::f32::consts::PI * hz * i as f32 / 16000.0).sin()).collect();
+        let name = format!("{text}.flac");
+        flac(&root.join(&name), &samples);
+        for split in ["train", "dev", "test"] {
+            manifest += &format!("{name}\t{text}\t{lang}\t{split}\n");
+        }
+    }
+    std::fs::write(root.join("manifest.tsv"), manifest).unwrap();
+}
+
+pub fn seq2seq_config(root: &Path, out: &str, method: &str, steps: usize) -> RunConfig {
+    RunConfig::from_toml(&seq2seq_config_text(root, out, method, steps)).unwrap()
+}
+
+pub fn seq2seq_config_text(root: &Path, out: &str, method: &str, steps: usize) -> String {
+    format!(
+        r#"
+output_dir = {out:?}
+[upstream]
+model = {model:?}
+[method]
+{method}
+[task]
+kind = "seq2seq_asr"
+max_new_tokens = 8
+[data]
+root = {data:?}
+workers = 1
+[data.batch]
+max_seconds = 4.0
+[train]
+steps = {steps}
+lr = 1e-2
+checkpoint_every = 2
+keep_last = 5
+"#,
+        out = root.join(out).display().to_string(),
+        model = whisper_fixture().display().to_string(),
+        data = root.join("manifest.tsv").display().to_string(),
+    )
+}
