@@ -22,7 +22,8 @@ pub struct Prepared {
     /// training data did not have.
     pub classes: Vec<Option<usize>>,
     pub durations: Vec<f64>,
-    /// Utterances dropped because their audio gives fewer frames than CTC needs.
+    /// Utterances dropped because their audio gives fewer frames than CTC needs (for
+    /// `seq2seq_asr`: because their token sequence is longer than the decoder's positions).
     pub dropped_too_short: usize,
     /// Characters not in the vocabulary (mapped to `<unk>`), and which.
     pub unknown_characters: usize,

@@ -39,7 +39,8 @@ pub struct RunSummary {
     pub steps: usize,
     pub resumed_from: Option<usize>,
     pub skipped_steps: usize,
-    /// Training utterances dropped because their audio gives fewer frames than CTC needs.
+    /// Training utterances dropped because their audio gives fewer frames than CTC needs (for
+    /// `seq2seq_asr`: because their token sequence is longer than the decoder's positions).
     pub dropped_too_short: usize,
     /// Characters of training and dev transcripts not in the vocabulary (mapped to `<unk>`).
     pub unknown_characters: usize,
