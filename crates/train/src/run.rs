@@ -95,6 +95,22 @@ impl RunSummary {
     }
 }
 
+/// The training split as the loop reads it: batched as `data.batch` says, decoded on
+/// `data.workers` threads, kept in memory when `data.cache`.
+pub(crate) fn training_data<'a>(
+    cfg: &'a RunConfig,
+    utts: std::sync::Arc<Vec<speechtune_data::Utterance>>,
+    durations: &'a [f64],
+) -> Data<'a> {
+    Data {
+        utts,
+        durations,
+        plan: &cfg.data.batch,
+        loader: LoaderOptions { workers: cfg.data.workers, prefetch: 4, cache: cfg.data.cache },
+        skip_unreadable: false,
+    }
+}
+
 fn is_better(metric: crate::config::Metric, new: f64, old: f64) -> bool {
     if metric.higher_is_better() { new > old } else { new < old }
 }
@@ -291,13 +307,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
         feature_cache,
         freeze_updates,
     };
-    let data = Data {
-        utts,
-        durations: &durations,
-        plan: &cfg.data.batch,
-        loader: LoaderOptions { workers: cfg.data.workers, prefetch: 4, cache: cfg.data.cache },
-        skip_unreadable: false,
-    };
+    let data = training_data(cfg, utts, &durations);
     let (model, out) = fit(&mut job, model, data, &cfg.train, &run_dir, &device, opts.progress, opts.resume)?;
     let mut summary = RunSummary::new(&run_dir, out, (trainable, total));
     summary.dropped_too_short = dropped_too_short;

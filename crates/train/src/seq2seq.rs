@@ -31,10 +31,10 @@ use speechtune_tasks::token_cross_entropy;
 use crate::checkpoint::{LORA, UPSTREAM, peft_adapter_config, resolve, write_json};
 use crate::config::{MethodConfig, RunConfig};
 use crate::eval::{EvalReport, LanguageScore};
-use crate::fit::{Data, Job, Micro, fit, refuse_to_overwrite};
+use crate::fit::{Job, Micro, fit, refuse_to_overwrite};
 use crate::model::count_parameters;
 use crate::prepare::{Prepared, read_split};
-use crate::run::{RunSummary, TrainOptions, check_resumable};
+use crate::run::{RunSummary, TrainOptions, check_resumable, training_data};
 use crate::{Error, Result};
 
 /// Teacher-forced loss of `targets` (each the whole token sequence: prefix, text, end token) given
@@ -384,13 +384,7 @@ pub(crate) fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> 
     let durations = train_set.durations.clone();
     let dropped = train_set.dropped_too_short;
     let mut job = Seq2SeqJob { cfg, device: device.clone(), plain, processor, train_set, dev_set, pad };
-    let data = Data {
-        utts,
-        durations: &durations,
-        plan: &cfg.data.batch,
-        loader: LoaderOptions { workers: cfg.data.workers, prefetch: 4, cache: cfg.data.cache },
-        skip_unreadable: false,
-    };
+    let data = training_data(cfg, utts, &durations);
     let (_, out) = fit(&mut job, model, data, &cfg.train, &run_dir, &device, opts.progress, opts.resume)?;
     let mut summary = RunSummary::new(&run_dir, out, (trainable, total));
     summary.dropped_too_short = dropped;
