@@ -417,21 +417,15 @@ impl RunConfig {
             }
             _ => {}
         }
-        if self.task.kind == TaskKind::Seq2seqAsr {
-            if !matches!(
-                self.method,
-                MethodConfig::Lora(_) | MethodConfig::Adapter(_) | MethodConfig::Bitfit | MethodConfig::Full { .. }
-            ) {
-                return Err(format!(
-                    "method {}: seq2seq_asr trains with lora, adapter, bitfit or full",
-                    self.method.name()
-                ));
-            }
-            if !self.augment.is_off() {
-                return Err(
-                    "augment: seq2seq_asr does not apply SpecAugment or LayerDrop yet; leave [augment] out".into()
-                );
-            }
+        let seq2seq_method = matches!(
+            self.method,
+            MethodConfig::Lora(_) | MethodConfig::Adapter(_) | MethodConfig::Bitfit | MethodConfig::Full { .. }
+        );
+        if self.task.kind == TaskKind::Seq2seqAsr && !seq2seq_method {
+            return Err(format!(
+                "method {}: seq2seq_asr trains with lora, adapter, bitfit or full",
+                self.method.name()
+            ));
         }
         Ok(())
     }

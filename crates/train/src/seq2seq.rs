@@ -4,7 +4,9 @@
 //! the transcript as written (Whisper writes case and punctuation); the dev split is scored by
 //! CER/WER of the text generated greedily, both sides normalised by `task.text` first. LoRA (peft's usual Whisper
 //! recipe: `q_proj`, `v_proj` of the encoder and of both decoder attentions), bottleneck adapters
-//! in every layer of both halves, BitFit, or full fine-tuning.
+//! in every layer of both halves, BitFit, or full fine-tuning. `[augment]` applies SpecAugment to
+//! the log-mel input (time masks within each clip's audio, mel-bin masks) and LayerDrop to the
+//! encoder's layers.
 //!
 //! A checkpoint folder holds `config.toml`, `eval.json` and the trained weights: for LoRA,
 //! `adapter_model.safetensors` + `adapter_config.json`, which peft's
@@ -24,14 +26,14 @@ use speechtune_models::weights::{write_atomic, write_safetensors};
 use speechtune_models::whisper::pipeline::{DecodeOptions, Whisper, WhisperProcessor};
 use speechtune_models::whisper::seq2seq::WhisperSeq2Seq;
 use speechtune_models::whisper::tokenizer::Task;
-use speechtune_models::{FrontEnd, ModelConfig};
+use speechtune_models::{FrontEnd, ModelConfig, Perturb};
 use speechtune_tasks::metrics::AsrScore;
 use speechtune_tasks::token_cross_entropy;
 
 use crate::checkpoint::{LORA, UPSTREAM, peft_adapter_config, resolve, write_json};
 use crate::config::{MethodConfig, RunConfig};
 use crate::eval::{EvalReport, LanguageScore};
-use crate::fit::{Job, Micro, fit, refuse_to_overwrite};
+use crate::fit::{Job, Micro, fit, refuse_to_overwrite, step_seed};
 use crate::model::count_parameters;
 use crate::prepare::{Prepared, read_split};
 use crate::run::{RunSummary, TrainOptions, check_resumable, training_data};
@@ -251,11 +253,14 @@ impl Job for Seq2SeqJob<'_> {
         &mut self,
         model: &WhisperSeq2Seq,
         batch: &speechtune_data::Batch,
-        _: usize,
-        _: usize,
+        step: usize,
+        micro: usize,
     ) -> Result<Option<Micro>> {
+        let cfg = self.cfg;
+        let mut perturb = (!cfg.augment.is_off())
+            .then(|| Perturb::new(&cfg.augment, step_seed(cfg.train.seed ^ 0x5eed, step, micro)));
         let waves: Vec<Vec<f32>> = batch.waves.iter().map(|w| w.as_ref().clone()).collect();
-        let enc = self.processor.encode(model, &waves, &self.device)?;
+        let enc = self.processor.encode_perturbed(model, &waves, &self.device, perturb.as_mut())?;
         let targets: Vec<Vec<u32>> = batch.indices.iter().map(|&i| self.train_set.targets[i].clone()).collect();
         let loss = teacher_forced_loss(model, &enc, &targets, self.pad)?;
         Ok(Some(Micro { loss, scalars: Vec::new() }))

@@ -35,6 +35,15 @@ fn adapters_bitfit_and_full_train_and_the_rest_are_refused() {
         let err = RunConfig::from_toml(&text).map(|_| ()).unwrap_err().to_string();
         assert!(err.contains("seq2seq_asr trains with lora, adapter, bitfit or full"), "{err}");
     }
+    // SpecAugment on the log-mel input and encoder LayerDrop: the same first batch, another loss.
+    let lora = "kind = \"lora\"\nr = 4";
+    let plain = train(&config(tmp.path(), "plain", lora, 2), &opts()).unwrap();
+    let text = config_text(tmp.path(), "augmented", lora, 2)
+        + "[augment]\nmask_time_prob = 0.5\nmask_time_length = 5\nmask_feature_prob = 0.3\nmask_feature_length = 10\nlayerdrop = 0.3\n";
+    let augmented = train(&RunConfig::from_toml(&text).unwrap(), &opts()).unwrap();
+    let (a, b) = (common::losses(&plain.run_dir), common::losses(&augmented.run_dir));
+    assert!(b.iter().all(|l| l.is_finite()) && a[0] != b[0], "{a:?} vs {b:?}");
+
     // An encoder-only model cannot write text.
     let mut cfg = config(tmp.path(), "ssl", "kind = \"full\"", 2);
     cfg.upstream.model = fixture().join("../wav2vec2-base").canonicalize().unwrap().display().to_string();

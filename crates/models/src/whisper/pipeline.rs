@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::decoder::select_rows;
 use super::seq2seq::{GenerateOptions, WhisperSeq2Seq};
 use super::tokenizer::{Task, WhisperTokenizer};
+use crate::augment::Perturb;
 use crate::config::ModelConfig;
 use crate::frontend::{FrontEnd, ModelInput};
 use crate::weights::Weights;
@@ -120,6 +121,19 @@ impl WhisperProcessor {
 
     /// The encoder output of `model` for a batch of 16-kHz waveforms.
     pub fn encode(&self, model: &WhisperSeq2Seq, waves: &[Vec<f32>], device: &Device) -> Result<Tensor<3>> {
+        self.encode_perturbed(model, waves, device, None)
+    }
+
+    /// [`WhisperProcessor::encode`] for training: SpecAugment on the log-mel input (time masks
+    /// within each item's audio, mel-bin masks) and LayerDrop of encoder layers, as `perturb`
+    /// draws them.
+    pub fn encode_perturbed(
+        &self,
+        model: &WhisperSeq2Seq,
+        waves: &[Vec<f32>],
+        device: &Device,
+        perturb: Option<&mut Perturb>,
+    ) -> Result<Tensor<3>> {
         // One window per file: longer audio would be cut silently by the front-end.
         if let FrontEnd::LogMel { config, .. } = &self.frontend
             && let Some(n) = config.n_samples
@@ -131,11 +145,18 @@ impl WhisperProcessor {
                 n as f64 / 16000.0
             )));
         }
-        let ModelInput::LogMel { features, .. } = self.frontend.prepare(waves, device)? else {
+        let ModelInput::LogMel { features, lengths } = self.frontend.prepare(waves, device)? else {
             return Err(Error::Input("Whisper takes log-mel input".into()));
         };
         let unpadded = matches!(&self.frontend, FrontEnd::LogMel { config, .. } if config.n_samples.is_none());
-        model.encode(features, unpadded)
+        let Some(perturb) = perturb else { return model.encode(features, unpadded) };
+        let hop = match &self.frontend {
+            FrontEnd::LogMel { config, .. } => config.hop_length,
+            FrontEnd::Waveform { .. } => 160,
+        };
+        let mel_lengths: Vec<usize> = lengths.iter().map(|&l| l.div_ceil(hop)).collect();
+        let mut hidden = model.encoder.forward_perturbed(features, unpadded, &mel_lengths, Some(perturb))?;
+        hidden.pop().ok_or_else(|| Error::Input("the encoder returned no hidden state".into()))
     }
 
     /// Zero-shot language identification: per item, the languages (Whisper code, probability)
