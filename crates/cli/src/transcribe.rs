@@ -116,6 +116,9 @@ pub fn run(args: Args, mode: Mode) -> Result<()> {
             args.run.display()
         );
     }
+    if args.logits.is_some() {
+        bail!("--logits is for Whisper (a pretrained folder or a seq2seq_asr run); {} is neither", args.run.display());
+    }
     if let Some(languages) = per_language(&args.run)? {
         return run_per_language(&args, mode, &languages, &device);
     }
@@ -217,6 +220,9 @@ fn run_whisper(
     use speechtune_models::whisper::tokenizer::Task;
     if args.lang.is_some() || args.lid.is_some() {
         bail!("--lang and --lid are for `train --per-language` folders; for Whisper use --language");
+    }
+    if args.logits.is_some() && mode == Mode::Identify {
+        bail!("--logits is for `speechtune transcribe` (the logits along each transcript)");
     }
     let task = match args.task {
         WhisperTask::Transcribe => Task::Transcribe,

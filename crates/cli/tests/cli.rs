@@ -332,6 +332,8 @@ fn a_killed_training_process_resumes_to_the_same_weights_and_the_model_is_usable
     assert_eq!(out.lines().count(), 2, "{out}");
     let (ok, _, err) = speechtune(&["transcribe", run, "missing.wav"]);
     assert!(!ok && err.contains("missing.wav"), "{err}");
+    let (ok, _, err) = speechtune(&["transcribe", run, first.to_str().unwrap(), "--logits", "l.safetensors"]);
+    assert!(!ok && err.contains("--logits is for Whisper"), "{err}");
 }
 
 #[test]
@@ -611,6 +613,28 @@ fn whisper_folders_transcribe_and_identify_without_training() {
         };
         assert_eq!(run("2"), run("1"), "{mode}");
     }
+    // --logits: the decoder's logits along each greedy transcript, teacher forced; each new
+    // token is the argmax of the logits before it (the fixture suppresses no token).
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("logits.safetensors");
+    let args = ["transcribe", model, audio[0], audio[1], "--language", "de", "--max-new-tokens", "6"];
+    let (ok, out, err) = speechtune(&[&args[..], &["--logits", path.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let t = tensors(&path);
+    for n in 0..2 {
+        let (ts, tokens) = &t[&format!("tokens.{n}")];
+        let (ls, logits) = &t[&format!("logits.{n}")];
+        assert_eq!((ls[0], ls[1]), (ts[0], 377), "{n}");
+        let prefix = 4; // <|startoftranscript|> <|de|> <|transcribe|> <|notimestamps|>
+        for j in prefix - 1..ts[0] - 1 {
+            let row = &logits[j * 377..(j + 1) * 377];
+            let best = (0..377).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            assert_eq!(best as f32, tokens[j + 1], "file {n}, position {j}");
+        }
+    }
+    let (ok, _, err) = speechtune(&["identify", model, audio[0], "--logits", path.to_str().unwrap()]);
+    assert!(!ok && err.contains("--logits is for `speechtune transcribe`"), "{err}");
     let (ok, _, err) = speechtune(&["transcribe", model, audio[0], "--language", "klingon"]);
     assert!(!ok && err.contains("no language token for \"klingon\"; valid codes: en zh de es"), "{err}");
     // One 30-s window per file (here the fixture's 1-s window): longer audio is refused, named.
