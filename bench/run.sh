@@ -11,6 +11,7 @@
 #   bash bench/run.sh                      # REPEATS=3; creates .bench-venv on first use
 #   PYTHON=/path/to/python bash bench/run.sh   # a Python that already has the pinned peer
 #   DEVICE=cuda bash bench/run.sh          # a `cuda` build against PyTorch on the same GPU
+#   (the `cuda` feature needs network access to build; for a `vulkan` build see bench/gpu.sh)
 #   TASKS=pretrain_2x10 ONLY_SPEECHTUNE= bash bench/run.sh   # some tasks only
 #
 # The peer's packages (pinned in bench/peer_pytorch.py) are installed only here, never by the
