@@ -8,6 +8,7 @@ mod eval;
 mod export;
 mod features;
 mod inspect;
+mod launch;
 mod output;
 mod preprocess;
 mod pretrain;
@@ -66,6 +67,22 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // Launched as one of several processes (mpirun, srun): join the job first.
+    let _mpi = match speechtune_train::distributed::init() {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let comm = speechtune_train::distributed::comm();
+    if comm.size > 1 && !matches!(cli.command, Command::Train(_) | Command::Pretrain(_)) {
+        eprintln!(
+            "error: launched as rank {} of {}: only `train` and `pretrain` run data-parallel",
+            comm.rank, comm.size
+        );
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Command::Features(a) => features::run(a),
         Command::Inspect(a) => inspect::run(a),
@@ -83,6 +100,11 @@ fn main() {
         Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
+        if comm.size > 1 {
+            // The other ranks would wait for this one until their timeout: stop them now.
+            eprintln!("error: rank {} of {}: {e:#}", comm.rank, comm.size);
+            comm.abort(1);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -15,13 +15,23 @@ pub struct Args {
     /// Continue the run in output_dir from its latest checkpoint (after a kill or a time limit).
     #[arg(long)]
     pub resume: bool,
+    /// Data-parallel on these devices, one process each (same as train.devices), e.g.
+    /// `--devices cpu,cpu` or `--devices vulkan:0,vulkan:1`: started through `mpirun`.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let cfg = PretrainConfig::load(&args.config, &args.overrides)?;
+    let overrides = crate::launch::with_devices(&args.overrides, &args.devices);
+    let cfg = PretrainConfig::load(&args.config, &overrides)?;
+    if crate::launch::needs_processes(&cfg.train) {
+        return crate::launch::one_process_per_device(&cfg.train);
+    }
     let summary =
         pretrain(&cfg, true, args.resume).with_context(|| format!("pre-training {}", args.config.display()))?;
-    print!("{}", report(&summary));
+    if speechtune_train::distributed::comm().is_root() {
+        print!("{}", report(&summary));
+    }
     Ok(())
 }
 

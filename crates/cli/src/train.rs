@@ -15,6 +15,10 @@ pub struct Args {
     /// Continue the run in output_dir from its latest checkpoint (after a kill or a time limit).
     #[arg(long)]
     pub resume: bool,
+    /// Data-parallel on these devices, one process each (same as train.devices), e.g.
+    /// `--devices cpu,cpu` or `--devices vulkan:0,vulkan:1`: started through `mpirun`.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
     /// One run per training language, in output_dir/LANG (S3-Router's multilingual setting:
     /// one mask per language over the same pretrained weights). `transcribe --lang/--lid`
     /// picks among them; `analyze masks` compares them.
@@ -23,14 +27,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let cfg = RunConfig::load(&args.config, &args.overrides)?;
+    let overrides = crate::launch::with_devices(&args.overrides, &args.devices);
+    let cfg = RunConfig::load(&args.config, &overrides)?;
+    if crate::launch::needs_processes(&cfg.train) {
+        return crate::launch::one_process_per_device(&cfg.train);
+    }
     let opts = TrainOptions { progress: true, resume: args.resume };
     if args.per_language {
         return train_per_language(cfg, &opts, &args.config);
     }
     let summary =
         speechtune_train::train(&cfg, &opts).with_context(|| format!("training {}", args.config.display()))?;
-    print!("{}", report(&summary));
+    if speechtune_train::distributed::comm().is_root() {
+        print!("{}", report(&summary));
+    }
     Ok(())
 }
 

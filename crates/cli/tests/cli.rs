@@ -3,26 +3,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn root() -> PathBuf {
-    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../..")
-}
+mod common;
 
-fn speechtune(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_speechtune")).args(args).current_dir(root()).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn tensors(path: &std::path::Path) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let vals = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            (n, (v.shape().to_vec(), vals))
-        })
-        .collect()
-}
+use common::{mini_corpus, root, speechtune, tensors};
 
 #[test]
 fn features_writes_every_hidden_state_matching_transformers() {
@@ -204,25 +187,6 @@ fn data_check_reports_every_problem() {
     }
     let listed = std::fs::read_to_string(&skipped).unwrap();
     assert_eq!(listed.lines().count(), 1 + 6, "{listed}");
-}
-
-/// Two languages of the demo corpus, 6 training and 2 dev/test utterances each (ML-SUPERB layout).
-fn mini_corpus(root: &std::path::Path) {
-    for lang in ["deu", "spa"] {
-        let src = self::root().join("data/demo/espeak").join(lang);
-        let dst = root.join("mini").join(lang);
-        std::fs::create_dir_all(dst.join("wav")).unwrap();
-        for (split, from, take) in [("train", "train", 6), ("dev", "dev", 2), ("test", "dev", 2)] {
-            let text = std::fs::read_to_string(src.join(format!("transcript_10min_{from}.txt"))).unwrap();
-            let lines: Vec<&str> = text.lines().take(take).collect();
-            for l in &lines {
-                let id = l.split_whitespace().next().unwrap();
-                std::fs::copy(src.join("wav").join(format!("{id}.ogg")), dst.join("wav").join(format!("{id}.ogg")))
-                    .unwrap();
-            }
-            std::fs::write(dst.join(format!("transcript_10min_{split}.txt")), lines.join("\n") + "\n").unwrap();
-        }
-    }
 }
 
 fn write_config(dir: &std::path::Path, corpus: &std::path::Path, out: &std::path::Path, steps: usize) -> PathBuf {
@@ -640,4 +604,27 @@ fn whisper_folders_transcribe_and_identify_without_training() {
     // One 30-s window per file (here the fixture's 1-s window): longer audio is refused, named.
     let (ok, _, err) = speechtune(&["transcribe", model, "data/demo/espeak/eng/wav/espeak_eng_01_v0.ogg"]);
     assert!(!ok && err.contains("longer than Whisper's 1-s window"), "{err}");
+}
+
+#[test]
+fn a_launch_as_several_processes_is_refused_without_mpi() {
+    let run = |var: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_speechtune"))
+            .args(["inspect", "builtin:tiny"])
+            .env(var, "2")
+            .current_dir(root())
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // torchrun's variables alone: the processes could never find each other.
+    let (ok, err) = run("WORLD_SIZE");
+    assert!(!ok && err.contains("WORLD_SIZE=2 (a torchrun-style launch)") && err.contains("mpirun -n 2"), "{err}");
+    // An MPI launcher's, in a build without MPI: two copies would train side by side.
+    if !cfg!(feature = "mpi") {
+        let (ok, err) = run("OMPI_COMM_WORLD_SIZE");
+        assert!(!ok && err.contains("OMPI_COMM_WORLD_SIZE=2") && err.contains("without the `mpi` feature"), "{err}");
+    }
+    let (ok, _, err) = speechtune(&["train", "configs/lid_lora.toml", "--set", "train.collective_timeout_seconds=0"]);
+    assert!(!ok && err.contains("train.collective_timeout_seconds must be positive"), "{err}");
 }

@@ -1,5 +1,6 @@
 //! Choosing where models run: `cpu` (burn's flex backend); when built with the `cuda`
-//! feature, `cuda` / `cuda:N`; when built with the `vulkan` feature (burn's wgpu backend pinned
+//! feature, `cuda` / `cuda:N`; with the `rocm` feature (AMD GPUs through HIP), `rocm` /
+//! `rocm:N`; when built with the `vulkan` feature (burn's wgpu backend pinned
 //! to Vulkan, SPIR-V kernels: NVIDIA, AMD and Intel GPUs, and a build that needs no download),
 //! `vulkan` / `vulkan:N` (the N-th discrete GPU).
 
@@ -8,21 +9,30 @@ use burn::prelude::*;
 use crate::{Error, Result};
 
 /// The device names this build accepts, for messages.
-const ACCEPTED: &str = if cfg!(all(feature = "cuda", feature = "vulkan")) {
-    "cpu, cuda, cuda:N, vulkan or vulkan:N"
-} else if cfg!(feature = "cuda") {
-    "cpu, cuda or cuda:N"
-} else if cfg!(feature = "vulkan") {
-    "cpu, vulkan or vulkan:N"
-} else {
-    "cpu (build with --features cuda or --features vulkan for GPUs)"
-};
+fn accepted() -> String {
+    let mut names = vec!["cpu"];
+    for (on, kinds) in [
+        (cfg!(feature = "cuda"), ["cuda", "cuda:N"]),
+        (cfg!(feature = "rocm"), ["rocm", "rocm:N"]),
+        (cfg!(feature = "vulkan"), ["vulkan", "vulkan:N"]),
+    ] {
+        if on {
+            names.extend(kinds);
+        }
+    }
+    if names.len() == 1 {
+        return "cpu (build with --features vulkan, cuda or rocm for GPUs)".into();
+    }
+    names.join(", ")
+}
 
 /// Parse a device name. `None` picks the first GPU in a `cuda` or `vulkan` build, the CPU
 /// otherwise.
 pub fn parse_device(spec: Option<&str>) -> Result<Device> {
     let default = if cfg!(feature = "cuda") {
         "cuda"
+    } else if cfg!(feature = "rocm") {
+        "rocm"
     } else if cfg!(feature = "vulkan") {
         "vulkan"
     } else {
@@ -35,6 +45,12 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device> {
             let index = s.strip_prefix("cuda:").map(|i| i.parse::<usize>()).transpose();
             let index = index.map_err(|_| Error::Input(format!("bad device \"{s}\": expected cuda:N")))?;
             Ok(Device::cuda(index.unwrap_or(0)))
+        }
+        #[cfg(feature = "rocm")]
+        s if s == "rocm" || s.starts_with("rocm:") => {
+            let index = s.strip_prefix("rocm:").map(|i| i.parse::<usize>()).transpose();
+            let index = index.map_err(|_| Error::Input(format!("bad device \"{s}\": expected rocm:N")))?;
+            Ok(Device::rocm(index.unwrap_or(0)))
         }
         #[cfg(feature = "vulkan")]
         s if s == "vulkan" || s.starts_with("vulkan:") => {
@@ -57,7 +73,7 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device> {
                 ))),
             }
         }
-        other => Err(Error::Input(format!("unknown device \"{other}\": use {ACCEPTED}"))),
+        other => Err(Error::Input(format!("unknown device \"{other}\": use {}", accepted()))),
     }
 }
 

@@ -310,14 +310,48 @@ pub struct TrainConfig {
     pub on_collapse: OnCollapse,
     /// Rollbacks allowed before the run stops.
     pub max_rollbacks: usize,
+    /// Data-parallel training: the device of each process of a machine, by its local rank
+    /// (`["vulkan:0", "vulkan:1"]`, or `["cpu", "cpu"]`). Launched alone with more than one,
+    /// `speechtune` starts one process per device through `mpirun`. Empty: `device`.
+    pub devices: Vec<String>,
+    /// Data-parallel training: how long any rank waits for the others at a collective (the
+    /// gradient all-reduce; rank 0's evaluation and checkpoint writing count as waiting) before
+    /// the ranks that do not answer are named and the job stops.
+    pub collective_timeout_seconds: f64,
 }
 
 impl TrainConfig {
     /// The device training runs on: `device` with autodiff, and gradient checkpointing when
     /// `activation_checkpointing` is set.
     pub fn training_device(&self) -> Result<burn::prelude::Device> {
-        let device = speechtune_models::parse_device(self.device.as_deref())?.autodiff();
+        let device = speechtune_models::parse_device(self.device_name()?)?.autodiff();
         Ok(if self.activation_checkpointing { device.gradient_checkpointing() } else { device })
+    }
+
+    /// The device of this process: `devices[local rank]` when `devices` is set, else `device`.
+    pub fn device_name(&self) -> Result<Option<&str>> {
+        if self.devices.is_empty() {
+            return Ok(self.device.as_deref());
+        }
+        let comm = crate::distributed::comm();
+        match self.devices.get(comm.local_rank) {
+            Some(d) => Ok(Some(d.as_str())),
+            None => Err(crate::Error::Unsupported(format!(
+                "rank {} is process {} of its machine, but train.devices names {} device(s): {:?}",
+                comm.rank,
+                comm.local_rank,
+                self.devices.len(),
+                self.devices
+            ))),
+        }
+    }
+
+    /// Checks shared by every kind of run.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.collective_timeout_seconds > 0.0) {
+            return Err("train.collective_timeout_seconds must be positive".into());
+        }
+        Ok(())
     }
 
     /// The settings a run must keep to be resumed (the number of steps, the time budget and
@@ -373,6 +407,8 @@ impl Default for TrainConfig {
             activation_checkpointing: false,
             on_collapse: OnCollapse::Warn,
             max_rollbacks: 3,
+            devices: Vec::new(),
+            collective_timeout_seconds: 600.0,
         }
     }
 }
@@ -404,6 +440,7 @@ impl RunConfig {
         if self.train.grad_accumulation == 0 {
             return Err("train.grad_accumulation must be at least 1".into());
         }
+        self.train.validate()?;
         if self.train.keep_last == 0 {
             return Err("train.keep_last must be at least 1 (the last checkpoint is what --resume reads)".into());
         }

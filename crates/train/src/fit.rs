@@ -5,6 +5,11 @@
 //! return to the last checkpoint when a job reports its training unhealthy. What is trained and
 //! how a batch becomes a loss is the [`Job`]'s.
 //!
+//! Data-parallel (several processes, [`crate::distributed`]): each rank takes its share of the
+//! batch stream ([`crate::shard`]), gradients are summed over the ranks before clipping and the
+//! optimiser step, so every rank holds the same weights; rank 0 alone evaluates, logs and
+//! writes, and what it decides (stop, roll back) reaches the others with the next collective.
+//!
 //! Exactness: every random draw of a step is seeded from (seed, step, micro-batch) by
 //! [`step_seed`], the batch order is a function of (seed, epoch), and the optimiser state, the
 //! step and the position in the epoch are saved with the weights; a resumed run therefore
@@ -12,10 +17,11 @@
 //! two trainings running in threads of one process would draw from it in turn and lose that
 //! exactness.)
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -28,6 +34,8 @@ use speechtune_models::weights::write_atomic;
 use crate::checkpoint::checkpoints;
 use crate::clip::clip_global_norm;
 use crate::config::{OnCollapse, TrainConfig};
+use crate::distributed::{self, Comm};
+use crate::shard::{Position, Stream};
 use crate::tensorboard::EventWriter;
 use crate::{Error, Result};
 
@@ -126,6 +134,24 @@ pub struct LoopState<R> {
     pub best: R,
     #[serde(default)]
     pub best_step: usize,
+    /// Index in the batch stream of this epoch's first batch ([`crate::shard`]).
+    #[serde(default)]
+    pub epoch_start: usize,
+    /// Batches per update, over all ranks (ranks × gradient accumulation); kept when a run is
+    /// resumed with another number of ranks, whose accumulation adjusts. 0: not recorded (one
+    /// process, `train.grad_accumulation`).
+    #[serde(default)]
+    pub batches_per_update: usize,
+}
+
+impl<R> LoopState<R> {
+    fn position(&self) -> Position {
+        Position { epoch: self.epoch, epoch_start: self.epoch_start, batch_in_epoch: self.batch_in_epoch }
+    }
+
+    fn set_position(&mut self, p: Position) {
+        (self.epoch, self.epoch_start, self.batch_in_epoch) = (p.epoch, p.epoch_start, p.batch_in_epoch);
+    }
 }
 
 fn one() -> f64 {
@@ -223,6 +249,102 @@ pub fn load_trainable_record<M: Module>(model: M, bytes: Vec<u8>, path: &Path) -
     model.try_load_record(record.allow_partial(true)).map_err(bad)
 }
 
+/// The gradients of the trainable parameters as one flat buffer: per parameter (in visiting
+/// order) a flag (1: this rank has a gradient for it) and its values (zeros without one).
+struct PackGrads<'a> {
+    grads: &'a mut GradientsParams,
+    buf: Vec<f32>,
+    seen: HashSet<ParamId>,
+}
+
+impl ModuleVisitor for PackGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        if !value.is_require_grad() || !self.seen.insert(param.id) {
+            return;
+        }
+        match self.grads.remove::<D>(param.id) {
+            Some(g) => {
+                self.buf.push(1.0);
+                self.buf.extend(g.into_data().iter::<f32>());
+            }
+            None => {
+                self.buf.push(0.0);
+                self.buf.extend(std::iter::repeat_n(0.0, value.shape().num_elements()));
+            }
+        }
+    }
+}
+
+/// The inverse of [`PackGrads`]: a parameter gets a gradient when some rank had one.
+struct UnpackGrads<'a> {
+    grads: &'a mut GradientsParams,
+    buf: &'a [f32],
+    at: usize,
+    device: &'a Device,
+    seen: HashSet<ParamId>,
+}
+
+impl ModuleVisitor for UnpackGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        if !value.is_require_grad() || !self.seen.insert(param.id) {
+            return;
+        }
+        let shape = value.shape();
+        let n = shape.num_elements();
+        let (flag, values) = (self.buf[self.at], &self.buf[self.at + 1..self.at + 1 + n]);
+        self.at += 1 + n;
+        if flag > 0.0 {
+            let g = Tensor::<D>::from_data(TensorData::new(values.to_vec(), shape), self.device);
+            self.grads.register(param.id, g);
+        }
+    }
+}
+
+/// Sum the gradients over the ranks (each rank's are already divided by the number of
+/// batches per update).
+fn all_reduce_grads<M: Module>(comm: &Comm, model: &M, grads: &mut GradientsParams, timeout: Duration, step: usize) {
+    let mut pack = PackGrads { grads, buf: Vec::new(), seen: HashSet::new() };
+    model.visit(&mut pack);
+    let mut buf = pack.buf;
+    comm.all_reduce_f32(&mut buf, timeout, &format!("the gradient all-reduce of update {}", step + 1));
+    let device = model_device(model);
+    let mut unpack = UnpackGrads { grads, buf: &buf, at: 0, device: &device, seen: HashSet::new() };
+    model.visit(&mut unpack);
+}
+
+/// The (non-autodiff) device of a model's first parameter, where gradients live.
+fn model_device<M: Module>(model: &M) -> Device {
+    struct First(Option<Device>);
+    impl ModuleVisitor for First {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.0.is_none() {
+                self.0 = Some(param.val().device());
+            }
+        }
+    }
+    let mut f = First(None);
+    model.visit(&mut f);
+    f.0.unwrap_or_default().without_autodiff()
+}
+
+/// A checksum of every floating-point parameter (FNV-1a over the values' bits), to check that
+/// the ranks start alike.
+fn weights_checksum<M: Module>(model: &M) -> u64 {
+    struct Hash(u64);
+    impl ModuleVisitor for Hash {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            for v in param.val().into_data().iter::<f32>() {
+                self.0 = (self.0 ^ v.to_bits() as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    let mut h = Hash(0xcbf2_9ce4_8422_2325);
+    model.visit(&mut h);
+    h.0
+}
+
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Config { path: path.to_path_buf(), reason: e.to_string() })
 }
@@ -307,7 +429,16 @@ pub fn refuse_to_overwrite(run_dir: &Path, resume: bool) -> Result<()> {
     Ok(())
 }
 
-/// Train `model` with `job` on `data` as `cfg` says, in `run_dir` (which exists).
+/// What rank 0 decided after an update, for every rank.
+#[derive(Serialize, Deserialize)]
+enum Decision {
+    Continue,
+    /// Return to the latest checkpoint (why; the new rollback count and learning-rate factor).
+    Rollback(String, usize, f64),
+    Stop(String),
+}
+
+/// Train `model` with `job` on `data` as `cfg` says, in `run_dir` (which exists on rank 0).
 #[allow(clippy::too_many_arguments)]
 pub fn fit<J: Job>(
     job: &mut J,
@@ -320,6 +451,9 @@ pub fn fit<J: Job>(
     resume: bool,
 ) -> Result<(J::Model, Outcome<J::Report>)> {
     let started = Instant::now();
+    let comm = distributed::comm();
+    let root = comm.is_root();
+    let timeout = Duration::from_secs_f64(cfg.collective_timeout_seconds);
     refuse_to_overwrite(run_dir, resume)?;
     let latest = latest_checkpoint(run_dir);
     let metrics_path = run_dir.join("metrics.jsonl");
@@ -330,13 +464,19 @@ pub fn fit<J: Job>(
             job.check_resumable(dir)?;
             let (m, o, st) = restore::<J>(dir, model, optim)?;
             (model, optim) = (m, o);
-            truncate_metrics(&metrics_path, *step)?;
-            eprintln!("resuming {} at step {step}", run_dir.display());
+            if root {
+                truncate_metrics(&metrics_path, *step)?;
+                eprintln!("resuming {} at step {step}", run_dir.display());
+            }
             st
         }
         None => {
-            let first = job.evaluate(&model, 0)?;
-            std::fs::write(&metrics_path, "").map_err(|source| Error::Write { path: metrics_path.clone(), source })?;
+            let first = if root { Some(job.evaluate(&model, 0)?) } else { None };
+            let first = comm.broadcast(first, timeout, "the first evaluation")?;
+            if root {
+                std::fs::write(&metrics_path, "")
+                    .map_err(|source| Error::Write { path: metrics_path.clone(), source })?;
+            }
             LoopState {
                 step: 0,
                 epoch: 0,
@@ -354,13 +494,49 @@ pub fn fit<J: Job>(
                 best: first.clone(),
                 first,
                 best_step: 0,
+                epoch_start: 0,
+                batches_per_update: 0,
             }
         }
     };
+    comm.check_identical(weights_checksum(&model) ^ st.step as u64, timeout, "checking that all ranks start alike")?;
+    // Batches per update over all ranks: set by the run's first start, kept by resumes.
+    if st.batches_per_update == 0 {
+        st.batches_per_update = cfg.grad_accumulation * if latest.is_some() { 1 } else { comm.size };
+    }
+    if !st.batches_per_update.is_multiple_of(comm.size) {
+        return Err(Error::Config {
+            path: run_dir.to_path_buf(),
+            reason: format!(
+                "this run takes {} batches per update, which {} ranks cannot share evenly: resume it with a number \
+                 of ranks that divides {}",
+                st.batches_per_update, comm.size, st.batches_per_update
+            ),
+        });
+    }
+    let accum = st.batches_per_update / comm.size;
+    if root && (comm.size > 1 || accum != cfg.grad_accumulation) {
+        eprintln!(
+            "data-parallel: {} rank(s) x {accum} accumulated batch(es) = {} batches of up to {} s of audio per update{}",
+            comm.size,
+            st.batches_per_update,
+            data.plan.max_seconds,
+            if accum != cfg.grad_accumulation {
+                format!(
+                    " (gradient accumulation {accum} instead of train.grad_accumulation = {}: the run keeps its batches per update)",
+                    cfg.grad_accumulation
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     let resumed_from = latest.as_ref().map(|_| st.step);
-    let mut metrics = MetricsLog::open(metrics_path.clone())?;
-    let mut events = EventWriter::create(run_dir, resumed_from.is_some())?;
-    if resumed_from.is_none() {
+    let mut metrics = if root { Some(MetricsLog::open(metrics_path.clone())?) } else { None };
+    let mut events = if root { Some(EventWriter::create(run_dir, resumed_from.is_some())?) } else { None };
+    if resumed_from.is_none()
+        && let (Some(metrics), Some(events)) = (metrics.as_mut(), events.as_mut())
+    {
         metrics.log(serde_json::json!({"eval": &st.first}));
         events.scalars(0, &job.report_scalars(&st.first));
         save_best(job, run_dir, &model, &st.best)?;
@@ -371,21 +547,19 @@ pub fn fit<J: Job>(
         let plan = BatchPlan { seed: cfg.seed.wrapping_add(epoch), ..data.plan.clone() };
         plan_batches(data.durations, &plan)
     };
-    let loader_at = |epoch: u64, skip: usize| {
-        let plan: Vec<Vec<usize>> = plan_for(epoch).into_iter().skip(skip).collect();
-        Loader::with_cache(data.utts.clone(), plan, &data.loader, cache.clone())
-    };
+    let make_loader = |plan: Vec<Vec<usize>>| Loader::with_cache(data.utts.clone(), plan, &data.loader, cache.clone());
     if plan_for(0).is_empty() {
         return Err(Error::Diverged("no training batches".into()));
     }
-    let mut loader = loader_at(st.epoch, st.batch_in_epoch);
-    let bar = if progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
+    let stream_at = |at: Position| Stream::new(plan_for, make_loader, comm.rank, comm.size, at);
+    let mut stream = stream_at(st.position());
+    let bar =
+        if progress && root { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
             .expect("valid template"),
     );
     bar.set_position(st.step as u64);
-    let accum = cfg.grad_accumulation;
     let checkpoint_every = if cfg.checkpoint_every > 0 { cfg.checkpoint_every } else { cfg.eval_every };
     let mut process_start_seconds = st.seconds;
     let mut process_start = started;
@@ -402,20 +576,15 @@ pub fn fit<J: Job>(
         let mut finite = true;
         let mut grad_norm = 0.0f32;
         let mut used = 0usize;
+        let (mut audio_seconds, mut skipped_micro) = (0.0f64, 0usize);
         let mut scalars: Vec<(&'static str, f64)> = Vec::new();
         let mut micro = 0usize;
         let mut failures = 0usize;
+        let share = (accum * comm.size) as f32;
         while micro < accum {
-            let batch = match loader.next() {
-                Some(b) => b,
-                None => {
-                    st.epoch += 1;
-                    st.batch_in_epoch = 0;
-                    loader = loader_at(st.epoch, 0);
-                    loader.next().ok_or_else(|| Error::Diverged("no training batches".into()))?
-                }
-            };
-            st.batch_in_epoch += 1;
+            let mut at = st.position();
+            let batch = stream.next(&mut at)?;
+            st.set_position(at);
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) if data.skip_unreadable => {
@@ -428,18 +597,25 @@ pub fn fit<J: Job>(
                     if failures > 100 {
                         return Err(Error::Diverged("more than 100 unreadable batches in one update".into()));
                     }
+                    if comm.size > 1 {
+                        // The ranks read in step: this rank's share of the group stays empty.
+                        micro += 1;
+                        skipped_micro += 1;
+                    }
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
             micro += 1;
-            st.audio_seconds += batch.seconds();
+            audio_seconds += batch.seconds();
             if !finite {
                 continue; // this update is skipped; keep the data position in step with the plan
             }
-            device.seed(step_seed(cfg.seed, step, micro - 1));
-            let Some(out) = job.micro(&model, &batch, step, micro - 1)? else {
-                st.skipped_micro += 1;
+            // The micro-batch's index among all ranks' batches of the update.
+            let index = (micro - 1) * comm.size + comm.rank;
+            device.seed(step_seed(cfg.seed, step, index));
+            let Some(out) = job.micro(&model, &batch, step, index)? else {
+                skipped_micro += 1;
                 continue;
             };
             let value: f32 = out.loss.clone().into_scalar();
@@ -455,15 +631,25 @@ pub fn fit<J: Job>(
                     None => scalars.push((k, v)),
                 }
             }
-            let grads = GradientsParams::from_grads((out.loss / accum as f32).backward(), &model);
+            let grads = GradientsParams::from_grads((out.loss / share).backward(), &model);
             accumulator.accumulate(&model, grads);
         }
         st.step += 1;
-        let loss = loss_sum / used.max(1) as f64;
+        // Rank-local scalars (logged by rank 0) are averaged over this rank's micro-batches.
         scalars.iter_mut().for_each(|s| s.1 /= used.max(1) as f64);
+        let mut totals = [loss_sum, used as f64, !finite as u8 as f64, audio_seconds, skipped_micro as f64];
+        comm.all_reduce_f64(&mut totals, timeout, &format!("the loss all-reduce of update {}", step + 1));
+        let [loss_sum, used, not_finite, audio_seconds, skipped_micro] = totals;
+        let (used, finite) = (used as usize, not_finite == 0.0);
+        st.audio_seconds += audio_seconds;
+        st.skipped_micro += skipped_micro as usize;
+        let loss = loss_sum / used.max(1) as f64;
         if finite && used > 0 {
             st.bad_in_a_row = 0;
             let mut grads = accumulator.grads();
+            if comm.size > 1 {
+                all_reduce_grads(&comm, &model, &mut grads, timeout, step);
+            }
             grad_norm = clip_global_norm(&model, &mut grads, cfg.grad_clip);
             model = optim.step(lr, model, grads);
         } else {
@@ -479,7 +665,10 @@ pub fn fit<J: Job>(
         let speed = st.audio_seconds / st.seconds.max(1e-9);
         bar.set_position(st.step as u64);
         bar.set_message(format!("loss {loss:.3} lr {lr:.2e} {speed:.1} audio s/s{}", job.progress()));
-        if finite && used > 0 {
+        if finite
+            && used > 0
+            && let (Some(metrics), Some(events)) = (metrics.as_mut(), events.as_mut())
+        {
             let mut line = serde_json::json!({
                 "step": st.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "audio_seconds_per_second": speed
             });
@@ -496,81 +685,109 @@ pub fn fit<J: Job>(
             let tb: Vec<(&str, f64)> = tb.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             events.scalars(st.step, &tb);
         }
-        let update = Update { step: st.step, loss, grad_norm: grad_norm as f64, finite, scalars };
-        let verdict = job.health(&update);
-        if let Health::Unhealthy(why) = &verdict {
-            metrics.log(serde_json::json!({"step": st.step, "health": why}));
-        }
-        let too_many_bad = st.bad_in_a_row >= cfg.max_bad_steps;
-        let rollback = match verdict {
-            Health::Unhealthy(why) if cfg.on_collapse == OnCollapse::Rollback => Some(why),
-            Health::Unhealthy(_) => None,
-            Health::Ok if too_many_bad => Some(format!("{} steps in a row with a non-finite loss", st.bad_in_a_row)),
-            Health::Ok => None,
+        // Rank 0 judges the run's health and the time budget; every rank follows.
+        let decision = if root {
+            let update = Update { step: st.step, loss, grad_norm: grad_norm as f64, finite, scalars };
+            let verdict = job.health(&update);
+            if let (Health::Unhealthy(why), Some(metrics)) = (&verdict, metrics.as_mut()) {
+                metrics.log(serde_json::json!({"step": st.step, "health": why}));
+            }
+            let too_many_bad = st.bad_in_a_row >= cfg.max_bad_steps;
+            let rollback = match verdict {
+                Health::Unhealthy(why) if cfg.on_collapse == OnCollapse::Rollback => Some(why),
+                Health::Unhealthy(_) => None,
+                Health::Ok if too_many_bad => {
+                    Some(format!("{} steps in a row with a non-finite loss", st.bad_in_a_row))
+                }
+                Health::Ok => None,
+            };
+            let decision = match rollback {
+                None => Decision::Continue,
+                Some(why) => {
+                    let can = cfg.on_collapse == OnCollapse::Rollback && st.rollbacks < cfg.max_rollbacks;
+                    match (can, latest_checkpoint(run_dir)) {
+                        (true, Some(_)) => Decision::Rollback(why, st.rollbacks + 1, st.lr_scale * 0.5),
+                        _ if too_many_bad => Decision::Stop(format!("{why} (step {})", st.step)),
+                        (false, _) => Decision::Stop(format!("{why} (step {}); no rollback left", st.step)),
+                        (true, None) => Decision::Stop(format!("{why} (step {}); no checkpoint to return to", st.step)),
+                    }
+                }
+            };
+            let over = cfg.time_budget_seconds.is_some_and(|b| elapsed > b);
+            Some((decision, over))
+        } else {
+            None
         };
-        if let Some(why) = rollback {
-            let can = cfg.on_collapse == OnCollapse::Rollback && st.rollbacks < cfg.max_rollbacks;
-            let target = latest_checkpoint(run_dir);
-            match (can, target) {
-                (true, Some((at, dir))) => {
-                    let (rollbacks, scale) = (st.rollbacks + 1, st.lr_scale * 0.5);
+        let (decision, over) =
+            comm.broadcast(decision, timeout, &format!("rank 0's decision after update {}", st.step))?;
+        match decision {
+            Decision::Continue => {}
+            Decision::Stop(why) => return Err(Error::Diverged(why)),
+            Decision::Rollback(why, rollbacks, scale) => {
+                let (at, dir) = latest_checkpoint(run_dir)
+                    .ok_or_else(|| Error::Diverged(format!("{why}: rank {} sees no checkpoint", comm.rank)))?;
+                if root {
                     eprintln!(
                         "step {}: {why}; returning to the checkpoint of step {at} with the learning rate x{scale}",
                         st.step
                     );
-                    let (m, o, s) = restore::<J>(&dir, model, optim)?;
-                    (model, optim, st) = (m, o, s);
-                    job.rolled_back();
-                    st.rollbacks = rollbacks;
-                    st.lr_scale = scale;
-                    st.bad_in_a_row = 0;
+                }
+                let (m, o, s) = restore::<J>(&dir, model, optim)?;
+                (model, optim, st) = (m, o, s);
+                job.rolled_back();
+                st.rollbacks = rollbacks;
+                st.lr_scale = scale;
+                st.bad_in_a_row = 0;
+                if let Some(metrics) = metrics.as_mut() {
                     metrics.truncate(at)?;
                     metrics.log(serde_json::json!({"step": at, "rollback": why, "lr_scale": scale}));
-                    loader = loader_at(st.epoch, st.batch_in_epoch);
-                    process_start_seconds = st.seconds;
-                    process_start = Instant::now();
-                    bar.set_position(st.step as u64);
-                    continue;
                 }
-                _ if too_many_bad => {
-                    return Err(Error::Diverged(format!("{why} (step {})", st.step)));
-                }
-                (false, _) => return Err(Error::Diverged(format!("{why} (step {}); no rollback left", st.step))),
-                (true, None) => {
-                    return Err(Error::Diverged(format!("{why} (step {}); no checkpoint to return to", st.step)));
-                }
+                stream = stream_at(st.position());
+                process_start_seconds = st.seconds;
+                process_start = Instant::now();
+                bar.set_position(st.step as u64);
+                continue;
             }
         }
-        out_of_time = cfg.time_budget_seconds.is_some_and(|b| elapsed > b);
+        out_of_time = over;
         let last_step = st.step == cfg.steps || out_of_time;
         if (cfg.eval_every > 0 && st.step.is_multiple_of(cfg.eval_every)) || last_step {
-            st.last = job.evaluate(&model, st.step)?;
-            metrics.log(serde_json::json!({"eval": &st.last}));
-            events.scalars(st.step, &job.report_scalars(&st.last));
+            let report = if root { Some(job.evaluate(&model, st.step)?) } else { None };
+            st.last = comm.broadcast(report, timeout, &format!("rank 0's evaluation at update {}", st.step))?;
+            if let (Some(metrics), Some(events)) = (metrics.as_mut(), events.as_mut()) {
+                metrics.log(serde_json::json!({"eval": &st.last}));
+                events.scalars(st.step, &job.report_scalars(&st.last));
+            }
             match job.improves(&st.last, &st.best) {
                 Some(better) if better || st.best_step == 0 => {
                     st.best = st.last.clone();
                     st.best_step = st.step;
                     st.evals_without_improvement = 0;
-                    save_best(job, run_dir, &model, &st.last)?;
+                    if root {
+                        save_best(job, run_dir, &model, &st.last)?;
+                    }
                 }
                 _ => {
                     st.evals_without_improvement += 1;
                     if cfg.early_stopping_patience.is_some_and(|p| st.evals_without_improvement >= p) {
-                        eprintln!(
-                            "early stopping at step {}: no improvement in {} evaluations",
-                            st.step, st.evals_without_improvement
-                        );
+                        if root {
+                            eprintln!(
+                                "early stopping at step {}: no improvement in {} evaluations",
+                                st.step, st.evals_without_improvement
+                            );
+                        }
                         stopped_early = true;
                     }
                 }
             }
         }
         let checkpoint_due = checkpoint_every > 0 && st.step.is_multiple_of(checkpoint_every);
-        if checkpoint_due || last_step || stopped_early {
+        if root && (checkpoint_due || last_step || stopped_early) {
             save_checkpoint(job, run_dir, &model, &optim, &st, cfg.keep_last)?;
         }
     }
+    // Nobody leaves before rank 0 has written the last checkpoint.
+    comm.barrier(timeout, "the end of training");
     bar.finish_and_clear();
     let outcome =
         Outcome { state: st, resumed_from, stopped_early, seconds_per_step: step_seconds / steps_here.max(1) as f64 };

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 mod clip;
 pub mod config;
+pub mod distributed;
 mod error;
 pub mod eval;
 pub mod feature_cache;
@@ -15,6 +16,7 @@ pub mod pretrain;
 mod run;
 mod schedule;
 pub mod seq2seq;
+pub mod shard;
 mod tensorboard;
 
 pub use config::RunConfig;

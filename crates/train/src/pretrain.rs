@@ -22,6 +22,7 @@ use speechtune_models::ssl::pretrain::{
 use speechtune_models::weights::{Weights, write_atomic, write_safetensors};
 
 use crate::config::{TrainConfig, load_toml};
+use crate::distributed::say;
 use crate::fit::{Data, Health, Job, Micro, Update, fit, peak_rss, refuse_to_overwrite, step_seed};
 use crate::{Error, Result};
 
@@ -154,6 +155,7 @@ impl PretrainConfig {
         if self.train.steps == 0 || self.train.grad_accumulation == 0 || self.train.keep_last == 0 {
             return Err("train.steps, train.grad_accumulation and train.keep_last must be at least 1".into());
         }
+        self.train.validate()?;
         if o.mask_time_length == 0 || o.num_negatives == 0 {
             return Err("objective.mask_time_length and objective.num_negatives must be at least 1".into());
         }
@@ -417,7 +419,7 @@ impl Job for Pretrain<'_> {
         };
         match problem {
             Some(p) if h.flagged.is_none() => {
-                eprintln!(
+                say!(
                     "warning at update {}: {p}. What usually helps: a lower learning rate (train.lr), a longer \
                      warmup, a larger batch (data.batch.max_seconds, or train.grad_accumulation as fairseq's \
                      update_freq), a larger objective.diversity_loss_weight; train.on_collapse = \"rollback\" \
@@ -519,7 +521,7 @@ pub fn pretrain(cfg: &PretrainConfig, progress: bool, resume: bool) -> Result<Pr
         utts.retain(|u| u.seconds().is_some());
     }
     for u in &unreadable {
-        eprintln!("skipping unreadable audio: {u}");
+        say!("skipping unreadable audio: {u}");
     }
     let min_span = model_cfg.conv_stride.iter().product::<usize>() * cfg.objective.mask_time_length;
     let min_samples = cfg.data.min_sample_size.max(min_span);
@@ -548,9 +550,9 @@ pub fn pretrain(cfg: &PretrainConfig, progress: bool, resume: bool) -> Result<Pr
     let crop = cfg.data.max_sample_size as f64 / 16000.0;
     let durations: Vec<f64> = train_utts.iter().map(|u| u.seconds().unwrap_or(0.0).min(crop)).collect();
     let (_, parameters) = crate::model::count_parameters(&model);
-    eprintln!(
+    say!(
         "pre-training {} parameters on {} utterances ({:.2} h), {} for validation; {} dropped as too short, {} unreadable; \
-         effective batch {} s x {} accumulation",
+         batches of {} s x {} accumulation x {} rank(s)",
         parameters,
         train_utts.len(),
         durations.iter().sum::<f64>() / 3600.0,
@@ -558,11 +560,15 @@ pub fn pretrain(cfg: &PretrainConfig, progress: bool, resume: bool) -> Result<Pr
         dropped_too_short,
         unreadable.len(),
         cfg.data.batch.max_seconds,
-        cfg.train.grad_accumulation
+        cfg.train.grad_accumulation,
+        crate::distributed::comm().size
     );
 
-    std::fs::create_dir_all(&run_dir).map_err(|source| Error::Write { path: run_dir.clone(), source })?;
-    write_atomic(&run_dir.join("pretrain.toml"), cfg.to_toml().as_bytes())?;
+    let root = crate::distributed::comm().is_root();
+    if root {
+        std::fs::create_dir_all(&run_dir).map_err(|source| Error::Write { path: run_dir.clone(), source })?;
+        write_atomic(&run_dir.join("pretrain.toml"), cfg.to_toml().as_bytes())?;
+    }
     let training_utterances = train_utts.len();
     let valid_utterances = valid.len();
     let mut job = Pretrain {
@@ -606,6 +612,9 @@ pub fn pretrain(cfg: &PretrainConfig, progress: bool, resume: bool) -> Result<Pr
         best: st.best,
         best_dir: run_dir.join("best"),
     };
-    write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
+    if root {
+        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        write_atomic(&run_dir.join("summary.json"), text.as_bytes())?;
+    }
     Ok(summary)
 }

@@ -17,6 +17,7 @@ use speechtune_tasks::ctc_loss;
 
 use crate::checkpoint::save_model;
 use crate::config::{MethodConfig, RunConfig, TaskKind};
+use crate::distributed::say;
 use crate::eval::{EvalReport, evaluate};
 use crate::feature_cache::{CacheKind, CacheStats, FeatureCache};
 use crate::fit::{Data, Job, Micro, fit, peak_rss, refuse_to_overwrite, step_seed};
@@ -261,7 +262,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
     let dev_set = prepare(dev_utts, cfg, &vocab, &classes, None);
     let model = TaskModel::build(upstream.model, cfg, vocab.len(), classes.len(), &device)?;
     let (trainable, total) = count_parameters(&model);
-    eprintln!(
+    say!(
         "trainable parameters: {trainable} of {total} ({:.2}%), method {}; {} training and {} dev utterances, {} classes",
         100.0 * trainable as f64 / total.max(1) as f64,
         cfg.method.name(),
@@ -272,12 +273,15 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
     let unknown = train_set.unknown_characters + dev_set.unknown_characters;
     let unknown_examples: String = train_set.unknown_examples.union(&dev_set.unknown_examples).collect();
     if unknown > 0 {
-        eprintln!("{unknown} characters outside the vocabulary were mapped to <unk>: {unknown_examples:?}");
+        say!("{unknown} characters outside the vocabulary were mapped to <unk>: {unknown_examples:?}");
     }
 
-    std::fs::create_dir_all(&run_dir).map_err(|source| Error::Write { path: run_dir.clone(), source })?;
-    write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    write_atomic(&run_dir.join("vocab.json"), vocab.to_json().as_bytes())?;
+    let root = crate::distributed::comm().is_root();
+    if root {
+        std::fs::create_dir_all(&run_dir).map_err(|source| Error::Write { path: run_dir.clone(), source })?;
+        write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+        write_atomic(&run_dir.join("vocab.json"), vocab.to_json().as_bytes())?;
+    }
 
     let feature_cache = FeatureCache::for_model(
         &model.upstream,
@@ -315,6 +319,9 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> {
     summary.unknown_examples = unknown_examples;
     summary.feature_cache = job.feature_cache.as_ref().map(|c| c.stats());
     summary.layer_weights = model.featurizer.layer_weights();
-    write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
+    if root {
+        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        write_atomic(&run_dir.join("summary.json"), text.as_bytes())?;
+    }
     Ok(summary)
 }

@@ -32,6 +32,7 @@ use speechtune_tasks::token_cross_entropy;
 
 use crate::checkpoint::{LORA, UPSTREAM, peft_adapter_config, resolve, write_json};
 use crate::config::{MethodConfig, RunConfig};
+use crate::distributed::say;
 use crate::eval::{EvalReport, LanguageScore};
 use crate::fit::{Job, Micro, fit, refuse_to_overwrite, step_seed};
 use crate::model::count_parameters;
@@ -354,7 +355,7 @@ pub(crate) fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> 
     let mut dev_utts = read_split(Split::Dev, cfg)?;
     let dev_too_long = drop_longer_than(&mut dev_utts, window);
     if too_long + dev_too_long > 0 {
-        eprintln!(
+        say!(
             "{too_long} training and {dev_too_long} dev utterances longer than {:.0} s (data.max_seconds or Whisper's window) left out",
             cfg.data.max_seconds.min(window)
         );
@@ -368,22 +369,25 @@ pub(crate) fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> 
         });
     }
     if train_set.dropped_too_short > 0 {
-        eprintln!(
+        say!(
             "{} training transcripts longer than the decoder's {max_positions} positions left out",
             train_set.dropped_too_short
         );
     }
     let model = adapt(model, cfg, &device)?;
     let (trainable, total) = count_parameters(&model);
-    eprintln!(
+    say!(
         "trainable parameters: {trainable} of {total} ({:.2}%), method {}; {} training and {} dev utterances",
         100.0 * trainable as f64 / total.max(1) as f64,
         cfg.method.name(),
         train_set.utts.len(),
         dev_set.utts.len(),
     );
-    std::fs::create_dir_all(&run_dir).map_err(|source| Error::Write { path: run_dir.clone(), source })?;
-    write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let root = crate::distributed::comm().is_root();
+    if root {
+        std::fs::create_dir_all(&run_dir).map_err(|source| Error::Write { path: run_dir.clone(), source })?;
+        write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    }
 
     let utts = train_set.utts.clone();
     let durations = train_set.durations.clone();
@@ -393,7 +397,9 @@ pub(crate) fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<RunSummary> 
     let (_, out) = fit(&mut job, model, data, &cfg.train, &run_dir, &device, opts.progress, opts.resume)?;
     let mut summary = RunSummary::new(&run_dir, out, (trainable, total));
     summary.dropped_too_short = dropped;
-    let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-    write_atomic(&run_dir.join("summary.json"), text.as_bytes())?;
+    if root {
+        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        write_atomic(&run_dir.join("summary.json"), text.as_bytes())?;
+    }
     Ok(summary)
 }
