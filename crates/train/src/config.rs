@@ -348,7 +348,7 @@ impl TrainConfig {
 
     /// Checks shared by every kind of run.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if !(self.collective_timeout_seconds > 0.0) {
+        if self.collective_timeout_seconds.is_nan() || self.collective_timeout_seconds <= 0.0 {
             return Err("train.collective_timeout_seconds must be positive".into());
         }
         Ok(())

@@ -575,6 +575,7 @@ pub fn fit<J: Job>(
         let mut loss_sum = 0.0f64;
         let mut finite = true;
         let mut grad_norm = 0.0f32;
+        let mut allreduce_seconds = None;
         let mut used = 0usize;
         let (mut audio_seconds, mut skipped_micro) = (0.0f64, 0usize);
         let mut scalars: Vec<(&'static str, f64)> = Vec::new();
@@ -648,7 +649,9 @@ pub fn fit<J: Job>(
             st.bad_in_a_row = 0;
             let mut grads = accumulator.grads();
             if comm.size > 1 {
+                let t = Instant::now();
                 all_reduce_grads(&comm, &model, &mut grads, timeout, step);
+                allreduce_seconds = Some(t.elapsed().as_secs_f64());
             }
             grad_norm = clip_global_norm(&model, &mut grads, cfg.grad_clip);
             model = optim.step(lr, model, grads);
@@ -677,6 +680,10 @@ pub fn fit<J: Job>(
                 ("train/lr".into(), lr),
                 ("train/grad_norm".into(), grad_norm as f64),
             ];
+            if let Some(t) = allreduce_seconds {
+                // Rank 0's wait in the gradient all-reduce (the slowest rank's lag included).
+                line["allreduce_seconds"] = serde_json::json!(t);
+            }
             for (k, v) in &scalars {
                 line[*k] = serde_json::json!(v);
                 tb.push((format!("train/{k}"), *v));

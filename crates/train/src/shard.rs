@@ -99,18 +99,24 @@ where
 mod tests {
     use super::*;
 
-    /// Epoch e has 5 batches (3 in epoch 1), each named by (epoch, index).
+    type Batches = std::vec::IntoIter<Vec<usize>>;
+    type TestStream = Stream<fn(u64) -> Vec<Vec<usize>>, fn(Vec<Vec<usize>>) -> Batches, Batches>;
+
+    /// Epoch e has 5 batches (3 in epoch 1), each named by [epoch, index].
+    fn plan_for(e: u64) -> Vec<Vec<usize>> {
+        (0..if e == 1 { 3 } else { 5 }).map(|i| vec![e as usize, i]).collect()
+    }
+
+    fn batches(plan: Vec<Vec<usize>>) -> Batches {
+        plan.into_iter()
+    }
+
     fn stream(
         rank: usize,
         size: usize,
         at: Position,
-    ) -> Stream<
-        impl Fn(u64) -> Vec<Vec<usize>>,
-        impl Fn(Vec<Vec<usize>>) -> std::vec::IntoIter<Vec<usize>>,
-        std::vec::IntoIter<Vec<usize>>,
-    > {
-        let plan_for = |e: u64| (0..if e == 1 { 3 } else { 5 }).map(|i| vec![e as usize, i]).collect();
-        Stream::new(plan_for, |plan: Vec<Vec<usize>>| plan.into_iter(), rank, size, at)
+    ) -> Stream<fn(u64) -> Vec<Vec<usize>>, fn(Vec<Vec<usize>>) -> Batches, Batches> {
+        Stream::new(plan_for, batches, rank, size, at)
     }
 
     fn read(rank: usize, size: usize, at: &mut Position, groups: usize) -> Vec<Vec<usize>> {
