@@ -111,11 +111,7 @@ mod tests {
         plan.into_iter()
     }
 
-    fn stream(
-        rank: usize,
-        size: usize,
-        at: Position,
-    ) -> Stream<fn(u64) -> Vec<Vec<usize>>, fn(Vec<Vec<usize>>) -> Batches, Batches> {
+    fn stream(rank: usize, size: usize, at: Position) -> TestStream {
         Stream::new(plan_for, batches, rank, size, at)
     }
 
