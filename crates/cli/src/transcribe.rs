@@ -98,8 +98,9 @@ pub fn is_seq2seq_run(run: &std::path::Path) -> bool {
         .is_ok_and(|c| c.task.kind == speechtune_train::config::TaskKind::Seq2seqAsr)
 }
 
-pub fn run(args: Args, mode: Mode) -> Result<()> {
+pub fn run(mut args: Args, mode: Mode) -> Result<()> {
     let device: Device = speechtune_models::parse_device(args.device.as_deref())?;
+    args.run = speechtune_models::hub::resolve(&args.run)?;
     if is_whisper_dir(&args.run) {
         let whisper = speechtune_models::whisper::pipeline::Whisper::load(&args.run, &device)
             .with_context(|| format!("loading {}", args.run.display()))?;

@@ -17,7 +17,8 @@ use crate::{Error, Result, Upstream, UpstreamModel, builtin};
 /// Where an upstream's weights come from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// A Hugging Face model directory.
+    /// A Hugging Face model directory, or a Hub id (`owner/name[@revision]`) fetched into the
+    /// Hugging Face cache when no such directory exists.
     Dir(PathBuf),
     /// The built-in tiny model with this seed (`builtin:tiny`).
     Tiny(u64),
@@ -44,7 +45,7 @@ impl Source {
                 d.display(),
                 builtin::NAMES.join(", ")
             ))),
-            Source::Dir(d) => Upstream::load_with_weights(d, device),
+            Source::Dir(d) => Upstream::load_with_weights(&crate::hub::resolve(d)?, device),
             Source::Tiny(seed) => Upstream::tiny_with_weights(*seed, device),
             Source::TinyPretrained => Upstream::tiny_pretrained_with_weights(device),
         }

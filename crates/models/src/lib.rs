@@ -10,6 +10,7 @@ mod error;
 pub mod export;
 pub mod fastmath;
 pub mod frontend;
+pub mod hub;
 pub mod layers;
 pub mod peft;
 pub mod ssl;

@@ -493,6 +493,16 @@ pub fn pretrain(cfg: &PretrainConfig, progress: bool, resume: bool) -> Result<Pr
     device.seed(cfg.train.seed);
     let run_dir = cfg.output_dir.clone();
     refuse_to_overwrite(&run_dir, resume)?;
+    // A Hub id becomes its folder in the Hugging Face cache.
+    let resolved;
+    let cfg = if cfg.model.from.exists() {
+        cfg
+    } else {
+        let mut c = cfg.clone();
+        c.model.from = speechtune_models::hub::resolve(&cfg.model.from)?;
+        resolved = c;
+        &resolved
+    };
     let (config_json, from_checkpoint) = model_config(cfg)?;
     let config_path = cfg.model.from.join("config.json");
     let parsed = ModelConfig::from_json(config_json.to_string().as_bytes(), &config_path)?;

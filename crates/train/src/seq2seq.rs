@@ -73,7 +73,7 @@ pub fn teacher_forced_loss(
 
 /// The model folder a seq2seq run starts from (a Whisper directory with its tokenizer).
 fn whisper_dir(cfg: &RunConfig) -> Result<PathBuf> {
-    let dir = PathBuf::from(&cfg.upstream.model);
+    let dir = speechtune_models::hub::resolve(Path::new(&cfg.upstream.model))?;
     let bad = |reason: String| Error::Config { path: dir.clone(), reason };
     if !dir.is_dir() {
         return Err(bad(
