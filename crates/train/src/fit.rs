@@ -34,7 +34,7 @@ use speechtune_models::weights::write_atomic;
 use crate::checkpoint::checkpoints;
 use crate::clip::clip_global_norm;
 use crate::config::{OnCollapse, TrainConfig};
-use crate::distributed::{self, Comm};
+use crate::distributed::{self, Comm, say};
 use crate::shard::{Position, Stream};
 use crate::tensorboard::EventWriter;
 use crate::{Error, Result};
@@ -304,29 +304,21 @@ impl ModuleVisitor for UnpackGrads<'_> {
 
 /// Sum the gradients over the ranks (each rank's are already divided by the number of
 /// batches per update).
-fn all_reduce_grads<M: Module>(comm: &Comm, model: &M, grads: &mut GradientsParams, timeout: Duration, step: usize) {
+fn all_reduce_grads<M: Module>(
+    comm: &Comm,
+    model: &M,
+    grads: &mut GradientsParams,
+    device: &Device,
+    timeout: Duration,
+    step: usize,
+) {
     let mut pack = PackGrads { grads, buf: Vec::new(), seen: HashSet::new() };
     model.visit(&mut pack);
     let mut buf = pack.buf;
     comm.all_reduce_f32(&mut buf, timeout, &format!("the gradient all-reduce of update {}", step + 1));
-    let device = model_device(model);
+    let device = device.clone().without_autodiff();
     let mut unpack = UnpackGrads { grads, buf: &buf, at: 0, device: &device, seen: HashSet::new() };
     model.visit(&mut unpack);
-}
-
-/// The (non-autodiff) device of a model's first parameter, where gradients live.
-fn model_device<M: Module>(model: &M) -> Device {
-    struct First(Option<Device>);
-    impl ModuleVisitor for First {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if self.0.is_none() {
-                self.0 = Some(param.val().device());
-            }
-        }
-    }
-    let mut f = First(None);
-    model.visit(&mut f);
-    f.0.unwrap_or_default().without_autodiff()
 }
 
 /// A checksum of every floating-point parameter (FNV-1a over the values' bits), to check that
@@ -466,8 +458,8 @@ pub fn fit<J: Job>(
             (model, optim) = (m, o);
             if root {
                 truncate_metrics(&metrics_path, *step)?;
-                eprintln!("resuming {} at step {step}", run_dir.display());
             }
+            say!("resuming {} at step {step}", run_dir.display());
             st
         }
         None => {
@@ -515,8 +507,8 @@ pub fn fit<J: Job>(
         });
     }
     let accum = st.batches_per_update / comm.size;
-    if root && (comm.size > 1 || accum != cfg.grad_accumulation) {
-        eprintln!(
+    if comm.size > 1 || accum != cfg.grad_accumulation {
+        say!(
             "data-parallel: {} rank(s) x {accum} accumulated batch(es) = {} batches of up to {} s of audio per update{}",
             comm.size,
             st.batches_per_update,
@@ -650,7 +642,7 @@ pub fn fit<J: Job>(
             let mut grads = accumulator.grads();
             if comm.size > 1 {
                 let t = Instant::now();
-                all_reduce_grads(&comm, &model, &mut grads, timeout, step);
+                all_reduce_grads(&comm, &model, &mut grads, device, timeout, step);
                 allreduce_seconds = Some(t.elapsed().as_secs_f64());
             }
             grad_norm = clip_global_norm(&model, &mut grads, cfg.grad_clip);
@@ -733,12 +725,10 @@ pub fn fit<J: Job>(
             Decision::Rollback(why, rollbacks, scale) => {
                 let (at, dir) = latest_checkpoint(run_dir)
                     .ok_or_else(|| Error::Diverged(format!("{why}: rank {} sees no checkpoint", comm.rank)))?;
-                if root {
-                    eprintln!(
-                        "step {}: {why}; returning to the checkpoint of step {at} with the learning rate x{scale}",
-                        st.step
-                    );
-                }
+                say!(
+                    "step {}: {why}; returning to the checkpoint of step {at} with the learning rate x{scale}",
+                    st.step
+                );
                 let (m, o, s) = restore::<J>(&dir, model, optim)?;
                 (model, optim, st) = (m, o, s);
                 job.rolled_back();
@@ -777,12 +767,11 @@ pub fn fit<J: Job>(
                 _ => {
                     st.evals_without_improvement += 1;
                     if cfg.early_stopping_patience.is_some_and(|p| st.evals_without_improvement >= p) {
-                        if root {
-                            eprintln!(
-                                "early stopping at step {}: no improvement in {} evaluations",
-                                st.step, st.evals_without_improvement
-                            );
-                        }
+                        say!(
+                            "early stopping at step {}: no improvement in {} evaluations",
+                            st.step,
+                            st.evals_without_improvement
+                        );
                         stopped_early = true;
                     }
                 }
