@@ -7,6 +7,7 @@ mod demo;
 mod eval;
 mod export;
 mod features;
+mod import;
 mod inspect;
 mod launch;
 mod output;
@@ -53,6 +54,9 @@ enum Command {
     /// Analyse trained runs: layer weights.
     #[command(subcommand)]
     Analyze(analyze::Command),
+    /// Convert checkpoints from other toolkits into Hugging Face model directories.
+    #[command(subcommand)]
+    Import(import::Command),
     /// Write a trained run's upstream as a Hugging Face model directory (S3-Router masks applied,
     /// LoRA merged), with its masks and a sparsity report.
     Export(export::ExportArgs),
@@ -95,6 +99,7 @@ fn main() {
         Command::Preprocess(c) => preprocess::run(c),
         Command::Analyze(c) => analyze::run(c),
         Command::Export(a) => export::export(a),
+        Command::Import(c) => import::run(c),
         Command::Prune(a) => export::prune(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),

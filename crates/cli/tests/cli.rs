@@ -628,3 +628,35 @@ fn a_launch_as_several_processes_is_refused_without_mpi() {
     let (ok, _, err) = speechtune(&["train", "configs/lid_lora.toml", "--set", "train.collective_timeout_seconds=0"]);
     assert!(!ok && err.contains("train.collective_timeout_seconds must be positive"), "{err}");
 }
+
+/// `speechtune import fairseq`: a fine-tuned checkpoint with its dictionary becomes a folder
+/// that `inspect` reads; a pickle that asks to run code is refused, naming the file.
+#[test]
+fn fairseq_checkpoints_are_imported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = root().join("tests/fixtures/fairseq");
+    let out = tmp.path().join("ctc");
+    let (ckpt, dict) = (fx.join("wav2vec2-ctc.pt"), fx.join("dict.ltr.txt"));
+    let (ok, stdout, err) = speechtune(&[
+        "import",
+        "fairseq",
+        ckpt.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dict",
+        dict.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("Wav2Vec2ForCTC (2 layers, hidden 32), 56 tensors"), "{stdout}");
+    for f in ["config.json", "model.safetensors", "preprocessor_config.json", "vocab.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let (ok, report, err) = speechtune(&["inspect", out.to_str().unwrap()]);
+    assert!(ok && report.contains("layer-norm CNN, pre-LN") && report.contains("normalised: yes"), "{report}{err}");
+
+    let bad = fx.join("malicious.pt");
+    let (ok, _, err) =
+        speechtune(&["import", "fairseq", bad.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
+    assert!(!ok && err.contains("malicious.pt") && err.contains("system"), "{err}");
+    assert!(!tmp.path().join("x").exists());
+}

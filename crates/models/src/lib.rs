@@ -8,6 +8,7 @@ pub mod config;
 mod device;
 mod error;
 pub mod export;
+pub mod fairseq;
 pub mod fastmath;
 pub mod frontend;
 pub mod hub;

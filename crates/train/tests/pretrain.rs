@@ -247,3 +247,24 @@ fn the_committed_pretrained_model_has_learned_the_task() {
     assert!(random < 0.05, "random init: {random:.3}");
     assert!(pretrained > 0.15 && pretrained > 4.0 * random, "pre-trained {pretrained:.3}, random {random:.3}");
 }
+
+/// A fairseq pre-training checkpoint, imported (`speechtune import fairseq`), continues
+/// pre-training exactly where the same weights as a transformers folder would: same first
+/// validation loss, quantizer included.
+#[test]
+fn an_imported_fairseq_checkpoint_continues_pretraining() {
+    let tmp = tempfile::tempdir().unwrap();
+    mini_corpus(tmp.path());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let imported = tmp.path().join("imported");
+    let ckpt = fixtures.join("fairseq/xlsr-omegaconf.pt");
+    speechtune_models::fairseq::import(&ckpt, &imported, None).unwrap();
+    let mut from_fairseq = config(tmp.path(), &tmp.path().join("a"), &["train.steps=2"]);
+    from_fairseq.model.from = imported;
+    let mut from_hf = config(tmp.path(), &tmp.path().join("b"), &["train.steps=2"]);
+    from_hf.model.from = fixtures.join("pretrain-xlsr");
+    let (a, b) = (pretrain(&from_fairseq, false, false).unwrap(), pretrain(&from_hf, false, false).unwrap());
+    assert!(a.first.loss.is_finite() && a.first.accuracy > 0.0);
+    assert!((a.first.loss - b.first.loss).abs() < 1e-6, "{} vs {}", a.first.loss, b.first.loss);
+    assert!((a.last.loss - b.last.loss).abs() < 1e-4, "{} vs {}", a.last.loss, b.last.loss);
+}

@@ -4,6 +4,7 @@
 //! time, so peak memory is the file bytes plus one tensor.
 
 mod init;
+mod pickle;
 mod save;
 mod torch_zip;
 
@@ -142,11 +143,38 @@ impl Weights {
         })
     }
 
-    /// Open a `torch.save` zip checkpoint without executing its pickle.
+    /// Open a `torch.save` checkpoint (zip or legacy format) without executing its pickle.
     pub fn open_torch(path: &Path) -> Result<Self> {
         let bytes = read(path)?;
         let tensors = torch_zip::read_index(&bytes)
             .map_err(|reason| Error::TorchCheckpoint { path: path.to_path_buf(), reason })?;
+        Ok(Self::torch_entries(path, bytes, tensors))
+    }
+
+    /// Open a fairseq checkpoint: the tensors of its `model` state dict, and its `cfg` and
+    /// `args` entries (omegaconf objects, argparse Namespaces or plain data) rebuilt as plain
+    /// JSON (`{"cfg": ..., "args": ...}`), all without executing its pickle.
+    pub fn open_fairseq(path: &Path) -> Result<(Self, serde_json::Value)> {
+        let bytes = read(path)?;
+        let bad = |reason: String| Error::TorchCheckpoint { path: path.to_path_buf(), reason };
+        let file = torch_zip::read(&bytes).map_err(bad)?;
+        let root = file.pickle.root;
+        let model = file.pickle.lookup(root, "model").ok_or_else(|| {
+            bad("no \"model\" entry: not a fairseq checkpoint (a plain state dict converts with `inspect`/`export`)".into())
+        })?;
+        let tensors = file.tensors(model).map_err(|e| bad(format!("\"model\": {e}")))?;
+        let mut config = serde_json::Map::new();
+        for key in ["cfg", "args"] {
+            let value = match file.pickle.lookup(root, key) {
+                Some(id) => file.pickle.to_json(id).map_err(|e| bad(format!("\"{key}\": {e}")))?,
+                None => serde_json::Value::Null,
+            };
+            config.insert(key.to_string(), value);
+        }
+        Ok((Self::torch_entries(path, bytes, tensors), serde_json::Value::Object(config)))
+    }
+
+    fn torch_entries(path: &Path, bytes: Vec<u8>, tensors: Vec<torch_zip::TensorRef>) -> Self {
         let index = tensors
             .into_iter()
             .map(|t| {
@@ -155,14 +183,14 @@ impl Weights {
                 (t.name, entry)
             })
             .collect();
-        Ok(Self {
+        Self {
             files: vec![WeightFile { path: path.to_path_buf(), bytes }],
             index,
             prefix: String::new(),
             random: None,
             transformers_init: None,
             requested: Default::default(),
-        })
+        }
     }
 
     /// A source that answers every tensor request with seeded random values: the model is
