@@ -1,6 +1,7 @@
 //! Decoding any container/codec symphonia knows (wav, flac, ogg/vorbis, mp3, aac/m4a) to f32.
 
 use std::fs::File;
+use std::io::Seek;
 use std::path::Path;
 
 use symphonia::core::audio::SampleBuffer;
@@ -11,7 +12,7 @@ use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
-use crate::{Error, Result, SAMPLE_RATE, resample};
+use crate::{Error, Result, SAMPLE_RATE, resample, sanity};
 
 /// Decoded audio, downmixed to one channel.
 #[derive(Debug, Clone)]
@@ -73,9 +74,8 @@ fn ffmpeg_hint(path: &Path) -> String {
 
 /// Read the header of an audio file: sample rate, channels and length, without decoding.
 pub fn probe_file(path: &Path) -> Result<AudioInfo> {
-    let file = File::open(path).map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
     let ext = path.extension().and_then(|e| e.to_str());
-    let p = open_stream(Box::new(file), ext, path)?.params;
+    let p = guarded(path, || Ok(open_stream(checked_file(path)?, ext, path)?.params))?;
     let rate = p
         .sample_rate
         .ok_or_else(|| Error::Unreadable { path: path.to_path_buf(), reason: "unknown sample rate".into() })?;
@@ -84,16 +84,50 @@ pub fn probe_file(path: &Path) -> Result<AudioInfo> {
 
 /// Decode a file and average its channels into mono. Samples keep the file's rate.
 pub fn decode_file(path: &Path) -> Result<Decoded> {
-    let file = File::open(path).map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
-    decode_source(Box::new(file), path.extension().and_then(|e| e.to_str()), path)
+    decode_source(checked_file(path)?, path.extension().and_then(|e| e.to_str()), path)
+}
+
+/// A file whose length fields were checked (see `sanity`), as a source for symphonia.
+fn checked_file(path: &Path) -> Result<Box<dyn MediaSource>> {
+    let open = |source| Error::Open { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(open)?;
+    let len = file.metadata().map_err(open)?.len();
+    let patches =
+        sanity::check(&mut file, len).map_err(|reason| Error::Unreadable { path: path.to_path_buf(), reason })?;
+    file.rewind().map_err(open)?;
+    Ok(Box::new(sanity::Patched::new(file, len, patches)))
 }
 
 /// Decode audio held in memory (e.g. a tar member); `name` is used for the format hint and in errors.
 pub fn decode_bytes(bytes: Vec<u8>, name: &Path) -> Result<Decoded> {
-    decode_source(Box::new(std::io::Cursor::new(bytes)), name.extension().and_then(|e| e.to_str()), name)
+    let len = bytes.len() as u64;
+    let mut cursor = std::io::Cursor::new(bytes);
+    let patches =
+        sanity::check(&mut cursor, len).map_err(|reason| Error::Unreadable { path: name.to_path_buf(), reason })?;
+    cursor.set_position(0);
+    decode_source(Box::new(sanity::Patched::new(cursor, len, patches)), name.extension().and_then(|e| e.to_str()), name)
+}
+
+/// Run symphonia, turning a panic inside it (it asserts on some malformed headers) into an error
+/// naming the file: a bad file in a corpus must not take a training run down.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p.downcast_ref::<String>().cloned().or(p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(Error::Unreadable {
+                path: path.to_path_buf(),
+                reason: format!("malformed file (the decoder failed: {})", what.unwrap_or_default()),
+            })
+        }
+    }
 }
 
 fn decode_source(source: Box<dyn MediaSource>, ext: Option<&str>, path: &Path) -> Result<Decoded> {
+    guarded(path, || decode_stream(source, ext, path))
+}
+
+fn decode_stream(source: Box<dyn MediaSource>, ext: Option<&str>, path: &Path) -> Result<Decoded> {
     let unreadable = |reason: String| Error::Unreadable { path: path.to_path_buf(), reason };
     let Stream { mut format, track_id, params } = open_stream(source, ext, path)?;
     let mut sample_rate = params.sample_rate;
@@ -123,6 +157,9 @@ fn decode_source(source: Box<dyn MediaSource>, ext: Option<&str>, path: &Path) -
         let spec = *decoded.spec();
         sample_rate = Some(spec.rate);
         channels = spec.channels.count();
+        if channels == 0 {
+            return Err(unreadable("a packet with no channels".into()));
+        }
         let needed = decoded.capacity() as u64;
         if buf.as_ref().is_none_or(|b| (b.capacity() as u64) < needed * channels as u64) {
             buf = Some(SampleBuffer::new(needed, spec));

@@ -8,6 +8,7 @@ pub mod flac;
 pub mod logmel;
 mod normalize;
 mod resample;
+mod sanity;
 pub mod segment;
 pub mod vad;
 

@@ -15,6 +15,15 @@ pub fn resample(x: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
     // that are even multiples of the smallest whole-sample block (from/gcd in, to/gcd out).
     let g = gcd(from as usize, to as usize);
     let block_in = from as usize / g;
+    // The FFT sizes grow with from/gcd: 441 for 44.1 kHz, but 16001 for a 16001-Hz header, with
+    // tables of hundreds of MB. Real recordings use rates with a large common divisor.
+    if !(1000..=768_000).contains(&from) || block_in > 4096 || to as usize / g > 4096 {
+        return Err(err(&format!(
+            "unusual sample rate (the ratio {from}/{to} reduces to {block_in}/{}); convert the file first, \
+             e.g. `ffmpeg -i IN -ar 16000 OUT.flac`",
+            to as usize / g
+        )));
+    }
     let chunk = block_in * 2 * (1024 / (2 * block_in)).max(1);
     let mut r = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 1, 1).map_err(|e| err(&e))?;
     let delay = r.output_delay();

@@ -35,6 +35,16 @@ pub fn load_audio(u: &Utterance) -> Result<Vec<f32>> {
         AudioSource::TarMember { shard, member, offset, size } => {
             let io = |source| Error::Io { path: shard.clone(), source };
             let mut f = std::fs::File::open(shard).map_err(io)?;
+            // The size comes from a tar header: allocate only what the file really holds.
+            let len = f.metadata().map_err(io)?.len();
+            if offset.checked_add(*size).is_none_or(|end| end > len) {
+                return Err(Error::Layout {
+                    path: shard.clone(),
+                    reason: format!(
+                        "member {member} ({size} bytes at {offset}) runs past the end of the file ({len} bytes)"
+                    ),
+                });
+            }
             f.seek(SeekFrom::Start(*offset)).map_err(io)?;
             let mut bytes = vec![0u8; *size as usize];
             f.read_exact(&mut bytes).map_err(io)?;

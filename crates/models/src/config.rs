@@ -292,12 +292,41 @@ impl ModelConfig {
                 if c.conv_dim.len() != c.conv_kernel.len() || c.conv_dim.len() != c.conv_stride.len() {
                     return Err(unsupported("conv_dim, conv_kernel and conv_stride of different lengths"));
                 }
-                if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
+                if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
                     return Err(unsupported("hidden_size not divisible by num_attention_heads"));
+                }
+                let groups = c.num_conv_pos_embedding_groups;
+                if groups == 0 || !c.hidden_size.is_multiple_of(groups) {
+                    return Err(unsupported("hidden_size not divisible by num_conv_pos_embedding_groups"));
+                }
+                let sizes = [c.hidden_size, c.intermediate_size, c.conv_pos_kernel_size, c.pos_conv_param()];
+                if sizes.contains(&0)
+                    || c.conv_dim.is_empty()
+                    || [&c.conv_dim, &c.conv_kernel, &c.conv_stride].iter().any(|v| v.contains(&0))
+                {
+                    return Err(unsupported("a zero size (hidden, FFN, convolution or positional conv)"));
+                }
+                if c.num_codevector_groups == 0 || !c.codevector_dim.is_multiple_of(c.num_codevector_groups) {
+                    return Err(unsupported("codevector_dim not divisible by num_codevector_groups"));
+                }
+                if !(c.layer_norm_eps.is_finite() && c.layer_norm_eps >= 0.0) {
+                    return Err(unsupported("a negative or non-finite layer_norm_eps"));
                 }
                 ModelConfig::Ssl(c)
             }
-            "whisper" => ModelConfig::Whisper(serde_json::from_value(value).map_err(parse)?),
+            "whisper" => {
+                let c: WhisperConfig = serde_json::from_value(value).map_err(parse)?;
+                let unsupported = |what: &str| Error::Unsupported { path: path.to_path_buf(), what: what.into() };
+                for (d, h) in [(c.d_model, c.encoder_attention_heads), (c.d_model, c.decoder_attention_heads)] {
+                    if h == 0 || !d.is_multiple_of(h) {
+                        return Err(unsupported("d_model not divisible by the number of attention heads"));
+                    }
+                }
+                if [c.d_model, c.num_mel_bins, c.max_source_positions, c.encoder_ffn_dim].contains(&0) {
+                    return Err(unsupported("a zero size (d_model, num_mel_bins, max_source_positions, FFN)"));
+                }
+                ModelConfig::Whisper(c)
+            }
             _ => {
                 return Err(Error::UnsupportedModelType {
                     path: path.to_path_buf(),

@@ -413,8 +413,7 @@ pub fn hf_name(name: &str, kind: Kind, group_norm: bool) -> Option<String> {
 
 /// `dict.ltr.txt` (fairseq's target dictionary) → vocab.json as transformers' script writes it:
 /// fairseq's `<s> <pad> </s> <unk>` first, with `<pad>` (the CTC blank) and `<s>` swapped.
-fn vocab_of_dict(path: &Path) -> Result<Map<String, Value>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+fn vocab_of_dict(path: &Path, text: &str) -> Result<Map<String, Value>> {
     let mut vocab = Map::new();
     for (i, s) in ["<pad>", "<s>", "</s>", "<unk>"].iter().enumerate() {
         vocab.insert(s.to_string(), json!(i));
@@ -437,10 +436,25 @@ fn vocab_of_dict(path: &Path) -> Result<Map<String, Value>> {
     Ok(vocab)
 }
 
-/// Convert `checkpoint` into a Hugging Face directory `out` (config.json, model.safetensors,
-/// preprocessor_config.json, and vocab.json from `dict` for fine-tuned models).
-pub fn import(checkpoint: &Path, out: &Path, dict: Option<&Path>) -> Result<Imported> {
-    let (weights, raw) = Weights::open_fairseq(checkpoint)?;
+/// A converted checkpoint, in memory.
+#[derive(Debug)]
+pub struct Converted {
+    pub kind: Kind,
+    /// config.json
+    pub config: Value,
+    /// preprocessor_config.json
+    pub preprocessor: Value,
+    /// vocab.json, from the dictionary
+    pub vocab: Option<Map<String, Value>>,
+    /// (transformers name, shape, values), sorted by name
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub unused: Vec<String>,
+}
+
+/// Convert a fairseq checkpoint's bytes (`checkpoint` names it in errors), with its target
+/// dictionary's text (`dict`: path and contents) for fine-tuned models.
+pub fn convert(checkpoint: &Path, bytes: Vec<u8>, dict: Option<(&Path, &str)>) -> Result<Converted> {
+    let (weights, raw) = Weights::fairseq_from_bytes(checkpoint, bytes)?;
     let names: Vec<String> = weights.names().map(str::to_string).collect();
     let shapes: HashMap<String, Vec<usize>> =
         names.iter().filter_map(|n| weights.shape(n).map(|s| (n.clone(), s))).collect();
@@ -464,6 +478,28 @@ pub fn import(checkpoint: &Path, out: &Path, dict: Option<&Path>) -> Result<Impo
     let mut config = hf_config(checkpoint, kind, &c, &shapes)?;
     let group_norm = config.get("feat_extract_norm").and_then(Value::as_str) == Some("group");
 
+    let vocab = match dict {
+        None => None,
+        Some((path, _)) if !kind.finetuned() => {
+            return Err(Error::Input(format!(
+                "{}: a dictionary is only used with a fine-tuned checkpoint",
+                path.display()
+            )));
+        }
+        Some((path, text)) => {
+            let vocab = vocab_of_dict(path, text)?;
+            let rows = config["vocab_size"].as_u64().unwrap_or(0) as usize;
+            if vocab.len() != rows {
+                return Err(Error::Input(format!(
+                    "{} gives {} symbols (with <s> <pad> </s> <unk>), but the CTC projection has {rows} rows",
+                    path.display(),
+                    vocab.len()
+                )));
+            }
+            Some(vocab)
+        }
+    };
+
     let mut tensors = Vec::new();
     let mut unused = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -482,35 +518,6 @@ pub fn import(checkpoint: &Path, out: &Path, dict: Option<&Path>) -> Result<Impo
         tensors.push((target, shape, values));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-
-    let mut files = Vec::new();
-    if let Some(dict) = dict {
-        let vocab = vocab_of_dict(dict)?;
-        let rows = config["vocab_size"].as_u64().unwrap_or(0) as usize;
-        if !kind.finetuned() {
-            return Err(Error::Input(format!(
-                "{}: a dictionary is only used with a fine-tuned checkpoint",
-                dict.display()
-            )));
-        }
-        if vocab.len() != rows {
-            return Err(Error::Input(format!(
-                "{} gives {} symbols (with <s> <pad> </s> <unk>), but the CTC projection has {rows} rows",
-                dict.display(),
-                vocab.len()
-            )));
-        }
-        let path = out.join("vocab.json");
-        write_atomic(&path, serde_json::to_string_pretty(&Value::Object(vocab)).expect("json").as_bytes())?;
-        files.push(path);
-        let tok = json!({
-            "tokenizer_class": "Wav2Vec2CTCTokenizer", "unk_token": "<unk>", "pad_token": "<pad>",
-            "bos_token": "<s>", "eos_token": "</s>", "word_delimiter_token": "|", "do_lower_case": false,
-        });
-        let path = out.join("tokenizer_config.json");
-        write_atomic(&path, serde_json::to_string_pretty(&tok).expect("json").as_bytes())?;
-        files.push(path);
-    }
     let preprocessor = json!({
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
@@ -524,18 +531,39 @@ pub fn import(checkpoint: &Path, out: &Path, dict: Option<&Path>) -> Result<Impo
         "speechtune_import".into(),
         json!({"from": checkpoint.file_name().map(|f| f.to_string_lossy().to_string()), "fairseq_model": model_name}),
     );
+    Ok(Converted { kind, config, preprocessor, vocab, tensors, unused })
+}
+
+/// Convert `checkpoint` into a Hugging Face directory `out` (config.json, model.safetensors,
+/// preprocessor_config.json, and vocab.json from `dict` for fine-tuned models). Each file is
+/// written atomically, config.json last.
+pub fn import(checkpoint: &Path, out: &Path, dict: Option<&Path>) -> Result<Imported> {
+    let bytes = std::fs::read(checkpoint).map_err(|source| Error::Io { path: checkpoint.to_path_buf(), source })?;
+    let dict_text = match dict {
+        Some(d) => Some(std::fs::read_to_string(d).map_err(|source| Error::Io { path: d.to_path_buf(), source })?),
+        None => None,
+    };
+    let c = convert(checkpoint, bytes, dict.zip(dict_text.as_deref()))?;
+    let json_file = |name: &str, v: &Value| -> Result<PathBuf> {
+        let path = out.join(name);
+        write_atomic(&path, serde_json::to_string_pretty(v).expect("json").as_bytes())?;
+        Ok(path)
+    };
+    let mut files = Vec::new();
+    if let Some(vocab) = &c.vocab {
+        files.push(json_file("vocab.json", &Value::Object(vocab.clone()))?);
+        let tok = json!({
+            "tokenizer_class": "Wav2Vec2CTCTokenizer", "unk_token": "<unk>", "pad_token": "<pad>",
+            "bos_token": "<s>", "eos_token": "</s>", "word_delimiter_token": "|", "do_lower_case": false,
+        });
+        files.push(json_file("tokenizer_config.json", &tok)?);
+    }
     let path = out.join("model.safetensors");
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&path, &tensors, metadata)?;
+    write_safetensors(&path, &c.tensors, HashMap::from([("format".to_string(), "pt".to_string())]))?;
     files.push(path);
-    let path = out.join("preprocessor_config.json");
-    write_atomic(&path, serde_json::to_string_pretty(&preprocessor).expect("json").as_bytes())?;
-    files.push(path);
-    // config.json last: a folder with a config is a complete model.
-    let path = out.join("config.json");
-    write_atomic(&path, serde_json::to_string_pretty(&config).expect("json").as_bytes())?;
-    files.push(path);
-    Ok(Imported { kind, config, tensors: tensors.len(), unused, files })
+    files.push(json_file("preprocessor_config.json", &c.preprocessor)?);
+    files.push(json_file("config.json", &c.config)?);
+    Ok(Imported { kind: c.kind, config: c.config, tensors: c.tensors.len(), unused: c.unused, files })
 }
 
 #[cfg(test)]

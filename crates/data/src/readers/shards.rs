@@ -24,12 +24,22 @@ pub fn index_tar(path: &Path) -> Result<TarIndex> {
     let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     let bad =
         |e: std::io::Error| Error::Layout { path: path.to_path_buf(), reason: format!("not a readable tar: {e}") };
+    let len = file.metadata().map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
     let mut archive = tar::Archive::new(file);
     let mut index = HashMap::new();
     for entry in archive.entries().map_err(bad)? {
         let entry = entry.map_err(bad)?;
         let name = entry.path().map_err(bad)?.to_string_lossy().to_string();
-        index.insert(name, (entry.raw_file_position(), entry.size()));
+        let (offset, size) = (entry.raw_file_position(), entry.size());
+        if offset.checked_add(size).is_none_or(|end| end > len) {
+            return Err(Error::Layout {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "tar member {name} claims {size} bytes at {offset}, past the end of the file ({len} bytes)"
+                ),
+            });
+        }
+        index.insert(name, (offset, size));
     }
     Ok(index)
 }

@@ -85,15 +85,11 @@ impl Weights {
         }
         if index.is_file() {
             let text = read(&index)?;
-            let json: serde_json::Value =
-                serde_json::from_slice(&text).map_err(|source| Error::Config { path: index.clone(), source })?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::Safetensors { path: index.clone(), reason: "no \"weight_map\" object".into() })?;
-            let mut shards: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+            let text = String::from_utf8(text)
+                .map_err(|_| Error::Safetensors { path: index.clone(), reason: "not UTF-8".into() })?;
+            let mut shards: Vec<PathBuf> =
+                crate::hub::shards_of_index(&text, &index)?.into_iter().map(|f| dir.join(f)).collect();
             shards.sort();
-            shards.dedup();
             return Self::open_safetensors(&shards);
         }
         let bin = dir.join("pytorch_model.bin");
@@ -145,7 +141,11 @@ impl Weights {
 
     /// Open a `torch.save` checkpoint (zip or legacy format) without executing its pickle.
     pub fn open_torch(path: &Path) -> Result<Self> {
-        let bytes = read(path)?;
+        Self::from_torch_bytes(path, read(path)?)
+    }
+
+    /// A `torch.save` checkpoint already in memory; `path` names it in errors.
+    pub fn from_torch_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         let tensors = torch_zip::read_index(&bytes)
             .map_err(|reason| Error::TorchCheckpoint { path: path.to_path_buf(), reason })?;
         Ok(Self::torch_entries(path, bytes, tensors))
@@ -155,7 +155,11 @@ impl Weights {
     /// `args` entries (omegaconf objects, argparse Namespaces or plain data) rebuilt as plain
     /// JSON (`{"cfg": ..., "args": ...}`), all without executing its pickle.
     pub fn open_fairseq(path: &Path) -> Result<(Self, serde_json::Value)> {
-        let bytes = read(path)?;
+        Self::fairseq_from_bytes(path, read(path)?)
+    }
+
+    /// [`Weights::open_fairseq`] of a file already in memory; `path` names it in errors.
+    pub fn fairseq_from_bytes(path: &Path, bytes: Vec<u8>) -> Result<(Self, serde_json::Value)> {
         let bad = |reason: String| Error::TorchCheckpoint { path: path.to_path_buf(), reason };
         let file = torch_zip::read(&bytes).map_err(bad)?;
         let root = file.pickle.root;
@@ -367,6 +371,13 @@ impl Weights {
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.index.get(&format!("{}{name}", self.prefix)).map(|e| e.shape.clone())
     }
+}
+
+/// A pickle (e.g. a `data.pkl`) as plain JSON, read without executing anything: tensors and
+/// opaque values become null; the same allow-list as checkpoints.
+pub fn unpickle_json(bytes: &[u8]) -> std::result::Result<serde_json::Value, String> {
+    let p = pickle::Unpickler::new(bytes, 0).load()?;
+    p.to_json(p.root)
 }
 
 fn row_major_strides(shape: &[usize]) -> Vec<usize> {

@@ -42,14 +42,25 @@ impl WhisperTokenizer {
     /// Read the tokenizer of a Whisper model directory.
     pub fn load(dir: &Path) -> Result<Self> {
         let json = dir.join("tokenizer.json");
-        let (inner, path) = if json.is_file() {
-            (Tokenizer::from_file(&json).map_err(|e| bad(&json, e))?, json)
-        } else {
-            Self::from_slow_files(dir)?
-        };
+        let (inner, path) = if json.is_file() { (Self::parse_json(&json)?, json) } else { Self::from_slow_files(dir)? };
         let mut t = Self { inner, path, languages: Vec::new() };
         t.languages = t.find_languages()?;
         Ok(t)
+    }
+
+    /// `tokenizer.json`. The tokenizers crate (0.23) panics on some malformed files (e.g. a
+    /// `decoder` that is neither of its forms: `.expect("Helper")` in its deserializer); that
+    /// panic is turned into an error naming the file, as for any other bad tokenizer.
+    fn parse_json(path: &Path) -> Result<Tokenizer> {
+        let text = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&text));
+        match parsed {
+            Ok(t) => t.map_err(|e| bad(path, e)),
+            Err(p) => {
+                let what = p.downcast_ref::<String>().cloned().or(p.downcast_ref::<&str>().map(|s| s.to_string()));
+                Err(bad(path, format!("malformed tokenizer ({})", what.unwrap_or_default())))
+            }
+        }
     }
 
     /// `vocab.json` + `merges.txt` (byte-level BPE, as GPT-2) + `added_tokens.json`.
@@ -92,6 +103,15 @@ impl WhisperTokenizer {
     /// Language tokens: every `<|xx|>` between `<|startoftranscript|>` and `<|translate|>`.
     fn find_languages(&self) -> Result<Vec<(String, u32)>> {
         let (sot, translate) = (self.special("<|startoftranscript|>")?, self.special("<|translate|>")?);
+        // Whisper has 99 or 100 languages; ids far apart are a broken (or hostile) file.
+        if translate <= sot || translate - sot > 1000 {
+            return Err(bad(
+                &self.path,
+                format!(
+                    "<|startoftranscript|> ({sot}) and <|translate|> ({translate}) do not enclose the language tokens"
+                ),
+            ));
+        }
         let mut out = Vec::new();
         for id in sot + 1..translate {
             let tok = self.inner.id_to_token(id).unwrap_or_default();

@@ -1,0 +1,392 @@
+//! Length fields checked before decoding.
+//!
+//! symphonia 0.5 allocates some buffers at the size a header claims before reading them (a FLAC
+//! or Vorbis comment of up to 4 GB, a RIFF INFO chunk, MP4 sample tables, ID3v2 frames), so a
+//! 1-KB file could ask for gigabytes. Before symphonia sees a file, this walks the structures
+//! whose lengths it trusts and refuses any that claim more bytes than the file (or the enclosing
+//! structure) holds. Tags are not used by speechtune, so FLAC comment and picture blocks are
+//! turned into padding (symphonia skips padding without reading it) rather than parsed.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use symphonia::core::io::MediaSource;
+
+/// Bytes to change as the decoder reads the file: (offset, new value).
+pub type Patches = Vec<(u64, u8)>;
+
+/// A source with a few bytes replaced on the fly.
+pub struct Patched<R> {
+    inner: R,
+    len: u64,
+    pos: u64,
+    patches: Patches,
+}
+
+impl<R: Read + Seek> Patched<R> {
+    pub fn new(inner: R, len: u64, patches: Patches) -> Self {
+        Self { inner, len, pos: 0, patches }
+    }
+}
+
+impl<R: Read> Read for Patched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &(at, v) in &self.patches {
+            if at >= self.pos && at < self.pos + n as u64 {
+                buf[(at - self.pos) as usize] = v;
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for Patched<R> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.pos = self.inner.seek(to)?;
+        Ok(self.pos)
+    }
+}
+
+impl<R: Read + Seek + Send + Sync> MediaSource for Patched<R> {
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        Some(self.len)
+    }
+}
+
+/// Reads header fields at given offsets, never more than a small amount at once.
+struct Reader<'a, R> {
+    src: &'a mut R,
+    len: u64,
+}
+
+impl<R: Read + Seek> Reader<'_, R> {
+    fn bytes(&mut self, at: u64, n: usize) -> Option<Vec<u8>> {
+        if at.checked_add(n as u64)? > self.len {
+            return None;
+        }
+        self.src.seek(SeekFrom::Start(at)).ok()?;
+        let mut b = vec![0u8; n];
+        self.src.read_exact(&mut b).ok()?;
+        Some(b)
+    }
+
+    fn u32be(&mut self, at: u64) -> Option<u64> {
+        self.bytes(at, 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64)
+    }
+
+    fn u32le(&mut self, at: u64) -> Option<u64> {
+        self.bytes(at, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
+    }
+}
+
+/// Check `src` (of `len` bytes); the patches to apply while decoding, or what is wrong.
+pub fn check<R: Read + Seek>(src: &mut R, len: u64) -> Result<Patches, String> {
+    let mut r = Reader { src, len };
+    let mut patches = Vec::new();
+    let Some(head) = r.bytes(0, 12.min(len as usize)) else { return Ok(patches) };
+    let mut start = 0;
+    if head.starts_with(b"ID3") {
+        start = id3v2(&mut r)?;
+    }
+    let magic = r.bytes(start, 4).unwrap_or_default();
+    if head.starts_with(b"RIFF") {
+        riff(&mut r)?;
+    } else if magic == b"fLaC" {
+        flac(&mut r, start + 4, &mut patches)?;
+    } else if head.starts_with(b"OggS") {
+        ogg_comment(&mut r)?;
+    } else if head.len() >= 8 && &head[4..8] == b"ftyp" {
+        mp4(&mut r, 0, len, 0, b"")?;
+    }
+    Ok(patches)
+}
+
+fn past_end(what: &str, claims: u64, at: u64, room: u64) -> String {
+    format!("{what} at byte {at} claims {claims} bytes, but only {room} remain (truncated or corrupt file)")
+}
+
+/// ID3v2 tag (before MP3 or FLAC data): the tag and each frame within its bounds. Returns where
+/// the tag ends.
+fn id3v2<R: Read + Seek>(r: &mut Reader<R>) -> Result<u64, String> {
+    let h = r.bytes(0, 10).ok_or("truncated ID3v2 header")?;
+    let syncsafe = |b: &[u8]| b.iter().fold(0u64, |a, &x| (a << 7) | (x & 0x7f) as u64);
+    let (major, flags) = (h[3], h[5]);
+    let size = syncsafe(&h[6..10]);
+    let end = 10 + size + if flags & 0x10 != 0 { 10 } else { 0 };
+    if end > r.len {
+        return Err(past_end("ID3v2 tag", size, 0, r.len.saturating_sub(10)));
+    }
+    if flags & 0x40 != 0 || major < 2 {
+        return Ok(end); // extended header: frames not walked, the tag's bound holds
+    }
+    let (id_len, header) = if major == 2 { (3, 6) } else { (4, 10) };
+    let mut at = 10;
+    while at + header <= 10 + size {
+        let f = r.bytes(at, header as usize).ok_or("truncated ID3v2 frame")?;
+        if f[0] == 0 {
+            break; // padding
+        }
+        let frame = match major {
+            2 => ((f[3] as u64) << 16) | ((f[4] as u64) << 8) | f[5] as u64,
+            3 => u32::from_be_bytes([f[4], f[5], f[6], f[7]]) as u64,
+            _ => syncsafe(&f[4..8]),
+        };
+        let room = 10 + size - at - header;
+        if frame > room {
+            let id = String::from_utf8_lossy(&f[..id_len]).to_string();
+            return Err(past_end(&format!("ID3v2 frame {id}"), frame, at, room));
+        }
+        at += header + frame;
+    }
+    Ok(end)
+}
+
+/// RIFF/WAVE: every chunk before `data` within the file, LIST sub-chunks within their list.
+fn riff<R: Read + Seek>(r: &mut Reader<R>) -> Result<(), String> {
+    let mut at = 12;
+    while let (Some(id), Some(size)) = (r.bytes(at, 4), r.u32le(at + 4)) {
+        if id == b"data" {
+            break; // streamed or truncated data chunks are common and read as they come
+        }
+        let room = r.len - at - 8;
+        let name = String::from_utf8_lossy(&id).to_string();
+        if size > room {
+            return Err(past_end(&format!("RIFF chunk {name:?}"), size, at, room));
+        }
+        if id == b"fmt " {
+            // symphonia asserts on these (a time base of 0 Hz): refuse them here instead.
+            let f = r.bytes(at + 8, 16.min(size as usize)).unwrap_or_default();
+            let le16 = |i: usize| f.get(i..i + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as u64);
+            let rate = f.get(4..8).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
+            if f.len() < 16 || le16(2) == 0 || rate == 0 || le16(12) == 0 {
+                return Err(format!(
+                    "RIFF fmt chunk at byte {at}: {} channels, {rate} Hz, block align {} (not a valid WAV header)",
+                    le16(2),
+                    le16(12)
+                ));
+            }
+        }
+        if id == b"LIST" {
+            let end = at + 8 + size;
+            let mut sub = at + 12;
+            while sub + 8 <= end {
+                let s = r.u32le(sub + 4).ok_or("truncated RIFF LIST")?;
+                if s > end - sub - 8 {
+                    return Err(past_end("RIFF LIST entry", s, sub, end - sub - 8));
+                }
+                sub += 8 + s + (s & 1);
+            }
+        }
+        at += 8 + size + (size & 1);
+    }
+    Ok(())
+}
+
+/// FLAC metadata blocks: each within the file; comments and pictures become padding.
+fn flac<R: Read + Seek>(r: &mut Reader<R>, mut at: u64, patches: &mut Patches) -> Result<(), String> {
+    while let Some(h) = r.bytes(at, 4) {
+        let (last, kind) = (h[0] & 0x80 != 0, h[0] & 0x7f);
+        let size = ((h[1] as u64) << 16) | ((h[2] as u64) << 8) | h[3] as u64;
+        let room = r.len - at - 4;
+        if size > room {
+            return Err(past_end(&format!("FLAC metadata block (type {kind})"), size, at, room));
+        }
+        if kind == 4 || kind == 6 {
+            patches.push((at, (h[0] & 0x80) | 1)); // VORBIS_COMMENT / PICTURE → PADDING
+        }
+        if last {
+            break;
+        }
+        at += 4 + size;
+    }
+    Ok(())
+}
+
+/// Ogg: the Vorbis or Opus comment packet (the second packet of the first stream), whose
+/// lengths must fit in the packet.
+fn ogg_comment<R: Read + Seek>(r: &mut Reader<R>) -> Result<(), String> {
+    let (mut at, mut serial) = (0u64, None);
+    let (mut packets, mut current) = (0usize, Vec::new());
+    // Comment packets (with cover art) can span many pages; look at the first 32 MB at most.
+    while at < r.len.min(32 << 20) {
+        let Some(h) = r.bytes(at, 27) else { break };
+        if &h[..4] != b"OggS" {
+            break; // not a page boundary: leave it to the decoder
+        }
+        let s = u32::from_le_bytes([h[14], h[15], h[16], h[17]]);
+        let n = h[26] as usize;
+        let lacing = r.bytes(at + 27, n).ok_or("truncated Ogg page")?;
+        let body = at + 27 + n as u64;
+        let total: u64 = lacing.iter().map(|&l| l as u64).sum();
+        if *serial.get_or_insert(s) == s {
+            let data = r.bytes(body, total as usize).ok_or("truncated Ogg page")?;
+            let mut off = 0;
+            for &l in &lacing {
+                current.extend_from_slice(&data[off..off + l as usize]);
+                off += l as usize;
+                if l < 255 {
+                    if packets == 1 {
+                        return comment_packet(&current);
+                    }
+                    packets += 1;
+                    current.clear();
+                }
+            }
+        }
+        at = body + total;
+    }
+    Ok(())
+}
+
+fn comment_packet(p: &[u8]) -> Result<(), String> {
+    let start = if p.starts_with(b"\x03vorbis") {
+        7
+    } else if p.starts_with(b"OpusTags") {
+        8
+    } else {
+        return Ok(());
+    };
+    let u32_at = |i: usize| p.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let mut at = start;
+    let vendor = u32_at(at).ok_or("truncated Ogg comment header")?;
+    if vendor > p.len() - at - 4 {
+        return Err(past_end("Ogg comment vendor string", vendor as u64, at as u64, (p.len() - at - 4) as u64));
+    }
+    at += 4 + vendor;
+    let count = u32_at(at).ok_or("truncated Ogg comment header")?;
+    at += 4;
+    for _ in 0..count {
+        let Some(n) = u32_at(at) else {
+            return Err("Ogg comment header lists more comments than it holds".into());
+        };
+        if n > p.len() - at - 4 {
+            return Err(past_end("Ogg comment", n as u64, at as u64, (p.len() - at - 4) as u64));
+        }
+        at += 4 + n;
+    }
+    Ok(())
+}
+
+/// MP4 boxes: each within its parent; the sample tables' entry counts within their box.
+fn mp4<R: Read + Seek>(r: &mut Reader<R>, mut at: u64, end: u64, depth: usize, parent: &[u8]) -> Result<(), String> {
+    const CONTAINERS: [&[u8; 4]; 12] =
+        [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"udta", b"edts", b"dinf", b"mvex", b"moof", b"traf", b"ilst"];
+    if depth > 16 {
+        return Err("MP4 boxes nested deeper than 16".into());
+    }
+    while at + 8 <= end {
+        let mut size = r.u32be(at).ok_or("truncated MP4 box")?;
+        let kind = r.bytes(at + 4, 4).ok_or("truncated MP4 box")?;
+        let name = String::from_utf8_lossy(&kind).to_string();
+        let mut header = 8;
+        if size == 1 {
+            let b = r.bytes(at + 8, 8).ok_or("truncated MP4 box")?;
+            size = u64::from_be_bytes(b.try_into().expect("8 bytes"));
+            header = 16;
+        } else if size == 0 {
+            size = end - at;
+        }
+        if size < header || size > end - at {
+            return Err(past_end(&format!("MP4 box {name:?}"), size, at, end - at));
+        }
+        let payload = size - header;
+        let body = at + header;
+        let min = match &kind[..] {
+            b"hdlr" => 24,
+            b"data" => 8,
+            b"stsz" => 12,
+            b"stts" | b"ctts" | b"stsc" | b"stco" | b"co64" | b"stss" | b"elst" => 8,
+            _ => 0,
+        };
+        if payload < min {
+            return Err(format!("MP4 box {name:?} at byte {at} is {payload} bytes, shorter than its fields ({min})"));
+        }
+        let entry = match &kind[..] {
+            b"stts" | b"ctts" | b"co64" => Some(8),
+            b"stsc" => Some(12),
+            b"stco" | b"stss" => Some(4),
+            b"elst" => Some(if r.bytes(body, 1).is_some_and(|v| v[0] == 1) { 20 } else { 12 }),
+            _ => None,
+        };
+        if let Some(e) = entry {
+            let count = r.u32be(body + 4).ok_or("truncated MP4 table")?;
+            if count.saturating_mul(e) > payload - 8 {
+                return Err(past_end(&format!("MP4 table {name:?} of {count} entries"), count * e, at, payload - 8));
+            }
+        }
+        if &kind[..] == b"stsz" {
+            let (fixed, count) =
+                (r.u32be(body + 4).ok_or("truncated stsz")?, r.u32be(body + 8).ok_or("truncated stsz")?);
+            if fixed == 0 && count.saturating_mul(4) > payload - 12 {
+                return Err(past_end(&format!("MP4 table \"stsz\" of {count} entries"), count * 4, at, payload - 12));
+            }
+            if fixed == 0 {
+                // Sample sizes beyond the file cannot be real.
+                for i in 0..count.min(1 << 20) {
+                    let s = r.u32be(body + 12 + 4 * i).ok_or("truncated stsz")?;
+                    if s > r.len {
+                        return Err(past_end("MP4 sample", s, body + 12 + 4 * i, r.len));
+                    }
+                }
+            } else if fixed > r.len {
+                return Err(past_end("MP4 sample", fixed, body + 4, r.len));
+            }
+        }
+        if CONTAINERS.iter().any(|c| c[..] == kind[..]) || parent == b"ilst" {
+            // (the items of an iTunes `ilst`, ©nam, trkn, ..., hold `data` boxes)
+            mp4(r, body, at + size, depth + 1, &kind)?;
+        } else if &kind[..] == b"meta" {
+            // ISO meta is a full box (4 bytes of version and flags); QuickTime's is not.
+            let skip = if r.bytes(body + 4, 4).is_some_and(|t| t == b"hdlr") { 0 } else { 4 };
+            mp4(r, body + skip, at + size, depth + 1, &kind)?;
+        }
+        at += size;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn run(bytes: &[u8]) -> Result<Patches, String> {
+        check(&mut Cursor::new(bytes), bytes.len() as u64)
+    }
+
+    #[test]
+    fn flac_comments_become_padding_and_lengths_are_bounded() {
+        // fLaC, STREAMINFO (34 bytes), a 4-byte VORBIS_COMMENT block marked last.
+        let mut f = b"fLaC\x00\x00\x00\x22".to_vec();
+        f.extend([0u8; 34]);
+        f.extend(b"\x84\x00\x00\x04\xff\xff\xff\xff");
+        assert_eq!(run(&f).unwrap(), vec![(42, 0x81)]);
+        f[43] = 0x10; // the block now claims 1 MB
+        assert!(run(&f).unwrap_err().contains("FLAC metadata block (type 4) at byte 42 claims"));
+    }
+
+    #[test]
+    fn riff_chunks_and_mp4_tables_must_fit() {
+        let mut w = b"RIFF\x00\x00\x00\x00WAVELIST\xff\xff\xff\x7fINFO".to_vec();
+        w.extend([0u8; 8]);
+        assert!(run(&w).unwrap_err().contains("RIFF chunk \"LIST\""));
+        // ftyp, then an stts claiming 2^32-1 entries in a 16-byte box.
+        let mut m = b"\x00\x00\x00\x0cftypM4A ".to_vec();
+        m.extend(b"\x00\x00\x00\x18stts\x00\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x00");
+        assert!(run(&m).unwrap_err().contains("MP4 table \"stts\""));
+    }
+
+    #[test]
+    fn patched_reads_replace_bytes_wherever_the_read_starts() {
+        let mut p = Patched::new(Cursor::new(vec![1u8, 2, 3, 4, 5]), 5, vec![(3, 9)]);
+        let mut b = [0u8; 2];
+        p.seek(SeekFrom::Start(2)).unwrap();
+        p.read_exact(&mut b).unwrap();
+        assert_eq!(b, [3, 9]);
+    }
+}
