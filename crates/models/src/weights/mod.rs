@@ -318,17 +318,24 @@ impl Weights {
         if let DType::Other(what) = entry.dtype {
             return Err(Error::UnsupportedDtype { name: full, file: file.path.clone(), dtype: what.into() });
         }
-        let numel: usize = shape.iter().product();
         let size = entry.dtype.size();
         let row_major = row_major_strides(shape);
         let strides = entry.strides.as_ref().unwrap_or(&row_major);
-        let last = shape.iter().zip(strides).map(|(&d, &s)| d.saturating_sub(1) * s).sum::<usize>();
-        if numel > 0 && entry.offset + (last + 1) * size > file.bytes.len() {
+        // Sizes come from the file's header: computed without overflow, checked against the
+        // file before anything is allocated.
+        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let last = shape
+            .iter()
+            .zip(strides)
+            .try_fold(0usize, |a, (&d, &s)| d.saturating_sub(1).checked_mul(s).and_then(|x| x.checked_add(a)));
+        let end = last.and_then(|l| l.checked_add(1)?.checked_mul(size)?.checked_add(entry.offset));
+        let fits = |n: usize| n == 0 || (end.is_some_and(|e| e <= file.bytes.len()) && n.saturating_mul(size) <= file.bytes.len());
+        let Some(numel) = numel.filter(|&n| fits(n)) else {
             return Err(Error::Safetensors {
                 path: file.path.clone(),
-                reason: format!("tensor \"{full}\" runs past the end of the file"),
+                reason: format!("tensor \"{full}\" of shape {shape:?} runs past the end of the file"),
             });
-        }
+        };
         let bytes = &file.bytes;
         let at = |i: usize| -> f32 {
             let p = entry.offset + i * size;

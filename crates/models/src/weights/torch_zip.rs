@@ -138,6 +138,15 @@ impl TorchFile {
             });
             let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             let needed = extent.and_then(|e| e.checked_add(1)).and_then(|e| e.checked_mul(elem));
+            // Every element must have its own bytes in the file: a broadcast view (stride 0)
+            // of a 4-byte storage could otherwise claim a 100-GB tensor.
+            let bytes = numel.and_then(|n| n.checked_mul(elem));
+            if bytes.is_none_or(|b| b > size) {
+                return Err(format!(
+                    "tensor \"{name}\" of shape {shape:?} claims more bytes than its storage holds ({size}); \
+                     re-save it with .contiguous()"
+                ));
+            }
             match (numel, needed) {
                 (Some(0), _) => {}
                 (Some(_), Some(n)) if n <= size => {}
@@ -228,6 +237,18 @@ mod tests {
         assert_eq!((t[0].name.as_str(), t[0].offset), ("w", 104));
         let small = TorchFile { storages: HashMap::from([("0".to_string(), (100, 24))]), ..file };
         assert!(small.tensors(id).unwrap_err().contains("does not fit"));
+    }
+
+    #[test]
+    fn a_small_file_claiming_a_huge_tensor_is_refused_at_once() {
+        // w: shape (10^11,), stride (0,) -- a broadcast view of one 4-byte element.
+        let p = b"\x80\x02}q\x00X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage\
+                  ctorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQK\x00\x8a\x05\x00\xe8\x76\x48\x17\x85K\x00\x85\
+                  \x89}tRs.";
+        let (pk, id) = state_of(p).unwrap();
+        let file = TorchFile { pickle: pk, storages: HashMap::from([("0".to_string(), (100, 4))]) };
+        let e = file.tensors(id).unwrap_err();
+        assert!(e.contains("[100000000000]") && e.contains("claims more bytes"), "{e}");
     }
 
     #[test]
