@@ -83,8 +83,11 @@ fn object(v: Option<&Value>) -> Map<String, Value> {
     v.and_then(|v| v.as_object()).cloned().unwrap_or_default()
 }
 
-/// `cfg` (split into model/task/criterion) or the legacy flat `args`, as (model, task, criterion).
-fn split(raw: &Value) -> Option<(Map<String, Value>, Map<String, Value>, Map<String, Value>)> {
+/// (model, task, criterion) configuration.
+type Parts = (Map<String, Value>, Map<String, Value>, Map<String, Value>);
+
+/// `cfg` (split into model/task/criterion) or the legacy flat `args`.
+fn split(raw: &Value) -> Option<Parts> {
     match (raw.get("cfg"), raw.get("args")) {
         (Some(cfg @ Value::Object(c)), _) if c.contains_key("model") => {
             Some((object(cfg.get("model")), object(cfg.get("task")), object(cfg.get("criterion"))))

@@ -329,7 +329,9 @@ impl Weights {
             .zip(strides)
             .try_fold(0usize, |a, (&d, &s)| d.saturating_sub(1).checked_mul(s).and_then(|x| x.checked_add(a)));
         let end = last.and_then(|l| l.checked_add(1)?.checked_mul(size)?.checked_add(entry.offset));
-        let fits = |n: usize| n == 0 || (end.is_some_and(|e| e <= file.bytes.len()) && n.saturating_mul(size) <= file.bytes.len());
+        let fits = |n: usize| {
+            n == 0 || (end.is_some_and(|e| e <= file.bytes.len()) && n.saturating_mul(size) <= file.bytes.len())
+        };
         let Some(numel) = numel.filter(|&n| fits(n)) else {
             return Err(Error::Safetensors {
                 path: file.path.clone(),

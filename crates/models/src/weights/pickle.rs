@@ -480,19 +480,16 @@ impl<'a> Unpickler<'a> {
 
     /// `('storage', torch.FloatStorage, '0', 'cpu', numel[, view])` → a storage reference.
     fn persistent_load(&mut self, pid: Id) -> Result<Value, String> {
-        if let Value::Tuple(t) = &self.values[pid] {
-            if t.len() >= 3 {
-                if let (Value::Str(kind), Value::Global(class), Value::Str(key)) =
-                    (&self.values[t[0]], &self.values[t[1]], &self.values[t[2]])
-                {
-                    if kind == "storage" {
-                        let (dtype, elem_size) = storage_type(class);
-                        let key = key.clone();
-                        self.storages.insert(key.clone(), (dtype, elem_size));
-                        return Ok(Value::Storage { dtype, key });
-                    }
-                }
-            }
+        if let Value::Tuple(t) = &self.values[pid]
+            && t.len() >= 3
+            && let (Value::Str(kind), Value::Global(class), Value::Str(key)) =
+                (&self.values[t[0]], &self.values[t[1]], &self.values[t[2]])
+            && kind == "storage"
+        {
+            let (dtype, elem_size) = storage_type(class);
+            let key = key.clone();
+            self.storages.insert(key.clone(), (dtype, elem_size));
+            return Ok(Value::Storage { dtype, key });
         }
         Err(format!("unexpected persistent id {:?}", self.values[pid]))
     }
@@ -550,13 +547,13 @@ impl<'a> Unpickler<'a> {
             "collections.OrderedDict" | "collections.defaultdict" => {
                 // `OrderedDict([(k, v), ...])` also arrives as one list of pairs.
                 let mut pairs = Vec::new();
-                if name == "collections.OrderedDict" {
-                    if let Some(Value::List(items)) = args.first().map(|&a| &self.values[a]) {
-                        for &p in items {
-                            match &self.values[p] {
-                                Value::Tuple(kv) | Value::List(kv) if kv.len() == 2 => pairs.push((kv[0], kv[1])),
-                                _ => return Err(format!("{name}: an item is not a pair")),
-                            }
+                if name == "collections.OrderedDict"
+                    && let Some(Value::List(items)) = args.first().map(|&a| &self.values[a])
+                {
+                    for &p in items {
+                        match &self.values[p] {
+                            Value::Tuple(kv) | Value::List(kv) if kv.len() == 2 => pairs.push((kv[0], kv[1])),
+                            _ => return Err(format!("{name}: an item is not a pair")),
                         }
                     }
                 }
