@@ -84,26 +84,66 @@ impl<R: Read + Seek> Reader<'_, R> {
     }
 }
 
-/// Check `src` (of `len` bytes); the patches to apply while decoding, or what is wrong.
+/// What symphonia's probe would find first from some position.
+#[derive(Debug, PartialEq)]
+enum Marker {
+    Id3,
+    Riff,
+    Aiff,
+    Flac,
+    Ogg,
+    Mp4,
+    /// MPEG audio or ADTS frame sync: frames have bounded sizes, nothing to check.
+    Frames,
+}
+
+/// The markers symphonia 0.5.5 registers (its probe takes the first position where any
+/// matches, within 1 MiB; an ID3v2 tag is read and the search goes on after it).
+fn marker_at(w: &[u8]) -> Option<Marker> {
+    const SYNC: [u8; 19] = [
+        0xfe, 0xff, 0xf6, 0xf7, 0xe6, 0xe7, 0xfc, 0xfd, 0xf4, 0xf5, 0xe4, 0xe5, 0xfa, 0xfb, 0xf2, 0xf3, 0xe2, 0xe3,
+        0xf1,
+    ];
+    Some(match w {
+        [b'I', b'D', b'3', ..] => Marker::Id3,
+        [b'R', b'I', b'F', b'F', ..] => Marker::Riff,
+        [b'F', b'O', b'R', b'M', ..] => Marker::Aiff,
+        [b'f', b'L', b'a', b'C', ..] => Marker::Flac,
+        [b'O', b'g', b'g', b'S', ..] => Marker::Ogg,
+        [b'f', b't', b'y', b'p', ..] => Marker::Mp4,
+        [0xff, b, ..] if SYNC.contains(b) => Marker::Frames,
+        _ => return None,
+    })
+}
+
+const PROBE_LIMIT: u64 = 1 << 20;
+
+/// Check `src` (of `len` bytes) where symphonia will parse it; the patches to apply while
+/// decoding, or what is wrong.
 pub fn check<R: Read + Seek>(src: &mut R, len: u64) -> Result<Patches, String> {
     let mut r = Reader { src, len };
     let mut patches = Vec::new();
-    let Some(head) = r.bytes(0, 12.min(len as usize)) else { return Ok(patches) };
-    let mut start = 0;
-    if head.starts_with(b"ID3") {
-        start = id3v2(&mut r)?;
+    let mut from = 0;
+    loop {
+        let window = r.bytes(from, (len - from).min(PROBE_LIMIT + 16) as usize).unwrap_or_default();
+        let Some((i, marker)) = (0..window.len()).find_map(|i| marker_at(&window[i..]).map(|m| (i, m))) else {
+            return Ok(patches);
+        };
+        let at = from + i as u64;
+        match marker {
+            Marker::Id3 => {
+                from = id3v2(&mut r, at)?;
+                continue;
+            }
+            Marker::Riff => riff(&mut r, at)?,
+            Marker::Aiff => aiff(&mut r, at)?,
+            Marker::Flac => flac(&mut r, at + 4, &mut patches)?,
+            Marker::Ogg => ogg_comment(&mut r, at)?,
+            Marker::Mp4 if at >= 4 => mp4(&mut r, at - 4, len, 0, b"")?,
+            Marker::Mp4 | Marker::Frames => {}
+        }
+        return Ok(patches);
     }
-    let magic = r.bytes(start, 4).unwrap_or_default();
-    if head.starts_with(b"RIFF") {
-        riff(&mut r)?;
-    } else if magic == b"fLaC" {
-        flac(&mut r, start + 4, &mut patches)?;
-    } else if head.starts_with(b"OggS") {
-        ogg_comment(&mut r)?;
-    } else if head.len() >= 8 && &head[4..8] == b"ftyp" {
-        mp4(&mut r, 0, len, 0, b"")?;
-    }
-    Ok(patches)
 }
 
 fn past_end(what: &str, claims: u64, at: u64, room: u64) -> String {
@@ -112,21 +152,22 @@ fn past_end(what: &str, claims: u64, at: u64, room: u64) -> String {
 
 /// ID3v2 tag (before MP3 or FLAC data): the tag and each frame within its bounds. Returns where
 /// the tag ends.
-fn id3v2<R: Read + Seek>(r: &mut Reader<R>) -> Result<u64, String> {
-    let h = r.bytes(0, 10).ok_or("truncated ID3v2 header")?;
+fn id3v2<R: Read + Seek>(r: &mut Reader<R>, base: u64) -> Result<u64, String> {
+    let h = r.bytes(base, 10).ok_or("truncated ID3v2 header")?;
     let syncsafe = |b: &[u8]| b.iter().fold(0u64, |a, &x| (a << 7) | (x & 0x7f) as u64);
     let (major, flags) = (h[3], h[5]);
     let size = syncsafe(&h[6..10]);
-    let end = 10 + size + if flags & 0x10 != 0 { 10 } else { 0 };
+    let end = base + 10 + size + if flags & 0x10 != 0 { 10 } else { 0 };
     if end > r.len {
-        return Err(past_end("ID3v2 tag", size, 0, r.len.saturating_sub(10)));
+        return Err(past_end("ID3v2 tag", size, base, r.len - base - 10));
     }
     if flags & 0x40 != 0 || major < 2 {
         return Ok(end); // extended header: frames not walked, the tag's bound holds
     }
     let (id_len, header) = if major == 2 { (3, 6) } else { (4, 10) };
-    let mut at = 10;
-    while at + header <= 10 + size {
+    let tag_end = base + 10 + size;
+    let mut at = base + 10;
+    while at + header <= tag_end {
         let f = r.bytes(at, header as usize).ok_or("truncated ID3v2 frame")?;
         if f[0] == 0 {
             break; // padding
@@ -136,7 +177,7 @@ fn id3v2<R: Read + Seek>(r: &mut Reader<R>) -> Result<u64, String> {
             3 => u32::from_be_bytes([f[4], f[5], f[6], f[7]]) as u64,
             _ => syncsafe(&f[4..8]),
         };
-        let room = 10 + size - at - header;
+        let room = tag_end - at - header;
         if frame > room {
             let id = String::from_utf8_lossy(&f[..id_len]).to_string();
             return Err(past_end(&format!("ID3v2 frame {id}"), frame, at, room));
@@ -147,8 +188,8 @@ fn id3v2<R: Read + Seek>(r: &mut Reader<R>) -> Result<u64, String> {
 }
 
 /// RIFF/WAVE: every chunk before `data` within the file, LIST sub-chunks within their list.
-fn riff<R: Read + Seek>(r: &mut Reader<R>) -> Result<(), String> {
-    let mut at = 12;
+fn riff<R: Read + Seek>(r: &mut Reader<R>, base: u64) -> Result<(), String> {
+    let mut at = base + 12;
     while let (Some(id), Some(size)) = (r.bytes(at, 4), r.u32le(at + 4)) {
         if id == b"data" {
             break; // streamed or truncated data chunks are common and read as they come
@@ -187,6 +228,22 @@ fn riff<R: Read + Seek>(r: &mut Reader<R>) -> Result<(), String> {
     Ok(())
 }
 
+/// AIFF/AIFC: every chunk before the sound data within the file (big-endian sizes).
+fn aiff<R: Read + Seek>(r: &mut Reader<R>, base: u64) -> Result<(), String> {
+    let mut at = base + 12;
+    while let (Some(id), Some(size)) = (r.bytes(at, 4), r.u32be(at + 4)) {
+        if id == b"SSND" {
+            break;
+        }
+        let room = r.len - at - 8;
+        if size > room {
+            return Err(past_end(&format!("AIFF chunk {:?}", String::from_utf8_lossy(&id)), size, at, room));
+        }
+        at += 8 + size + (size & 1);
+    }
+    Ok(())
+}
+
 /// FLAC metadata blocks: each within the file; comments and pictures become padding.
 fn flac<R: Read + Seek>(r: &mut Reader<R>, mut at: u64, patches: &mut Patches) -> Result<(), String> {
     while let Some(h) = r.bytes(at, 4) {
@@ -209,11 +266,11 @@ fn flac<R: Read + Seek>(r: &mut Reader<R>, mut at: u64, patches: &mut Patches) -
 
 /// Ogg: the Vorbis or Opus comment packet (the second packet of the first stream), whose
 /// lengths must fit in the packet.
-fn ogg_comment<R: Read + Seek>(r: &mut Reader<R>) -> Result<(), String> {
-    let (mut at, mut serial) = (0u64, None);
+fn ogg_comment<R: Read + Seek>(r: &mut Reader<R>, base: u64) -> Result<(), String> {
+    let (mut at, mut serial) = (base, None);
     let (mut packets, mut current) = (0usize, Vec::new());
     // Comment packets (with cover art) can span many pages; look at the first 32 MB at most.
-    while at < r.len.min(32 << 20) {
+    while at < r.len.min(base + (32 << 20)) {
         let Some(h) = r.bytes(at, 27) else { break };
         if &h[..4] != b"OggS" {
             break; // not a page boundary: leave it to the decoder
@@ -368,6 +425,17 @@ mod tests {
         assert_eq!(run(&f).unwrap(), vec![(42, 0x81)]);
         f[43] = 0x10; // the block now claims 1 MB
         assert!(run(&f).unwrap_err().contains("FLAC metadata block (type 4) at byte 42 claims"));
+    }
+
+    #[test]
+    fn structures_are_checked_where_the_probe_finds_them() {
+        // symphonia's probe searches for its markers: a FLAC stream after 5 bytes of junk.
+        let mut f = b"junk!fLaC\x04\x00\x10\x00".to_vec();
+        f.extend([0u8; 16]);
+        assert!(run(&f).unwrap_err().contains("FLAC metadata block (type 4) at byte 9"));
+        // ...but not past an earlier MPEG frame sync, which is what the probe would pick.
+        let mpeg = [b"\xff\xfb\x90\x00".as_slice(), &f].concat();
+        assert_eq!(run(&mpeg).unwrap(), vec![]);
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! `cargo run -p speechtune-fuzz --example replay -- TARGET FILE...`: run inputs through a target
-//! with the default panic handler (set RUST_BACKTRACE=1 for where it failed).
+//! with the default panic handler (set RUST_BACKTRACE=1 for where it failed) and the fuzz drivers'
+//! allocation limit.
+
+#[global_allocator]
+static ALLOC: speechtune_fuzz::Limited = speechtune_fuzz::Limited;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

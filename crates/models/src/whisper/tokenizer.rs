@@ -53,6 +53,8 @@ impl WhisperTokenizer {
     /// panic is turned into an error naming the file, as for any other bad tokenizer.
     fn parse_json(path: &Path) -> Result<Tokenizer> {
         let text = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        // Invalid JSON is what usually trips that panic: report it with its line and column.
+        serde_json::from_slice::<serde_json::Value>(&text).map_err(|e| bad(path, e))?;
         let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&text));
         match parsed {
             Ok(t) => t.map_err(|e| bad(path, e)),
