@@ -288,10 +288,9 @@ fn hf_config(path: &Path, kind: Kind, c: &Configs, shapes: &HashMap<String, Vec<
     Ok(cfg)
 }
 
-/// transformers' wav2vec2 conversion: fairseq name fragment → transformers name (`*` = layer).
-const W2V_MAPPING: &[(&str, &str)] = &[
-    ("post_extract_proj", "feature_projection.projection"),
-    ("encoder.pos_conv.0", "encoder.pos_conv_embed.conv"),
+/// transformers' conversion scripts: fairseq name fragment → transformers name (`*` = layer),
+/// tried in order, first match wins. Both scripts share the Transformer layers' rules.
+const LAYER_RULES: &[(&str, &str)] = &[
     ("self_attn.k_proj", "encoder.layers.*.attention.k_proj"),
     ("self_attn.v_proj", "encoder.layers.*.attention.v_proj"),
     ("self_attn.q_proj", "encoder.layers.*.attention.q_proj"),
@@ -300,6 +299,11 @@ const W2V_MAPPING: &[(&str, &str)] = &[
     ("fc1", "encoder.layers.*.feed_forward.intermediate_dense"),
     ("fc2", "encoder.layers.*.feed_forward.output_dense"),
     ("final_layer_norm", "encoder.layers.*.final_layer_norm"),
+];
+/// The wav2vec2 script's rules before and after the layers'.
+const W2V_HEAD: &[(&str, &str)] =
+    &[("post_extract_proj", "feature_projection.projection"), ("encoder.pos_conv.0", "encoder.pos_conv_embed.conv")];
+const W2V_TAIL: &[(&str, &str)] = &[
     ("encoder.layer_norm", "encoder.layer_norm"),
     ("adapter_layer", "encoder.layers.*.adapter_layer"),
     ("w2v_model.layer_norm", "feature_projection.layer_norm"),
@@ -322,18 +326,10 @@ const W2V_TOP_LEVEL: &[&str] = &[
     "classifier",
 ];
 
-/// transformers' data2vec-audio conversion (its own list; positional convs handled apart).
-const D2V_MAPPING: &[(&str, &str)] = &[
-    ("post_extract_proj", "feature_projection.projection"),
-    ("models.0.layer_norm", "feature_projection.layer_norm"),
-    ("self_attn.k_proj", "encoder.layers.*.attention.k_proj"),
-    ("self_attn.v_proj", "encoder.layers.*.attention.v_proj"),
-    ("self_attn.q_proj", "encoder.layers.*.attention.q_proj"),
-    ("self_attn.out_proj", "encoder.layers.*.attention.out_proj"),
-    ("self_attn_layer_norm", "encoder.layers.*.layer_norm"),
-    ("fc1", "encoder.layers.*.feed_forward.intermediate_dense"),
-    ("fc2", "encoder.layers.*.feed_forward.output_dense"),
-    ("final_layer_norm", "encoder.layers.*.final_layer_norm"),
+/// The data2vec-audio script's own rules (its positional convs are handled apart).
+const D2V_HEAD: &[(&str, &str)] =
+    &[("post_extract_proj", "feature_projection.projection"), ("models.0.layer_norm", "feature_projection.layer_norm")];
+const D2V_TAIL: &[(&str, &str)] = &[
     ("encoder.layer_norm", "encoder.layer_norm"),
     ("w2v_model.layer_norm", "feature_projection.layer_norm"),
     ("w2v_encoder.proj", "lm_head"),
@@ -392,9 +388,10 @@ pub fn hf_name(name: &str, kind: Kind, group_norm: bool) -> Option<String> {
         let part: usize = items.next()?.parse().ok()?;
         return (part == 0).then(|| format!("{prefix}encoder.pos_conv_embed.layers.{layer}.conv.{last}"));
     }
-    let (mapping, top) = if kind.data2vec() { (D2V_MAPPING, D2V_TOP_LEVEL) } else { (W2V_MAPPING, W2V_TOP_LEVEL) };
+    let (head, tail, top) =
+        if kind.data2vec() { (D2V_HEAD, D2V_TAIL, D2V_TOP_LEVEL) } else { (W2V_HEAD, W2V_TAIL, W2V_TOP_LEVEL) };
     let first = name.split('.').next().unwrap_or(name);
-    for &(key, mapped) in mapping {
+    for &(key, mapped) in head.iter().chain(LAYER_RULES).chain(tail) {
         let bare = key.rsplit("w2v_model.").next().unwrap_or(key);
         if !(name.contains(key) || bare == first) {
             continue;
