@@ -118,6 +118,26 @@ fn marker_at(w: &[u8]) -> Option<Marker> {
 
 const PROBE_LIMIT: u64 = 1 << 20;
 
+/// The first marker at or after `from`, within the probe's limit; read 64 KiB at a time (the
+/// marker is almost always at the start).
+fn find_marker<R: Read + Seek>(r: &mut Reader<R>, from: u64) -> Option<(u64, Marker)> {
+    const STEP: u64 = 64 << 10;
+    // Markers may start at [from, end); each read covers STEP starts plus 8 bytes, so a marker
+    // across two reads is seen whole.
+    let end = r.len.min(from.saturating_add(PROBE_LIMIT));
+    let mut start = from;
+    while start < end {
+        let scan_end = (start + STEP).min(end);
+        let window = r.bytes(start, ((scan_end + 8).min(r.len) - start) as usize)?;
+        let found = (0..(scan_end - start) as usize).find_map(|i| marker_at(&window[i..]).map(|m| (i, m)));
+        if let Some((i, m)) = found {
+            return Some((start + i as u64, m));
+        }
+        start = scan_end;
+    }
+    None
+}
+
 /// Check `src` (of `len` bytes) where symphonia will parse it; the patches to apply while
 /// decoding, or what is wrong.
 pub fn check<R: Read + Seek>(src: &mut R, len: u64) -> Result<Patches, String> {
@@ -125,11 +145,7 @@ pub fn check<R: Read + Seek>(src: &mut R, len: u64) -> Result<Patches, String> {
     let mut patches = Vec::new();
     let mut from = 0;
     loop {
-        let window = r.bytes(from, (len - from).min(PROBE_LIMIT + 16) as usize).unwrap_or_default();
-        let Some((i, marker)) = (0..window.len()).find_map(|i| marker_at(&window[i..]).map(|m| (i, m))) else {
-            return Ok(patches);
-        };
-        let at = from + i as u64;
+        let Some((at, marker)) = find_marker(&mut r, from) else { return Ok(patches) };
         match marker {
             Marker::Id3 => {
                 from = id3v2(&mut r, at)?;
@@ -433,6 +449,9 @@ mod tests {
         let mut f = b"junk!fLaC\x04\x00\x10\x00".to_vec();
         f.extend([0u8; 16]);
         assert!(run(&f).unwrap_err().contains("FLAC metadata block (type 4) at byte 9"));
+        // Also across the 64-KiB reads of the search.
+        let far = [vec![b'.'; (64 << 10) - 2], f[5..].to_vec()].concat();
+        assert!(run(&far).unwrap_err().contains("at byte 65538"), "{:?}", run(&far));
         // ...but not past an earlier MPEG frame sync, which is what the probe would pick.
         let mpeg = [b"\xff\xfb\x90\x00".as_slice(), &f].concat();
         assert_eq!(run(&mpeg).unwrap(), vec![]);
