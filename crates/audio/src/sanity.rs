@@ -399,11 +399,13 @@ fn mp4<R: Read + Seek>(r: &mut Reader<R>, mut at: u64, end: u64, depth: usize, p
                 return Err(past_end(&format!("MP4 table \"stsz\" of {count} entries"), count * 4, at, payload - 12));
             }
             if fixed == 0 {
-                // Sample sizes beyond the file cannot be real.
-                for i in 0..count.min(1 << 20) {
-                    let s = r.u32be(body + 12 + 4 * i).ok_or("truncated stsz")?;
+                // Sample sizes beyond the file cannot be real (the table is within its box,
+                // checked above, so reading it whole is bounded by the file).
+                let table = r.bytes(body + 12, (count * 4) as usize).ok_or("truncated stsz")?;
+                for (i, b) in table.chunks_exact(4).enumerate() {
+                    let s = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64;
                     if s > r.len {
-                        return Err(past_end("MP4 sample", s, body + 12 + 4 * i, r.len));
+                        return Err(past_end("MP4 sample", s, body + 12 + 4 * i as u64, r.len));
                     }
                 }
             } else if fixed > r.len {
