@@ -118,16 +118,16 @@ fn marker_at(w: &[u8]) -> Option<Marker> {
 
 const PROBE_LIMIT: u64 = 1 << 20;
 
-/// The first marker at or after `from`, within the probe's limit; read 64 KiB at a time (the
-/// marker is almost always at the start).
+/// The first marker at or after `from`, within the probe's limit.
 fn find_marker<R: Read + Seek>(r: &mut Reader<R>, from: u64) -> Option<(u64, Marker)> {
-    const STEP: u64 = 64 << 10;
-    // Markers may start at [from, end); each read covers STEP starts plus 8 bytes, so a marker
-    // across two reads is seen whole.
+    // Markers may start at [from, end); each read covers `step` starts plus 8 bytes, so a marker
+    // across two reads is seen whole. The first read is small: this runs before every decode,
+    // and the marker is almost always at the start.
     let end = r.len.min(from.saturating_add(PROBE_LIMIT));
-    let mut start = from;
+    let (mut start, mut step) = (from, 512u64);
     while start < end {
-        let scan_end = (start + STEP).min(end);
+        let scan_end = (start + step).min(end);
+        step = 64 << 10;
         let window = r.bytes(start, ((scan_end + 8).min(r.len) - start) as usize)?;
         let found = (0..(scan_end - start) as usize).find_map(|i| marker_at(&window[i..]).map(|m| (i, m)));
         if let Some((i, m)) = found {
@@ -452,8 +452,9 @@ mod tests {
         f.extend([0u8; 16]);
         assert!(run(&f).unwrap_err().contains("FLAC metadata block (type 4) at byte 9"));
         // Also across the 64-KiB reads of the search.
-        let far = [vec![b'.'; (64 << 10) - 2], f[5..].to_vec()].concat();
-        assert!(run(&far).unwrap_err().contains("at byte 65538"), "{:?}", run(&far));
+        // (reads of 512 bytes, then 64 KiB: the marker straddles the second boundary)
+        let far = [vec![b'.'; 512 + (64 << 10) - 2], f[5..].to_vec()].concat();
+        assert!(run(&far).unwrap_err().contains("at byte 66050"), "{:?}", run(&far));
         // ...but not past an earlier MPEG frame sync, which is what the probe would pick.
         let mpeg = [b"\xff\xfb\x90\x00".as_slice(), &f].concat();
         assert_eq!(run(&mpeg).unwrap(), vec![]);
