@@ -257,7 +257,7 @@ fn read_masks(ckpt: &Path) -> Result<(Vec<String>, Vec<bool>)> {
 fn masks(a: MasksArgs) -> Result<()> {
     let mut runs = Vec::new();
     for r in &a.runs {
-        match crate::transcribe::per_language(r)? {
+        match speechtune_train::infer::per_language(r)? {
             Some(langs) => runs.extend(langs.into_iter().map(|l| r.join(l))),
             None => runs.push(r.clone()),
         }

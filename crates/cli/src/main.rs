@@ -107,10 +107,10 @@ fn main() {
     if let Err(e) = result {
         if comm.size > 1 {
             // The other ranks would wait for this one until their timeout: stop them now.
-            eprintln!("error: rank {} of {}: {e:#}", comm.rank, comm.size);
+            eprintln!("error: rank {} of {}: {}", comm.rank, comm.size, speechtune_models::one_line(e.as_ref()));
             comm.abort(1);
         }
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", speechtune_models::one_line(e.as_ref()));
         std::process::exit(1);
     }
 }

@@ -113,7 +113,7 @@ fn train_per_language(cfg: RunConfig, opts: &TrainOptions, config: &std::path::P
     }
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
     let index = serde_json::to_string_pretty(&languages)?;
-    crate::output::write_atomic(&cfg.output_dir.join(crate::transcribe::LANGUAGES), index.as_bytes())?;
+    crate::output::write_atomic(&cfg.output_dir.join(speechtune_train::infer::LANGUAGES), index.as_bytes())?;
     for lang in &languages {
         let mut c = cfg.clone();
         c.data.languages = vec![lang.clone()];

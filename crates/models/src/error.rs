@@ -34,3 +34,31 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// An error and its causes on one line, `outer: cause: ...`, as users see it (the CLI and the
+/// Python package). A cause whose text the message already holds is not repeated: several
+/// errors name their source in their own message (`cannot read {path}: {source}`).
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out = format!("{out}: {text}");
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = super::Error::Io { path: "x.bin".into(), source: io };
+        assert_eq!(super::one_line(&e), "cannot read x.bin: gone");
+        let outer = anyhow::Error::new(e).context("loading model");
+        assert_eq!(super::one_line(outer.as_ref()), "loading model: cannot read x.bin: gone");
+    }
+}

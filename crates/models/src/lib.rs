@@ -24,6 +24,6 @@ pub use augment::{AugmentConfig, Perturb};
 pub use burn;
 pub use config::{ModelConfig, SUPPORTED_MODEL_TYPES};
 pub use device::parse_device;
-pub use error::{Error, Result};
+pub use error::{Error, Result, one_line};
 pub use frontend::{FrontEnd, ModelInput};
 pub use upstream::{Upstream, UpstreamModel, UpstreamOutput};

@@ -9,6 +9,7 @@ mod error;
 pub mod eval;
 pub mod feature_cache;
 pub mod fit;
+pub mod infer;
 pub mod lur;
 mod model;
 pub mod prepare;
