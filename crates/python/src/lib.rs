@@ -1,6 +1,6 @@
 //! `speechtune._native`, the compiled half of the Python package: the same library calls as the
 //! CLI (`features`, `inspect`, `train`, `eval`, `transcribe`, `identify`), with numpy arrays in
-//! and out. Every call that computes releases the GIL; errors become `speechtune.SpeechtuneError`
+//! and out (the functions `transcribe`/`identify` are `Recognizer`'s methods, in `__init__.py`). Every call that computes releases the GIL; errors become `speechtune.SpeechtuneError`
 //! with the CLI's message. `python/speechtune/__init__.py` re-exports what is here.
 
 use std::path::PathBuf;
@@ -341,43 +341,6 @@ impl Recognizer {
     }
 }
 
-/// `transcribe(model, audio, **options)`: `Recognizer(model, device).transcribe(audio, **options)`.
-#[pyfunction]
-#[pyo3(signature = (model, audio, *, beam = 1, language = None, task = "transcribe", languages = None, max_new_tokens = 440, lang = None, lid = None, batch = 8, device = "cpu"))]
-#[allow(clippy::too_many_arguments)]
-fn transcribe<'py>(
-    py: Python<'py>,
-    model: &Bound<'py, PyAny>,
-    audio: &Bound<'py, PyAny>,
-    beam: usize,
-    language: Option<String>,
-    task: &str,
-    languages: Option<Vec<String>>,
-    max_new_tokens: usize,
-    lang: Option<String>,
-    lid: Option<PathBuf>,
-    batch: usize,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    let o = options(beam, language, task, languages, max_new_tokens, lang, lid)?;
-    Recognizer::open(py, model, device)?.run(py, Mode::Transcribe, audio, &o, batch)
-}
-
-/// `identify(model, audio, languages=None, device="cpu")`: `Recognizer(model, device).identify(audio)`.
-#[pyfunction]
-#[pyo3(signature = (model, audio, *, languages = None, batch = 8, device = "cpu"))]
-fn identify<'py>(
-    py: Python<'py>,
-    model: &Bound<'py, PyAny>,
-    audio: &Bound<'py, PyAny>,
-    languages: Option<Vec<String>>,
-    batch: usize,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    let o = options(1, None, "transcribe", languages, 440, None, None)?;
-    Recognizer::open(py, model, device)?.run(py, Mode::Identify, audio, &o, batch)
-}
-
 /// A Python value as a TOML value, for `overrides`.
 fn toml_value(key: &str, v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
     let bad = || {
@@ -497,7 +460,5 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Recognizer>()?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
-    m.add_function(wrap_pyfunction!(transcribe, m)?)?;
-    m.add_function(wrap_pyfunction!(identify, m)?)?;
     Ok(())
 }

@@ -16,10 +16,21 @@ from ._native import (
     Upstream,
     __version__,
     evaluate,
-    identify,
     train,
-    transcribe,
 )
+
+
+def transcribe(model, audio, *, device="cpu", **options):
+    """Transcribe one audio (a path or float32 samples at 16 kHz), or a list of them, with a
+    trained run, a per-language folder or Whisper: ``Recognizer(model, device).transcribe(audio,
+    **options)`` (options: beam, language, task, languages, max_new_tokens, lang, lid, batch)."""
+    return Recognizer(model, device).transcribe(audio, **options)
+
+
+def identify(model, audio, *, device="cpu", **options):
+    """The language or class of one audio, or of a list of them:
+    ``Recognizer(model, device).identify(audio, **options)`` (options: languages, batch)."""
+    return Recognizer(model, device).identify(audio, **options)
 
 __all__ = [
     "Recognizer",
