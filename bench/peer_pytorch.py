@@ -194,6 +194,13 @@ def about(threads: int, device: str) -> dict:
         "threads": threads,
         "device": device,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else None,
+        # What the numbers were computed with: the kernels' instruction set and libraries.
+        "build": {
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkl": torch.backends.mkl.is_available(),
+            "onednn": torch.backends.mkldnn.is_available(),
+            "cuda": torch.version.cuda if device != "cpu" else None,
+        },
     }
 
 

@@ -7,6 +7,8 @@
 # warm-up, twice per side in alternation (A B A B); the median of the pooled runs. Prints a
 # Markdown table with the ratios speechtune / PyTorch (bench/table.py; ~15 minutes on 2 cores),
 # and a second one with the throughput of the matrix products of a 1 × 10 s forward, alone.
+# Above the tables, each side's build: speechtune's backend, burn features, the CPU instruction
+# sets its kernels could use and the kernels; PyTorch's CPU capability, MKL and oneDNN.
 #
 #   bash bench/run.sh                      # REPEATS=3; creates .bench-venv on first use
 #   PYTHON=/path/to/python bash bench/run.sh   # a Python that already has the pinned peer

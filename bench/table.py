@@ -41,6 +41,20 @@ def main(path: str) -> None:
         f"speechtune {st['speechtune']} (burn {st['burn']}); torch {pt['torch']}, transformers {pt['transformers']}, "
         f"peft {pt['peft']}; median of {len(st['runs_s'])} timed runs per side"
     )
+    # Each side's build and kernels (results from before these fields existed have none).
+    if "build" in st:
+        b = st["build"]
+        extra = f", program features {', '.join(b['program_features'])}" if b["program_features"] else ""
+        print(
+            f"speechtune build: backend {b['backend']}, burn features {b['burn_features']}{extra}; "
+            f"CPU instruction sets {', '.join(b['cpu_isa']) or 'baseline'}; kernels: {b['kernels']}"
+        )
+    if "build" in pt:
+        b = pt["build"]
+        print(
+            f"PyTorch build: CPU capability {b['cpu_capability']}, MKL {b['mkl']}, oneDNN {b['onednn']}"
+            + (f", CUDA {b['cuda']}" if b.get("cuda") else "")
+        )
     print()
     print("| task | speechtune s | PyTorch s | time ratio | speechtune peak RSS | PyTorch peak RSS | memory ratio |")
     print("|---|---|---|---|---|---|---|")

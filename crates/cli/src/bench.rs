@@ -300,7 +300,46 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
         "device": format!("{base:?}"),
         "activation_checkpointing": args.activation_checkpointing,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "build": build(&base),
     }))
+}
+
+/// What the numbers were computed with, so that a later regression can be traced to a build:
+/// burn's backend and features, and the instruction sets the kernels could pick at run time.
+fn build(device: &Device) -> serde_json::Value {
+    // Kept in step with `[workspace.dependencies]` of Cargo.toml (burn, burn-flex).
+    const BURN_FEATURES: &str = "std, flex, simd, rayon, autodiff, optim; burn-flex x86-v4";
+    let mut program = Vec::new();
+    for (on, name) in
+        [(cfg!(feature = "vulkan"), "vulkan"), (cfg!(feature = "cuda"), "cuda"), (cfg!(feature = "mpi"), "mpi")]
+    {
+        if on {
+            program.push(name);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    let isa: Vec<&str> = [
+        (std::arch::is_x86_feature_detected!("avx512f"), "avx512f"),
+        (std::arch::is_x86_feature_detected!("avx512bf16"), "avx512bf16"),
+        (std::arch::is_x86_feature_detected!("avx2"), "avx2"),
+        (std::arch::is_x86_feature_detected!("fma"), "fma"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    #[cfg(not(target_arch = "x86_64"))]
+    let isa: Vec<&str> = Vec::new();
+    let cpu = *device == Device::flex();
+    serde_json::json!({
+        "backend": if cpu { "flex (CPU)".to_string() } else { format!("{device:?}") },
+        "burn_features": BURN_FEATURES,
+        "program_features": program,
+        "cpu_isa": isa,
+        // On the CPU: matrix products by the gemm crate (burn-flex's, AVX-512 kernels where
+        // avx512f is listed), the frozen CNN by its own GEMMs (`native_cnn`), inference GELU and
+        // softmax by `fastmath`'s vectorised functions.
+        "kernels": if cpu { "gemm 0.19 (burn-flex; native CNN), fastmath GELU/softmax in inference" } else { "cubecl" },
+    })
 }
 
 /// `bench/profile.sh` records the timed runs only: it starts `perf record --delay=-1 --control
