@@ -212,31 +212,6 @@ struct Recognizer {
     device: Box<Device>,
 }
 
-/// Decoding options from keyword arguments.
-#[allow(clippy::too_many_arguments)]
-fn options(
-    beam: usize,
-    language: Option<String>,
-    task: &str,
-    languages: Option<Vec<String>>,
-    max_new_tokens: usize,
-    lang: Option<String>,
-    lid: Option<PathBuf>,
-) -> PyResult<Options> {
-    use speechtune_models::whisper::tokenizer::Task;
-    let task = match task {
-        "transcribe" => Task::Transcribe,
-        "translate" => Task::Translate,
-        other => {
-            return Err(PyValueError::new_err(format!("task={other:?}: expected \"transcribe\" or \"translate\"")));
-        }
-    };
-    if beam == 0 {
-        return Err(PyValueError::new_err("beam must be at least 1"));
-    }
-    Ok(Options { beam, language, task, languages: languages.unwrap_or_default(), max_new_tokens, lang, lid })
-}
-
 impl Recognizer {
     fn open(py: Python<'_>, model: &Bound<'_, PyAny>, device: &str) -> PyResult<Self> {
         let path = path_of(model, "model")?;
@@ -317,7 +292,18 @@ impl Recognizer {
         lid: Option<PathBuf>,
         batch: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let o = options(beam, language, task, languages, max_new_tokens, lang, lid)?;
+        use speechtune_models::whisper::tokenizer::Task;
+        let task = match task {
+            "transcribe" => Task::Transcribe,
+            "translate" => Task::Translate,
+            other => {
+                return Err(PyValueError::new_err(format!("task={other:?}: expected \"transcribe\" or \"translate\"")));
+            }
+        };
+        if beam == 0 {
+            return Err(PyValueError::new_err("beam must be at least 1"));
+        }
+        let o = Options { beam, language, task, languages: languages.unwrap_or_default(), max_new_tokens, lang, lid };
         self.run(py, Mode::Transcribe, audio, &o, batch)
     }
 
@@ -331,7 +317,7 @@ impl Recognizer {
         languages: Option<Vec<String>>,
         batch: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let o = options(1, None, "transcribe", languages, 440, None, None)?;
+        let o = Options { languages: languages.unwrap_or_default(), ..Options::default() };
         self.run(py, Mode::Identify, audio, &o, batch)
     }
 

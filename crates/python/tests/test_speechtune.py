@@ -239,3 +239,5 @@ def test_whisper_transcribes_and_identifies():
         model.transcribe(CLIPS[0], language="klingon")
     with pytest.raises(ValueError, match="task"):
         model.transcribe(CLIPS[0], task="summarise")
+    with pytest.raises(ValueError, match="beam must be at least 1"):
+        model.transcribe(CLIPS[0], beam=0)
