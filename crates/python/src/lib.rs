@@ -11,7 +11,7 @@ use burn::prelude::*;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyTuple};
 use speechtune_train::infer::{Mode, Options, Output, Recognizer as Inner};
 
 pyo3::create_exception!(
@@ -91,7 +91,7 @@ impl Audio {
 
 /// A single audio or a list of them; `true` when a list was given.
 fn audio_list(obj: &Bound<'_, PyAny>) -> PyResult<(Vec<Audio>, bool)> {
-    if (obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>()) && !obj.is_instance_of::<PyString>() {
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
         let items: Vec<Bound<'_, PyAny>> = obj.try_iter()?.collect::<PyResult<_>>()?;
         return Ok((items.iter().map(Audio::from_py).collect::<PyResult<_>>()?, true));
     }
@@ -349,7 +349,7 @@ fn toml_value(key: &str, v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
             t.insert(k, item);
         }
         toml::Value::Table(t)
-    } else if (v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>()) && !v.is_instance_of::<PyString>() {
+    } else if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
         toml::Value::Array(v.try_iter()?.map(|item| toml_value(key, &item?)).collect::<PyResult<_>>()?)
     } else if let Ok(p) = v.extract::<PathBuf>() {
         toml::Value::String(p.to_string_lossy().into_owned())
@@ -363,12 +363,9 @@ fn assignments(overrides: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> {
     let mut out = Vec::new();
     for (k, v) in overrides.into_iter().flat_map(|d| d.iter()) {
         let key: String = k.extract().map_err(|_| PyTypeError::new_err("overrides: keys must be str"))?;
-        // A one-entry table renders as `v = VALUE`: the value in TOML, quoted as it must be.
-        let mut t = toml::Table::new();
-        t.insert("v".into(), toml_value(&key, &v)?);
-        let text = toml::to_string(&t).map_err(|e| PyValueError::new_err(format!("overrides[{key:?}]: {e}")))?;
-        let value = text.trim_end().strip_prefix("v = ").unwrap_or(&text).to_string();
-        out.push(format!("{key}={value}"));
+        // A value's Display is its inline TOML (strings quoted, tables as `{ k = v }`), which
+        // `--set key=value` parses back.
+        out.push(format!("{key}={}", toml_value(&key, &v)?));
     }
     Ok(out)
 }

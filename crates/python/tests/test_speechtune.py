@@ -126,37 +126,31 @@ def mini_corpus(root):
             (dst / f"transcript_10min_{split}.txt").write_text("\n".join(lines) + "\n")
 
 
-CONFIG = """output_dir = "unused"
-[upstream]
-model = "builtin:tiny"
-[method]
-kind = "lora"
-r = 4
-[task]
-kind = "joint_asr_lid"
-[data]
-root = "unused"
-workers = 1
-[data.batch]
-max_seconds = 12.0
-[train]
-steps = 4
-lr = 1e-3
-eval_every = 2
-"""
+# The committed joint ASR + LID LoRA configuration, made small through overrides (as a user
+# would try it): the random tiny upstream, the mini corpus, a few updates.
+CONFIG = ROOT / "configs" / "joint_asr_lid_lora.toml"
+
+
+def small(tmp, **more):
+    return {
+        "upstream.model": "builtin:tiny",
+        "data.root": tmp,
+        "data.workers": 1,
+        "data.batch.max_seconds": 12.0,
+        "train.steps": 6,
+        "train.eval_every": 2,
+        "train.schedule": {"kind": "linear", "warmup_steps": 2},
+        **more,
+    }
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     mini_corpus(tmp)
-    config = tmp / "joint.toml"
-    config.write_text(CONFIG)
     run = tmp / "out"
-    summary = speechtune.train(
-        config, {"output_dir": run, "data.root": tmp, "train.steps": 6, "method.target_modules": ["q_proj"]}, progress=False
-    )
-    return tmp, config, run, summary
+    summary = speechtune.train(CONFIG, small(tmp, output_dir=run, **{"method.target_modules": ["q_proj"]}), progress=False)
+    return tmp, CONFIG, run, summary
 
 
 def test_train_returns_the_run_summary(trained):
@@ -169,7 +163,7 @@ def test_train_returns_the_run_summary(trained):
     assert (run / "best" / "config.toml").is_file()
     # The override reached the configuration that was saved with the run.
     saved = (run / "best" / "config.toml").read_text()
-    assert 'target_modules = ["q_proj"]' in saved
+    assert 'target_modules = ["q_proj"]' in saved and "warmup_steps = 2" in saved
 
 
 def test_evaluate_scores_a_split_and_writes_its_files(trained):
@@ -208,14 +202,14 @@ def test_transcribe_and_identify_with_a_trained_run(trained):
 def test_training_errors_name_the_problem(trained):
     tmp, config, run, _ = trained
     with pytest.raises(speechtune.SpeechtuneError, match="unknown field `stepz`, expected one of `steps`"):
-        speechtune.train(config, {"train.stepz": 1, "output_dir": tmp / "x"})
+        speechtune.train(config, small(tmp, output_dir=tmp / "x", **{"train.stepz": 1}))
     with pytest.raises(speechtune.SpeechtuneError, match="missing.toml"):
         speechtune.train(tmp / "missing.toml")
     with pytest.raises(TypeError, match=r"overrides\[\"train.lr\"\]: object is not a configuration value"):
-        speechtune.train(config, {"train.lr": object()})
+        speechtune.train(config, small(tmp, **{"train.lr": object()}))
     # An existing run is not overwritten without resume.
     with pytest.raises(speechtune.SpeechtuneError, match=str(run)):
-        speechtune.train(config, {"output_dir": run, "data.root": tmp}, progress=False)
+        speechtune.train(config, small(tmp, output_dir=run), progress=False)
 
 
 WHISPER = FIXTURES / "whisper-seq2seq"
