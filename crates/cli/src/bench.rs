@@ -338,7 +338,7 @@ fn build(device: &Device) -> serde_json::Value {
         // On the CPU: matrix products by the gemm crate (burn-flex's, AVX-512 kernels where
         // avx512f is listed), the frozen CNN by its own GEMMs (`native_cnn`), inference GELU and
         // softmax by `fastmath`'s vectorised functions.
-        "kernels": if cpu { "gemm 0.19 (burn-flex; native CNN), fastmath GELU/softmax in inference" } else { "cubecl" },
+        "kernels": if cpu { "gemm 0.19 (burn-flex; native CNN), fastmath GELU/softmax (inference; training in first-order form)" } else { "cubecl" },
     })
 }
 

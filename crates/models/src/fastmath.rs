@@ -2,13 +2,20 @@
 //! branch-free polynomials (libm's scalar calls cannot be vectorised), compiled for AVX-512
 //! and AVX2 + FMA and picked at run time, with a portable fallback.
 //!
+//! For training, the `*_with_slope` functions also give each value's derivative, so that the
+//! autodiff graph can carry the function in its first-order form (see
+//! `crate::layers::first_order`).
+//!
 //! Accuracy: `erf` by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7), `exp` by the
 //! Cephes single-precision polynomial (relative error ~1e-7); checked against the exact
 //! functions in the tests below.
 
-/// `exp(v)` for `v` in [-87.3, 88.3] (clamped there: 2ⁿ must stay a normal float).
+/// `exp(v)` for `v` in [-87.3, 88.3]; 0 below (where the true value is subnormal or rounds to 0:
+/// a masked attention score gets exactly no weight), the value at 88.3 above (2ⁿ must stay a
+/// normal float).
 #[inline(always)]
 fn exp(v: f32) -> f32 {
+    let underflow = v < -87.3;
     let v = v.clamp(-87.3, 88.3);
     let n = (v * std::f32::consts::LOG2_E + 0.5).floor();
     let r = v - n * 0.693_359_4 - n * -2.121_944_4e-4;
@@ -18,7 +25,8 @@ fn exp(v: f32) -> f32 {
     // 2ⁿ without a float → int cast (whose saturation and NaN rules are scalar code): n + 127
     // lands in the low mantissa bits of n + 127 + 2²³, and the shift moves them into the
     // exponent field (the bits of 2²³'s own exponent are shifted out).
-    e * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
+    let e = e * f32::from_bits((n + 8_388_735.0).to_bits() << 23);
+    if underflow { 0.0 } else { e }
 }
 
 #[inline(always)]
@@ -49,6 +57,43 @@ fn silu1(x: f32) -> f32 {
 #[inline(always)]
 fn relu1(x: f32) -> f32 {
     x.max(0.0)
+}
+
+/// GELU and its derivative `Φ(x) + x φ(x)`.
+#[inline(always)]
+fn gelu_d(x: f32) -> (f32, f32) {
+    let e = 1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2);
+    // φ(x) = exp(-x²/2) / √(2π); the value rounded as `gelu1` rounds it
+    let pdf = 0.398_942_3 * exp(-0.5 * x * x);
+    (0.5 * x * e, 0.5 * e + x * pdf)
+}
+
+/// The tanh approximation and its derivative: with `s = sigmoid(2u)`, `y = x s` and
+/// `y' = s + 2 x s (1 - s) u'`.
+#[inline(always)]
+fn gelu_tanh_d(x: f32) -> (f32, f32) {
+    let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+    let du = 0.797_884_6 * (1.0 + 3.0 * 0.044_715 * x * x);
+    let e = exp(-2.0 * u);
+    let q = 1.0 + e;
+    // s (1 - s) = e / q², without the cancellation of 1 - s near 1
+    (x / q, 1.0 / q + 2.0 * x * (e / (q * q)) * du)
+}
+
+/// SiLU and its derivative `s + x s (1 - s)`, `s = sigmoid(x)`.
+#[inline(always)]
+fn silu_d(x: f32) -> (f32, f32) {
+    let e = exp(-x);
+    let q = 1.0 + e;
+    (x / q, 1.0 / q + x * (e / (q * q)))
+}
+
+/// `x` becomes `f(x)` and `d` becomes `f'(x)`.
+#[inline(always)]
+fn with_slope(x: &mut [f32], d: &mut [f32], f: impl Fn(f32) -> (f32, f32)) {
+    for (v, dv) in x.iter_mut().zip(d.iter_mut()) {
+        (*v, *dv) = f(*v);
+    }
 }
 
 macro_rules! over_slice {
@@ -98,6 +143,51 @@ over_slice!(
     /// `max(x, 0)`.
     relu,
     relu1
+);
+
+macro_rules! with_slope_slice {
+    ($(#[$doc:meta])* $name:ident, $f:ident) => {
+        $(#[$doc])*
+        pub fn $name(x: &mut [f32], d: &mut [f32]) {
+            assert_eq!(x.len(), d.len());
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn v4(x: &mut [f32], d: &mut [f32]) {
+                    with_slope(x, d, $f)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn v3(x: &mut [f32], d: &mut [f32]) {
+                    with_slope(x, d, $f)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked on the line above).
+                    return unsafe { v4(x, d) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA (checked on the line above).
+                    return unsafe { v3(x, d) };
+                }
+            }
+            with_slope(x, d, $f)
+        }
+    };
+}
+
+with_slope_slice!(
+    /// Exact GELU (`x` becomes `gelu(x)`) and its derivative (into `d`).
+    gelu_with_slope,
+    gelu_d
+);
+with_slope_slice!(
+    /// The tanh approximation of GELU and its derivative.
+    gelu_tanh_with_slope,
+    gelu_tanh_d
+);
+with_slope_slice!(
+    /// SiLU and its derivative.
+    silu_with_slope,
+    silu_d
 );
 
 /// `x / Σx` after `exp(x − max)` over each row of `row` values, in place (softmax over the
@@ -208,6 +298,32 @@ mod tests {
                 // absolute error near 0, relative elsewhere
                 let err = (v as f64 - e).abs() / e.abs().max(1.0);
                 assert!(err <= tol + 1e-7 * (x as f64).abs().min(1.0), "case {i}: x = {x}: {v} vs {e} ({err:e})");
+            }
+        }
+    }
+
+    /// The derivatives of the `*_with_slope` functions against central differences of the
+    /// exact functions in f64, and their values against the functions without slope.
+    #[test]
+    fn slopes_match_the_exact_derivatives() {
+        let xs = grid();
+        let cases: [(fn(&mut [f32], &mut [f32]), fn(&mut [f32]), fn(f64) -> f64); 3] = [
+            (super::gelu_with_slope, super::gelu, |x| 0.5 * x * (1.0 + libm::erf(x / 2f64.sqrt()))),
+            (super::gelu_tanh_with_slope, super::gelu_tanh, |x| {
+                0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+            }),
+            (super::silu_with_slope, super::silu, |x| x / (1.0 + (-x).exp())),
+        ];
+        for (i, (with_slope, plain, exact)) in cases.into_iter().enumerate() {
+            let (mut y, mut d) = (xs.clone(), vec![0.0; xs.len()]);
+            with_slope(&mut y, &mut d);
+            let mut y_plain = xs.clone();
+            plain(&mut y_plain);
+            assert_eq!(y, y_plain, "case {i}: the same values as without slope");
+            for (&x, &g) in xs.iter().zip(&d) {
+                let (x, h) = (x as f64, 1e-4);
+                let want = (exact(x + h) - exact(x - h)) / (2.0 * h);
+                assert!((g as f64 - want).abs() <= 1e-6, "case {i}: f'({x}) = {g}, expected {want}");
             }
         }
     }

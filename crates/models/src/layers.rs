@@ -41,6 +41,28 @@ impl Activation {
         if computes_natively(&x) {
             return map_values(x, |v| self.apply_slice(v));
         }
+        if on_cpu_graph(&x) {
+            if !x.is_tracked() {
+                // (to the device, not `.autodiff()`: that would drop its checkpointing strategy)
+                let device = x.device();
+                return self.forward(x.inner()).to_device(&device);
+            }
+            let with_slope: Option<fn(&mut [f32], &mut [f32])> = match self {
+                Self::Gelu => Some(crate::fastmath::gelu_with_slope),
+                Self::GeluNew => Some(crate::fastmath::gelu_tanh_with_slope),
+                Self::Silu => Some(crate::fastmath::silu_with_slope),
+                // burn's own ReLU and its backward are single comparisons already.
+                Self::Relu => None,
+            };
+            if let Some(f) = with_slope
+                && let Some((y, Some(slope))) = first_order(&x, true, |v, d| {
+                    f(v, d);
+                    true
+                })
+            {
+                return (x.clone() - x.detach()) * slope + y;
+            }
+        }
         match self {
             Self::Gelu => activation::gelu(x),
             Self::GeluNew => activation::gelu_approximate(x),
@@ -69,6 +91,45 @@ pub fn computes_natively<const D: usize>(x: &Tensor<D>) -> bool {
     !device.is_autodiff() && device == Device::flex()
 }
 
+/// True for a float32 tensor on the CPU backend with autodiff (training): GELU, SiLU and softmax
+/// are then computed natively too, and enter the graph in their first-order form (see
+/// [`first_order`]).
+fn on_cpu_graph<const D: usize>(x: &Tensor<D>) -> bool {
+    let device = x.device();
+    device.is_autodiff() && device.inner() == Device::flex() && x.dtype() == burn::tensor::DType::F32
+}
+
+/// A function computed natively on the values of a graph tensor `x`, entering the graph as
+/// `f(x) + (x − x̄) ⊙ f'(x)` with `x̄` the detached `x` and `f(x)`, `f'(x)` constants: `x − x̄`
+/// is exactly 0, so the value is exactly the native (inference) value, and the gradient is the
+/// exact derivative. The backward pass is then one multiplication, where burn's GELU costs a
+/// dozen scalar libm calls per element forward and back. `f(values, slope)` gets the values in
+/// blocks of whole rows, in parallel, turns them into `f(x)` and writes `f'(x)` into `slope`
+/// (when `slope` is asked for); it returns false where it cannot (then `None`). Costs the
+/// memory of one more tensor of `x`'s size while the graph lives.
+pub fn first_order<const D: usize>(
+    x: &Tensor<D>,
+    slope: bool,
+    f: impl Fn(&mut [f32], &mut [f32]) -> bool + Send + Sync,
+) -> Option<(Tensor<D>, Option<Tensor<D>>)> {
+    use rayon::prelude::*;
+    let shape = x.shape();
+    let row = x.dims()[D - 1].max(1);
+    let device = x.device();
+    let mut value = x.clone().inner().into_data().convert::<f32>().try_into_vec::<f32>().expect("float32 values");
+    let block = row * (1usize << 14).div_ceil(row);
+    let mut second = vec![0.0f32; if slope { value.len() } else { 0 }];
+    let ok = if slope {
+        value.par_chunks_mut(block).zip(second.par_chunks_mut(block)).map(|(a, b)| f(a, b)).all(|ok| ok)
+    } else {
+        value.par_chunks_mut(block).map(|a| f(a, &mut [])).all(|ok| ok)
+    };
+    ok.then(|| {
+        let second = slope.then(|| Tensor::from_data(TensorData::new(second, shape.clone()), &device));
+        (Tensor::from_data(TensorData::new(value, shape), &device), second)
+    })
+}
+
 /// `f` applied to the values of `x` in parallel blocks of whole rows (last dimension).
 pub fn map_values<const D: usize>(x: Tensor<D>, f: impl Fn(&mut [f32]) + Send + Sync) -> Tensor<D> {
     use rayon::prelude::*;
@@ -83,9 +144,29 @@ pub fn map_values<const D: usize>(x: Tensor<D>, f: impl Fn(&mut [f32]) + Send + 
 /// Softmax over the last dimension (natively for constants on the CPU, see
 /// [`computes_natively`]).
 pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let row = x.dims()[D - 1];
     if computes_natively(&x) {
-        let row = x.dims()[D - 1];
         return map_values(x, |v| crate::fastmath::softmax_rows(v, row));
+    }
+    if on_cpu_graph(&x) {
+        if !x.is_tracked() {
+            let device = x.device();
+            return softmax_last(x.inner()).to_device(&device);
+        }
+        // p + p ⊙ (z − ⟨p, z⟩) with z = x − x̄ = 0: softmax's value and its Jacobian
+        // diag(p) − p pᵀ. Scores with -inf (Whisper's causal mask) keep burn's softmax: -inf − -inf
+        // is NaN.
+        let native = first_order(&x, false, |v, _| {
+            v.iter().all(|s| s.is_finite()) && {
+                crate::fastmath::softmax_rows(v, row);
+                true
+            }
+        });
+        if let Some((p, _)) = native {
+            let z = x.clone() - x.detach();
+            let mean = (z.clone() * p.clone()).sum_dim(D - 1);
+            return (z - mean) * p.clone() + p;
+        }
     }
     activation::softmax(x, D - 1)
 }
@@ -218,4 +299,97 @@ pub fn valid_frames(lengths: &[usize], time: usize, device: &Device) -> Tensor<3
         }
     }
     Tensor::from_data(TensorData::new(m, [lengths.len(), time, 1]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::prelude::*;
+    use burn::tensor::{TensorData, activation};
+
+    use super::{Activation, on_cpu_graph, softmax_last};
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    }
+
+    /// Value and gradient of `f` at `x` under the upstream gradient `r`, on the training device.
+    fn value_and_grad<const D: usize>(
+        f: impl Fn(Tensor<D>) -> Tensor<D>,
+        x: &TensorData,
+        r: &TensorData,
+        device: &Device,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let x = Tensor::<D>::from_data(x.clone(), device).require_grad();
+        assert!(on_cpu_graph(&x) && x.is_tracked(), "the first-order path applies to this input");
+        let y = f(x.clone());
+        let grads = (y.clone() * Tensor::<D>::from_data(r.clone(), device)).sum().backward();
+        (values(y), values(x.grad(&grads).unwrap()))
+    }
+
+    fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len());
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol * w.abs().max(1.0), "{what}[{i}]: {g} vs burn's {w}");
+        }
+    }
+
+    fn data(n: usize, seed: u32, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / 16_777_216.0)
+            .map(|u| (u * 2.0 - 1.0) * scale)
+            .collect()
+    }
+
+    /// GELU (exact and tanh) and SiLU on the autodiff graph of the CPU: computed natively in
+    /// their first-order form; the same values and gradients as burn's own operations, and the
+    /// same values as inference.
+    #[test]
+    fn first_order_activations_equal_burns_graph() {
+        let device = Device::flex().autodiff();
+        let x = TensorData::new(data(3 * 700, 1, 6.0), [3, 700]);
+        let r = TensorData::new(data(3 * 700, 2, 1.0), [3, 700]);
+        let cases: [(Activation, fn(Tensor<2>) -> Tensor<2>); 3] = [
+            (Activation::Gelu, activation::gelu),
+            (Activation::GeluNew, activation::gelu_approximate),
+            (Activation::Silu, activation::silu),
+        ];
+        for (act, reference) in cases {
+            let (y, g) = value_and_grad(|x: Tensor<2>| act.forward(x), &x, &r, &device);
+            let (y_ref, g_ref) = value_and_grad(reference, &x, &r, &device);
+            close(&format!("{act:?} value"), &y, &y_ref, 1e-6);
+            let inference = values(act.forward(Tensor::<2>::from_data(x.clone(), &Device::flex())));
+            assert_eq!(y, inference, "{act:?}: training's forward is inference's, to the bit");
+            close(&format!("{act:?} gradient"), &g, &g_ref, 1e-5);
+        }
+    }
+
+    /// Softmax on the graph, with masked keys (`f32::MIN`, as `additive_key_mask` writes them):
+    /// the first-order form gives burn's values and gradients, and masked keys exactly 0 weight.
+    /// A row with -inf (Whisper's causal mask) falls back to burn's softmax, still right.
+    #[test]
+    fn first_order_softmax_equals_burns_graph() {
+        let device = Device::flex().autodiff();
+        let (rows, row) = (6, 45);
+        let mut v = data(rows * row, 3, 8.0);
+        for key in 40..row {
+            v[row + key] = f32::MIN; // row 1: the last 5 keys are padding
+        }
+        let x = TensorData::new(v.clone(), [1, rows, row]);
+        let r = TensorData::new(data(rows * row, 4, 1.0), [1, rows, row]);
+        let (y, g) = value_and_grad(softmax_last::<3>, &x, &r, &device);
+        let (y_ref, g_ref) = value_and_grad(|x: Tensor<3>| activation::softmax(x, 2), &x, &r, &device);
+        close("softmax value", &y, &y_ref, 1e-6);
+        let inference = values(softmax_last(Tensor::<3>::from_data(x.clone(), &Device::flex())));
+        assert_eq!(y, inference, "training's forward is inference's, to the bit");
+        close("softmax gradient", &g, &g_ref, 1e-5);
+        for key in 40..row {
+            assert_eq!(y[row + key], 0.0, "a masked key gets no weight");
+            assert_eq!(g[row + key], 0.0, "nor gradient");
+        }
+        v[2] = f32::NEG_INFINITY;
+        let x = TensorData::new(v, [1, rows, row]);
+        let (y, g) = value_and_grad(softmax_last::<3>, &x, &r, &device);
+        let (y_ref, g_ref) = value_and_grad(|x: Tensor<3>| activation::softmax(x, 2), &x, &r, &device);
+        assert_eq!((y, g), (y_ref, g_ref), "with -inf, burn's own softmax");
+    }
 }
