@@ -244,6 +244,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
                 .flatten();
             let featurizer = if task == Task::LoraCtc2x5 {
                 upstream.attach_lora(&LoraConfig::default(), &device)?;
+                upstream.relayout_for_backward();
                 None
             } else {
                 Some(Featurizer::new(upstream.num_layers() + 1, false, false, &device))

@@ -93,6 +93,12 @@ impl UpstreamModel {
         attach_lora(self.projections_mut(), cfg, device)
     }
 
+    /// Frozen widening projections stored for a faster backward pass
+    /// ([`Proj::relayout_for_backward`]); for training where gradients flow through frozen layers.
+    pub fn relayout_for_backward(&mut self) {
+        self.projections_mut().into_iter().for_each(Proj::relayout_for_backward);
+    }
+
     /// The PEFT slots of every transformer layer, in order.
     fn slots(&mut self) -> Vec<Slots<'_>> {
         match self {
@@ -276,6 +282,11 @@ impl WhisperSeq2Seq {
             [&s.q_proj, &s.k_proj, &s.v_proj, &s.out_proj, &c.q_proj, &c.k_proj, &c.v_proj, &c.out_proj, &l.fc1, &l.fc2]
         });
         enc.chain(dec).collect()
+    }
+
+    /// As [`UpstreamModel::relayout_for_backward`], in both halves.
+    pub fn relayout_for_backward(&mut self) {
+        self.projections_mut().into_iter().for_each(Proj::relayout_for_backward);
     }
 
     pub fn projections_mut(&mut self) -> Vec<&mut Proj> {

@@ -71,6 +71,10 @@ impl TaskModel {
                 }
             }
         }
+        // Gradients flow through the frozen layers for every method but a frozen upstream.
+        if !matches!(cfg.method, MethodConfig::Frozen) {
+            upstream.relayout_for_backward();
+        }
         let d = upstream.hidden_size();
         let n_hidden = upstream.num_layers() + 1;
         let featurizer = Featurizer::new(n_hidden, cfg.upstream.exclude_cnn, cfg.upstream.layer_norm, device);

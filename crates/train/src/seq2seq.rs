@@ -90,6 +90,12 @@ fn whisper_dir(cfg: &RunConfig) -> Result<PathBuf> {
 
 /// Put the configured method on `model` (freshly loaded, every parameter trainable).
 fn adapt(model: WhisperSeq2Seq, cfg: &RunConfig, device: &Device) -> Result<WhisperSeq2Seq> {
+    let mut model = adapt_method(model, cfg, device)?;
+    model.relayout_for_backward();
+    Ok(model)
+}
+
+fn adapt_method(model: WhisperSeq2Seq, cfg: &RunConfig, device: &Device) -> Result<WhisperSeq2Seq> {
     Ok(match &cfg.method {
         MethodConfig::Full { freeze_cnn, .. } => {
             let mut m = model;
