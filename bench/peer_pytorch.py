@@ -11,6 +11,9 @@ Tasks:
   forward_1x10   inference, 1 × 10 s, every hidden state
   forward_4x10   inference, 4 × 10 s
   lora_ctc_2x5   one training step: LoRA r = 8 on q, v (peft) + linear CTC head, 2 × 5 s, AdamW
+                 (train mode: transformers' default dropout in the upstream, as a user gets it)
+  lora_ctc_2x5_nodropout  the same step with the upstream's dropout off (speechtune's upstream
+                 has none, so this is the same work on both sides)
   frozen_ws_2x5  one training step: frozen upstream, softmax-weighted layer sum + linear CTC head
   gemm           matrix products alone, in the shapes of a 1 × 10 s forward (bench/gemm_shapes.json)
   pretrain_2x10  one Wav2Vec2ForPreTraining step, 2 × 10 s: masks 0.65 × 10 and 100 distractors drawn
@@ -27,7 +30,8 @@ import subprocess
 import sys
 import time
 
-TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "frozen_ws_2x5", "gemm", "pretrain_2x10"]
+TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "lora_ctc_2x5_nodropout", "frozen_ws_2x5", "gemm",
+         "pretrain_2x10"]
 VOCAB = 32
 # [name, times per forward, batch, m, k, n]: the matrix products of one wav2vec2-base forward over
 # 1 × 10 s, convolutions as the products they amount to; speechtune's bench reads the same file.
@@ -96,7 +100,9 @@ def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "
             optim.step()
 
         return timed_runs(task, step, repeats, warmup, sync, profile, threads, device)
-    model = Wav2Vec2Model(Wav2Vec2Config()).to(device)  # wav2vec2-base shape, random weights
+    # wav2vec2-base shape, random weights
+    no_dropout = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    model = Wav2Vec2Model(Wav2Vec2Config(**(no_dropout if task.endswith("_nodropout") else {}))).to(device)
     model.config.mask_time_prob = 0.0
 
     if task.startswith("forward"):
@@ -116,7 +122,7 @@ def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "
         targets = torch.randint(1, VOCAB, (2, 40)).to(device)
         target_lengths = torch.tensor([40, 40])
         input_lengths = torch.tensor([frames, frames])
-        if task == "lora_ctc_2x5":
+        if task.startswith("lora_ctc_2x5"):
             from peft import LoraConfig, get_peft_model
 
             model.freeze_feature_encoder()

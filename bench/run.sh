@@ -42,7 +42,7 @@ results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 # This machine's speed drifts (a shared VM: the same PyTorch run took 1.0 s and 1.7 s an hour
 # apart), so the two sides alternate, task by task, twice.
-for task in ${TASKS:-forward_1x10 forward_4x10 lora_ctc_2x5 frozen_ws_2x5 gemm pretrain_2x10}; do
+for task in ${TASKS:-forward_1x10 forward_4x10 lora_ctc_2x5 lora_ctc_2x5_nodropout frozen_ws_2x5 gemm pretrain_2x10}; do
   for round in 1 2; do
     echo "$task, round $round ..." >&2
     "$ST" bench --task "$task" --repeats "$REPEATS" --device "$DEVICE" | sed 's/^/speechtune /' >>"$results"

@@ -9,7 +9,8 @@ import sys
 NAMES = {
     "forward_1x10": "forward 1 × 10 s (every hidden state)",
     "forward_4x10": "forward 4 × 10 s",
-    "lora_ctc_2x5": "LoRA r=8 (q, v) + CTC step, 2 × 5 s",
+    "lora_ctc_2x5": "LoRA r=8 (q, v) + CTC step, 2 × 5 s (PyTorch: train-mode dropout)",
+    "lora_ctc_2x5_nodropout": "the same step, PyTorch's dropout off (the same work)",
     "frozen_ws_2x5": "frozen + weighted sum + CTC step, 2 × 5 s",
     "frozen_ws_2x5_cached": "the same step on cached hidden states (later epochs)",
     "forward_1x10_lora": "forward 1 × 10 s, LoRA attached, not merged",

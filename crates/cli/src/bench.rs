@@ -32,6 +32,11 @@ pub enum Task {
     /// One training step: LoRA r = 8 on q, v + linear CTC head on the last layer, 2 × 5 s, AdamW.
     #[value(name = "lora_ctc_2x5")]
     LoraCtc2x5,
+    /// The same step, paired with a PyTorch peer whose upstream dropout is off (speechtune's
+    /// upstream has no dropout, so this is the same work on both sides; `lora_ctc_2x5`'s peer
+    /// runs transformers' default dropout in train mode).
+    #[value(name = "lora_ctc_2x5_nodropout")]
+    LoraCtc2x5NoDropout,
     /// One training step: frozen upstream, softmax-weighted layer sum + linear CTC head, 2 × 5 s.
     #[value(name = "frozen_ws_2x5")]
     FrozenWs2x5,
@@ -59,10 +64,11 @@ pub enum Task {
 const GEMM_SHAPES: &str = include_str!("../../../bench/gemm_shapes.json");
 
 impl Task {
-    const ALL: [Task; 8] = [
+    const ALL: [Task; 9] = [
         Task::Forward1x10,
         Task::Forward4x10,
         Task::LoraCtc2x5,
+        Task::LoraCtc2x5NoDropout,
         Task::FrozenWs2x5,
         Task::FrozenWs2x5Cached,
         Task::Forward1x10Lora,
@@ -75,6 +81,7 @@ impl Task {
             Task::Forward1x10 => "forward_1x10",
             Task::Forward4x10 => "forward_4x10",
             Task::LoraCtc2x5 => "lora_ctc_2x5",
+            Task::LoraCtc2x5NoDropout => "lora_ctc_2x5_nodropout",
             Task::FrozenWs2x5 => "frozen_ws_2x5",
             Task::FrozenWs2x5Cached => "frozen_ws_2x5_cached",
             Task::Forward1x10Lora => "forward_1x10_lora",
@@ -235,14 +242,14 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
             }
             perf_control("disable");
         }
-        Task::LoraCtc2x5 | Task::FrozenWs2x5 | Task::FrozenWs2x5Cached => {
+        Task::LoraCtc2x5 | Task::LoraCtc2x5NoDropout | Task::FrozenWs2x5 | Task::FrozenWs2x5Cached => {
             let device = training(&base, args);
             let up = Upstream::random(WAV2VEC2_BASE, "wav2vec2-base (random)", 0, &device)?;
             let mut upstream = up.model.no_grad();
             let mut cache = (task == Task::FrozenWs2x5Cached)
                 .then(|| FeatureCache::for_model(&upstream, &frontend, false, usize::MAX, false))
                 .flatten();
-            let featurizer = if task == Task::LoraCtc2x5 {
+            let featurizer = if matches!(task, Task::LoraCtc2x5 | Task::LoraCtc2x5NoDropout) {
                 upstream.attach_lora(&LoraConfig::default(), &device)?;
                 upstream.relayout_for_backward();
                 None

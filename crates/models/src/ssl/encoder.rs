@@ -42,6 +42,15 @@ impl WeightNormPosConv {
         })
     }
 
+    /// On the CPU, where no gradient flows through it (inference, or training of later layers
+    /// only), the convolution runs outside burn ([`super::native_cnn::pos_conv_native`]).
+    fn runs_natively(&self, x: &Tensor<3>) -> bool {
+        x.device().inner() == Device::flex()
+            && !x.is_tracked()
+            && ![self.weight_g.val(), self.weight_v.val()].iter().any(|w| w.is_require_grad())
+            && !self.bias.val().is_require_grad()
+    }
+
     fn weight(&self) -> Tensor<3> {
         let v = self.weight_v.val();
         let norm = v.clone().powf_scalar(2.0).sum_dim(0).sum_dim(1).sqrt();
@@ -75,6 +84,11 @@ fn same_pad(x: Tensor<3>, kernel: usize) -> Tensor<3> {
 impl PosConv {
     /// `[batch, time, dim]` → the positional embedding to add.
     fn forward(&self, x: Tensor<3>, act: Activation) -> Tensor<3> {
+        if let PosConv::WeightNorm(c) = self
+            && c.runs_natively(&x)
+        {
+            return super::native_cnn::pos_conv_native(x, c.weight().inner(), c.bias.val().inner(), c.groups, act);
+        }
         let x = x.swap_dims(1, 2);
         let y = match self {
             PosConv::WeightNorm(c) => {
@@ -275,5 +289,52 @@ impl Encoder {
         }
         hidden.push(x);
         hidden
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Param;
+    use burn::prelude::*;
+    use burn::tensor::Distribution;
+
+    use super::{PosConv, WeightNormPosConv};
+    use crate::layers::Activation;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    }
+
+    /// The positional convolution outside burn (inference, or no gradient through it) gives
+    /// burn's grouped convolution's values, for even and odd kernels; a tracked input keeps
+    /// burn's graph.
+    #[test]
+    fn native_positional_conv_equals_burns() {
+        let normal = Distribution::Normal(0.0, 1.0);
+        for kernel in [8, 7] {
+            let (dim, groups) = (32, 4);
+            let inner = Device::flex();
+            let conv = PosConv::WeightNorm(WeightNormPosConv {
+                weight_g: Param::from_tensor(Tensor::random([1, 1, kernel], normal, &inner)),
+                weight_v: Param::from_tensor(Tensor::random([dim, dim / groups, kernel], normal, &inner)),
+                bias: Param::from_tensor(Tensor::random([dim], normal, &inner)),
+                groups,
+            });
+            let x = Tensor::<3>::random([2, 11, dim], normal, &inner);
+            let PosConv::WeightNorm(c) = &conv else { unreachable!() };
+            assert!(c.runs_natively(&x));
+            let native = values(conv.forward(x.clone(), Activation::Gelu));
+
+            let ad = inner.clone().autodiff();
+            let conv = conv.fork(&ad);
+            let tracked = Tensor::<3>::from_data(x.into_data(), &ad).require_grad();
+            let PosConv::WeightNorm(c) = &conv else { unreachable!() };
+            assert!(!c.runs_natively(&tracked), "a tracked input takes burn's graph");
+            let graph = values(conv.forward(tracked, Activation::Gelu));
+            assert_eq!(native.len(), graph.len());
+            for (i, (a, b)) in native.iter().zip(&graph).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "kernel {kernel}, [{i}]: {a} vs burn's {b}");
+            }
+        }
     }
 }
