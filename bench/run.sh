@@ -50,7 +50,7 @@ for task in ${TASKS:-forward_1x10 forward_4x10 lora_ctc_2x5 lora_ctc_2x5_nodropo
   done
 done
 # speechtune-only rows: the hidden-state cache, and LoRA left unmerged.
-for task in ${ONLY_SPEECHTUNE-frozen_ws_2x5_cached forward_1x10_lora}; do
+for task in ${ONLY_SPEECHTUNE-lora_ctc_2x5_cached frozen_ws_2x5_cached forward_1x10_lora}; do
   echo "$task ..." >&2
   "$ST" bench --task "$task" --repeats "$REPEATS" --device "$DEVICE" | sed 's/^/speechtune /' >>"$results"
 done

@@ -11,6 +11,7 @@ NAMES = {
     "forward_4x10": "forward 4 × 10 s",
     "lora_ctc_2x5": "LoRA r=8 (q, v) + CTC step, 2 × 5 s (PyTorch: train-mode dropout)",
     "lora_ctc_2x5_nodropout": "the same step, PyTorch's dropout off (the same work)",
+    "lora_ctc_2x5_cached": "the LoRA step in later epochs (frozen CNN's features cached)",
     "frozen_ws_2x5": "frozen + weighted sum + CTC step, 2 × 5 s",
     "frozen_ws_2x5_cached": "the same step on cached hidden states (later epochs)",
     "forward_1x10_lora": "forward 1 × 10 s, LoRA attached, not merged",
