@@ -307,7 +307,8 @@ mod tests {
     #[test]
     fn slopes_match_the_exact_derivatives() {
         let xs = grid();
-        let cases: [(fn(&mut [f32], &mut [f32]), fn(&mut [f32]), fn(f64) -> f64); 3] = [
+        type SlopeCase = (fn(&mut [f32], &mut [f32]), fn(&mut [f32]), fn(f64) -> f64);
+        let cases: [SlopeCase; 3] = [
             (super::gelu_with_slope, super::gelu, |x| 0.5 * x * (1.0 + libm::erf(x / 2f64.sqrt()))),
             (super::gelu_tanh_with_slope, super::gelu_tanh, |x| {
                 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())

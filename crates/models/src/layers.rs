@@ -47,7 +47,7 @@ impl Activation {
                 let device = x.device();
                 return self.forward(x.inner()).to_device(&device);
             }
-            let with_slope: Option<fn(&mut [f32], &mut [f32])> = match self {
+            let with_slope: Option<WithSlope> = match self {
                 Self::Gelu => Some(crate::fastmath::gelu_with_slope),
                 Self::GeluNew => Some(crate::fastmath::gelu_tanh_with_slope),
                 Self::Silu => Some(crate::fastmath::silu_with_slope),
@@ -81,6 +81,9 @@ impl Activation {
         }
     }
 }
+
+/// A `fastmath` function that also writes each value's derivative (`gelu_with_slope`, ...).
+type WithSlope = fn(&mut [f32], &mut [f32]);
 
 /// True on the CPU backend without autodiff (inference): elementwise functions and softmax are
 /// then computed on the values with vectorised code in parallel ([`crate::fastmath`]) instead
@@ -348,7 +351,8 @@ mod tests {
         let device = Device::flex().autodiff();
         let x = TensorData::new(data(3 * 700, 1, 6.0), [3, 700]);
         let r = TensorData::new(data(3 * 700, 2, 1.0), [3, 700]);
-        let cases: [(Activation, fn(Tensor<2>) -> Tensor<2>); 3] = [
+        type Reference = fn(Tensor<2>) -> Tensor<2>;
+        let cases: [(Activation, Reference); 3] = [
             (Activation::Gelu, activation::gelu),
             (Activation::GeluNew, activation::gelu_approximate),
             (Activation::Silu, activation::silu),

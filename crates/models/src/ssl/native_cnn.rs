@@ -117,31 +117,20 @@ fn conv_layer(x: &[f32], t_in: usize, l: &Layer, act: Activation) -> (Vec<f32>, 
     let mut y = vec![0.0f32; t_out * l.c_out];
     if t_out > 0 {
         // y[t, o] = Σ_q x[t·stride·c_in + q] · weight[q, o], q over kernel × c_in.
-        // SAFETY: every index gemm forms stays inside x (last row ends at
-        // (t_out-1)·stride·c_in + kernel·c_in ≤ t_in·c_in), weight and y.
+        // SAFETY: the last row read ends at (t_out-1)·stride·c_in + kernel·c_in ≤ t_in·c_in,
+        // inside x; weight is [kernel·c_in, c_out] and y [t_out, c_out].
         unsafe {
-            gemm::gemm(
+            gemm_rows(
+                &mut y,
                 t_out,
                 l.c_out,
                 l.kernel * l.c_in,
-                y.as_mut_ptr(),
-                1,
-                l.c_out as isize,
-                false,
-                x.as_ptr(),
-                1,
-                (l.stride * l.c_in) as isize,
-                l.weight.as_ptr(),
-                1,
-                l.c_out as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+                x,
+                l.stride * l.c_in,
+                &l.weight,
                 gemm::Parallelism::Rayon(0),
-            );
-        }
+            )
+        };
     }
     let c = l.c_out;
     if let Some((gamma, beta)) = &l.group_norm {
@@ -188,6 +177,50 @@ fn conv_layer(x: &[f32], t_in: usize, l: &Layer, act: Activation) -> (Vec<f32>, 
         affine_activate(&mut y, &vec![1.0; c], &shift, act);
     }
     (y, t_out)
+}
+
+/// `y[t, o] = Σ_q a[t·a_row + q] · w[q·n + o]` for t < m, q < k, o < n: one GEMM whose left
+/// operand is `a` read with a row stride of `a_row` (rows may overlap: a convolution's receptive
+/// fields), `w` row-major `[k, n]`, `y` row-major `[m, n]` (overwritten).
+///
+/// # Safety
+/// `a` must hold `(m - 1) · a_row + k` values, `w` `k · n` and `y` `m · n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_rows(
+    y: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_row: usize,
+    w: &[f32],
+    par: gemm::Parallelism,
+) {
+    debug_assert!(m == 0 || ((m - 1) * a_row + k <= a.len() && k * n <= w.len() && m * n <= y.len()));
+    // SAFETY: the caller guarantees the sizes above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            a_row as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
 }
 
 /// `y[t, c] ← act(y[t, c] · scale[c] + shift[c])`, in parallel over blocks of rows.
@@ -241,31 +274,20 @@ pub fn pos_conv_native(x: Tensor<3>, weight: Tensor<3>, bias: Tensor<1>, groups:
             let mut y = vec![0.0f32; time * cg];
             if time > 0 {
                 // y[t, o] = Σ_q xg[t·cg + q] · wg[g][q, o], q over kernel × cg.
-                // SAFETY: the last row gemm reads ends at (time-1)·cg + kernel·cg = rows·cg, inside
-                // xg; wg's block g and y have the sizes given.
+                // SAFETY: the last row read ends at (time-1)·cg + kernel·cg = rows·cg, inside
+                // xg; wg's block g is [kernel·cg, cg] and y [time, cg].
                 unsafe {
-                    gemm::gemm(
+                    gemm_rows(
+                        &mut y,
                         time,
                         cg,
                         kernel * cg,
-                        y.as_mut_ptr(),
-                        1,
-                        cg as isize,
-                        false,
-                        xg.as_ptr(),
-                        1,
-                        cg as isize,
-                        wg[g * kernel * cg * cg..].as_ptr(),
-                        1,
-                        cg as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                        &xg,
+                        cg,
+                        &wg[g * kernel * cg * cg..],
                         gemm::Parallelism::None,
-                    );
-                }
+                    )
+                };
             }
             y
         })
