@@ -144,8 +144,9 @@ pub fn map_values<const D: usize>(x: Tensor<D>, f: impl Fn(&mut [f32]) + Send + 
     Tensor::from_data(TensorData::new(v, shape), &device)
 }
 
-/// Softmax over the last dimension (natively for constants on the CPU, see
-/// [`computes_natively`]).
+/// Softmax over the last dimension: natively for constants on the CPU (see
+/// [`computes_natively`]), natively and in first-order form on the CPU's training graph (see
+/// [`first_order`]), burn's operations elsewhere.
 pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let row = x.dims()[D - 1];
     if computes_natively(&x) {
