@@ -96,30 +96,34 @@ fn with_slope(x: &mut [f32], d: &mut [f32], f: impl Fn(f32) -> (f32, f32)) {
     }
 }
 
+/// `$body` (over the named arguments) compiled for AVX-512 and for AVX2 + FMA, the best the CPU
+/// has picked at run time, and portable code elsewhere; returns its value.
+macro_rules! best_isa {
+    (($($arg:ident: $ty:ty),*) $body:block) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            fn v4($($arg: $ty),*) $body
+            #[target_feature(enable = "avx2,fma")]
+            fn v3($($arg: $ty),*) $body
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked on the line above).
+                return unsafe { v4($($arg),*) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA (checked on the line above).
+                return unsafe { v3($($arg),*) };
+            }
+        }
+        $body
+    }};
+}
+
 macro_rules! over_slice {
     ($(#[$doc:meta])* $name:ident, $f:ident) => {
         $(#[$doc])*
         pub fn $name(x: &mut [f32]) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn v4(x: &mut [f32]) {
-                    x.iter_mut().for_each(|v| *v = $f(*v));
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn v3(x: &mut [f32]) {
-                    x.iter_mut().for_each(|v| *v = $f(*v));
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked on the line above).
-                    return unsafe { v4(x) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has AVX2 and FMA (checked on the line above).
-                    return unsafe { v3(x) };
-                }
-            }
-            x.iter_mut().for_each(|v| *v = $f(*v));
+            best_isa!((x: &mut [f32]) { x.iter_mut().for_each(|v| *v = $f(*v)) })
         }
     };
 }
@@ -150,26 +154,7 @@ macro_rules! with_slope_slice {
         $(#[$doc])*
         pub fn $name(x: &mut [f32], d: &mut [f32]) {
             assert_eq!(x.len(), d.len());
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn v4(x: &mut [f32], d: &mut [f32]) {
-                    with_slope(x, d, $f)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn v3(x: &mut [f32], d: &mut [f32]) {
-                    with_slope(x, d, $f)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked on the line above).
-                    return unsafe { v4(x, d) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has AVX2 and FMA (checked on the line above).
-                    return unsafe { v3(x, d) };
-                }
-            }
-            with_slope(x, d, $f)
+            best_isa!((x: &mut [f32], d: &mut [f32]) { with_slope(x, d, $f) })
         }
     };
 }
@@ -225,26 +210,7 @@ pub fn softmax_rows(x: &mut [f32], row: usize) {
             r.iter_mut().for_each(|v| *v *= inv);
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn v4(x: &mut [f32], row: usize) {
-            body(x, row)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn v3(x: &mut [f32], row: usize) {
-            body(x, row)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked on the line above).
-            return unsafe { v4(x, row) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked on the line above).
-            return unsafe { v3(x, row) };
-        }
-    }
-    body(x, row)
+    best_isa!((x: &mut [f32], row: usize) { body(x, row) })
 }
 
 #[cfg(test)]

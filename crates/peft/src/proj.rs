@@ -93,8 +93,8 @@ mod tests {
     }
 
     /// The relayout changes the storage, never the values: same weight, output and input
-    /// gradient; the weight stays frozen under the same parameter id; trainable and narrowing
-    /// projections keep their weight as it was.
+    /// gradient; the weight stays frozen under the same parameter id; a trainable projection
+    /// keeps its weight as it was, still trainable.
     #[test]
     fn relayout_for_backward_changes_no_value() {
         let device = Device::flex().autodiff();
