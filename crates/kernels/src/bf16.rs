@@ -1,0 +1,436 @@
+//! Matrix products with bf16 inputs and f32 accumulation: `C = A·B`, A and B rounded to bf16
+//! (round to nearest even), every product of two bf16 exact in f32, sums in f32.
+//!
+//! On CPUs with AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake and Sapphire Rapids and
+//! later) the inner loop is `vdpbf16ps`, which multiplies 32 bf16 pairs and adds them into 16 f32
+//! sums per instruction: twice the multiply-adds of an f32 FMA on half the bytes. Elsewhere a
+//! portable loop computes the same products (slowly: it exists so that results do not depend on
+//! the machine, not for speed; [`native`] says which one runs).
+//!
+//! Layout (as BLIS/GotoBLAS): B is packed once into panels of [`NR`] columns, each a sequence of
+//! k-pairs `[B[2p, j], B[2p+1, j]]` for the panel's columns, so one 64-byte load holds the pairs
+//! of 16 columns; A is rounded and packed per call into tiles of [`MR`] rows, `[pair p][row]` as
+//! one 32-bit word per row, which the kernel broadcasts. The kernel keeps an MR × NR block of C in
+//! 28 registers over a block of [`KC`] pairs.
+
+use rayon::prelude::*;
+
+/// Rows of A per kernel call.
+pub const MR: usize = 14;
+/// Columns of B per panel (two 16-lane vectors).
+pub const NR: usize = 32;
+/// k-pairs per block: one panel block is `KC · NR · 4` bytes = 24 KiB, which stays in L1.
+const KC: usize = 192;
+
+/// True when this CPU runs the `vdpbf16ps` kernel; false means the portable loop.
+pub fn native() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512bf16")
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as its 16 bits. NaN stays NaN.
+#[inline]
+pub fn to_bf16(x: f32) -> u16 {
+    let u = x.to_bits();
+    if x.is_nan() {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    let round = ((u >> 16) & 1) + 0x7fff;
+    (u.wrapping_add(round) >> 16) as u16
+}
+
+/// The f32 value of a bf16.
+#[inline]
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// The right-hand side `B` (`k × n`) of a product, rounded to bf16 and packed in panels:
+/// `[panel][pair of k][column in panel][2]`, zero past `k` and `n`.
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    pairs: usize,
+    data: Vec<u16>,
+}
+
+impl PackedB {
+    fn pack(k: usize, n: usize, get: impl Fn(usize, usize) -> u16 + Sync) -> Self {
+        let pairs = k.div_ceil(2);
+        let panel_len = pairs * NR * 2;
+        let mut data = vec![0u16; n.div_ceil(NR) * panel_len];
+        data.par_chunks_mut(panel_len.max(1)).enumerate().for_each(|(q, panel)| {
+            for c in 0..NR.min(n.saturating_sub(q * NR)) {
+                for i in 0..k {
+                    panel[((i / 2) * NR + c) * 2 + i % 2] = get(i, q * NR + c);
+                }
+            }
+        });
+        PackedB { k, n, pairs, data }
+    }
+
+    /// `B` given row-major, `b[i * n + j] = B[i, j]` (burn's `[in, out]` linear weight).
+    pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(b.len(), k * n, "B of {k} × {n} needs {} values, got {}", k * n, b.len());
+        Self::pack(k, n, |i, j| to_bf16(b[i * n + j]))
+    }
+
+    /// `B` given as its transpose, `bt[j * k + i] = B[i, j]` (a PyTorch `[out, in]` weight).
+    pub fn from_transposed(bt: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(bt.len(), k * n, "Bᵀ of {n} × {k} needs {} values, got {}", k * n, bt.len());
+        Self::pack(k, n, |i, j| to_bf16(bt[j * k + i]))
+    }
+
+    /// The bf16 bits of `B[i, j]`.
+    #[inline]
+    pub fn get(&self, i: usize, j: usize) -> u16 {
+        self.data[(((j / NR) * self.pairs + i / 2) * NR + j % NR) * 2 + i % 2]
+    }
+
+    /// `Bᵀ` packed the same way (exact: the values are already bf16).
+    pub fn transposed(&self) -> Self {
+        Self::pack(self.n, self.k, |i, j| self.get(j, i))
+    }
+
+    /// Rows of `B` (the products' inner dimension).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of `B`.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+}
+
+/// `A` (`m × k`, row stride `lda`) rounded to bf16 in tiles of `MR` rows: `[tile][pair][row]`.
+fn pack_a(a: &[f32], m: usize, k: usize, lda: usize) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let mut out = vec![0u32; m.div_ceil(MR) * pairs * MR];
+    out.par_chunks_mut((pairs * MR).max(1)).enumerate().for_each(|(t, tile)| {
+        let mut row = vec![0u16; 2 * pairs];
+        for r in 0..MR.min(m - t * MR) {
+            let i = t * MR + r;
+            round_row(&a[i * lda..i * lda + k], &mut row[..k]);
+            for p in 0..pairs {
+                tile[p * MR + r] = row[2 * p] as u32 | (row[2 * p + 1] as u32) << 16;
+            }
+        }
+    });
+    out
+}
+
+fn round_row(x: &[f32], out: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if native() {
+        // SAFETY: the instructions were detected just above.
+        unsafe { avx512::round_row(x, out) };
+        return;
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = to_bf16(v);
+    }
+}
+
+/// C's pointer, shared by tasks that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each task writes its own rows × columns block (see `matmul`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `C = A·B` (or `C += A·B` with `accumulate`): A `m × k` row-major with row stride `lda`, C
+/// `m × n` row-major. Runs on rayon's pool, in blocks of rows × panels.
+pub fn matmul(a: &[f32], m: usize, lda: usize, b: &PackedB, c: &mut [f32], accumulate: bool) {
+    let (k, n) = (b.k, b.n);
+    assert!(lda >= k, "row stride {lda} is shorter than a row of {k}");
+    assert!(m == 0 || a.len() >= (m - 1) * lda + k, "A has {} values, not {m} rows of stride {lda}", a.len());
+    assert!(c.len() >= m * n, "C has {} values, needs {m} × {n}", c.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let packed_a = pack_a(a, m, k, lda);
+    let pairs = b.pairs;
+    let (tiles, panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    // Blocks of up to 8 tiles × 4 panels, at least two per thread where the sizes allow.
+    let tiles_per = tiles.div_ceil(rayon::current_num_threads() * 2).clamp(1, 8);
+    let panels_per = panels.min(4);
+    let (row_blocks, col_blocks) = (tiles.div_ceil(tiles_per), panels.div_ceil(panels_per));
+    let out = Out(c.as_mut_ptr());
+    let native = native();
+    (0..row_blocks * col_blocks).into_par_iter().for_each(|task| {
+        let out = out;
+        let (rb, cb) = (task % row_blocks, task / row_blocks);
+        let mut p0 = 0;
+        while p0 < pairs {
+            let kc = KC.min(pairs - p0);
+            for q in cb * panels_per..((cb + 1) * panels_per).min(panels) {
+                let panel = &b.data[(q * pairs + p0) * NR * 2..(q * pairs + p0 + kc) * NR * 2];
+                for t in rb * tiles_per..((rb + 1) * tiles_per).min(tiles) {
+                    let tile = &packed_a[(t * pairs + p0) * MR..(t * pairs + p0 + kc) * MR];
+                    let block = Block {
+                        // SAFETY: row t·MR, column q·NR is inside C (t < tiles, q < panels).
+                        c: unsafe { out.0.add(t * MR * n + q * NR) },
+                        ldc: n,
+                        rows: MR.min(m - t * MR),
+                        cols: NR.min(n - q * NR),
+                        add: accumulate || p0 > 0,
+                    };
+                    #[cfg(target_arch = "x86_64")]
+                    if native {
+                        // SAFETY: instructions detected; slices hold kc pairs; the block is
+                        // this task's own part of C.
+                        unsafe { avx512::kernel(kc, tile, panel, &block) };
+                        continue;
+                    }
+                    // SAFETY: as above.
+                    unsafe { portable_kernel(kc, tile, panel, &block) };
+                }
+            }
+            p0 += kc;
+        }
+    });
+}
+
+/// Where a kernel call writes: `rows × cols` of C from `c` with row stride `ldc`, added to what
+/// is there when `add`.
+struct Block {
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    add: bool,
+}
+
+/// The same products as the AVX512_BF16 kernel in plain f32 arithmetic.
+///
+/// # Safety
+/// `block` must be valid for writes of its rows × cols.
+unsafe fn portable_kernel(kc: usize, a: &[u32], b: &[u16], block: &Block) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for p in 0..kc {
+        let bp = &b[p * NR * 2..(p + 1) * NR * 2];
+        for (r, acc) in acc.iter_mut().enumerate().take(block.rows) {
+            let pair = a[p * MR + r];
+            let (lo, hi) = (from_bf16(pair as u16), from_bf16((pair >> 16) as u16));
+            for (j, s) in acc.iter_mut().enumerate() {
+                *s += lo * from_bf16(bp[2 * j]) + hi * from_bf16(bp[2 * j + 1]);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate().take(block.rows) {
+        // SAFETY: the caller's block covers row r, columns 0..cols.
+        let row = unsafe { std::slice::from_raw_parts_mut(block.c.add(r * block.ldc), block.cols) };
+        for (o, &s) in row.iter_mut().zip(acc) {
+            *o = if block.add { *o + s } else { s };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Block, MR, NR};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    pub(super) unsafe fn round_row(x: &[f32], out: &mut [u16]) {
+        let n = x.len().min(out.len());
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 ≤ n values on both sides.
+            unsafe {
+                let lo = _mm512_loadu_ps(x.as_ptr().add(i));
+                let hi = _mm512_loadu_ps(x.as_ptr().add(i + 16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), v);
+            }
+            i += 32;
+        }
+        for j in i..n {
+            out[j] = super::to_bf16(x[j]);
+        }
+    }
+
+    /// The kernel with as few row registers as the block needs (1, 2, 4, 8 or 14).
+    ///
+    /// # Safety
+    /// AVX512_BF16 present; `a` holds `kc · MR` words, `b` `kc · NR · 2` halves; `block` valid.
+    pub(super) unsafe fn kernel(kc: usize, a: &[u32], b: &[u16], block: &Block) {
+        debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR * 2);
+        // SAFETY: forwarded.
+        unsafe {
+            match block.rows {
+                1 => rows::<1>(kc, a.as_ptr(), b.as_ptr(), block),
+                2 => rows::<2>(kc, a.as_ptr(), b.as_ptr(), block),
+                3 | 4 => rows::<4>(kc, a.as_ptr(), b.as_ptr(), block),
+                5..=8 => rows::<8>(kc, a.as_ptr(), b.as_ptr(), block),
+                _ => rows::<MR>(kc, a.as_ptr(), b.as_ptr(), block),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    unsafe fn rows<const R: usize>(kc: usize, a: *const u32, b: *const u16, block: &Block) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for p in 0..kc {
+            // SAFETY: pair p < kc of the panel and the tile (caller's sizes).
+            unsafe {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR * 2).cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR * 2 + 32).cast()));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR + r) as i32));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], pair, b0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
+                }
+            }
+        }
+        let lanes = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 } };
+        let (m0, m1) = (lanes(block.cols), lanes(block.cols.saturating_sub(16)));
+        for (r, acc) in acc.iter().enumerate().take(block.rows) {
+            // SAFETY: row r < rows of the block; masked lanes are neither read nor written.
+            unsafe {
+                let row = block.c.add(r * block.ldc);
+                let (mut v0, mut v1) = (acc[0], acc[1]);
+                if block.add {
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, row));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, row.add(16)));
+                }
+                _mm512_mask_storeu_ps(row, m0, v0);
+                _mm512_mask_storeu_ps(row.add(16), m1, v1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: &mut u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// The exact products of the bf16-rounded inputs, summed in f64.
+    fn reference(a: &[f32], m: usize, k: usize, b: impl Fn(usize, usize) -> f32, n: usize) -> Vec<f64> {
+        let r = |x: f32| from_bf16(to_bf16(x)) as f64;
+        (0..m * n).map(|o| (0..k).map(|l| r(a[o / n * k + l]) * r(b(l, o % n))).sum()).collect()
+    }
+
+    fn max_diff(x: &[f32], y: &[f64]) -> f64 {
+        x.iter().zip(y).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even 1.
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3·2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: to the even 1 + 2^-6.
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0 + 1.0 / 65536.0), 0x3f81);
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+    }
+
+    /// Every shape class: one row, rows not a multiple of the tile, odd k (a half-filled pair),
+    /// columns not a multiple of the panel, k longer than one block; both packings; both
+    /// kernels give the exact products of the rounded inputs to f32 summation error.
+    #[test]
+    fn products_equal_the_rounded_inputs_products() {
+        let mut seed = 0x9e3779b97f4a7c15;
+        for (m, k, n) in [(1, 1, 1), (3, 7, 17), (15, 33, 47), (29, 64, 70), (100, 385, 33), (14, 400, 32)] {
+            let a = values(m * k, &mut seed);
+            let w = values(k * n, &mut seed);
+            let want = reference(&a, m, k, |i, j| w[i * n + j], n);
+            let by_rows = PackedB::from_rows(&w, k, n);
+            let mut c = vec![f32::NAN; m * n];
+            matmul(&a, m, k, &by_rows, &mut c, false);
+            assert!(max_diff(&c, &want) < 1e-5 * (k as f64).sqrt(), "{m}×{k}×{n}: {}", max_diff(&c, &want));
+            // The same B given as its transpose packs to the same bits.
+            let wt: Vec<f32> = (0..k * n).map(|o| w[(o % k) * n + o / k]).collect();
+            assert_eq!(PackedB::from_transposed(&wt, k, n).data, by_rows.data);
+            // Accumulating adds onto C.
+            let mut twice = c.clone();
+            matmul(&a, m, k, &by_rows, &mut twice, true);
+            assert!(twice.iter().zip(&c).all(|(t, c)| (t - 2.0 * c).abs() <= 1e-6 * c.abs().max(1.0)));
+            // The portable kernel agrees with whichever ran.
+            let mut portable = vec![0.0f32; m * n];
+            let packed_a = pack_a(&a, m, k, k);
+            let pairs = k.div_ceil(2);
+            for t in 0..m.div_ceil(MR) {
+                for q in 0..n.div_ceil(NR) {
+                    let block = Block {
+                        c: portable[t * MR * n + q * NR..].as_mut_ptr(),
+                        ldc: n,
+                        rows: MR.min(m - t * MR),
+                        cols: NR.min(n - q * NR),
+                        add: false,
+                    };
+                    let tile = &packed_a[t * pairs * MR..(t + 1) * pairs * MR];
+                    let panel = &by_rows.data[q * pairs * NR * 2..(q + 1) * pairs * NR * 2];
+                    unsafe { portable_kernel(pairs, tile, panel, &block) };
+                }
+            }
+            assert!(max_diff(&portable, &want) < 1e-5 * (k as f64).sqrt());
+        }
+    }
+
+    #[test]
+    fn transposed_packing_is_exact() {
+        let mut seed = 7;
+        let (k, n) = (37, 45);
+        let w = values(k * n, &mut seed);
+        let packed = PackedB::from_rows(&w, k, n);
+        let t = packed.transposed();
+        assert_eq!((t.k(), t.n()), (n, k));
+        for i in 0..k {
+            for j in 0..n {
+                assert_eq!(t.get(j, i), to_bf16(w[i * n + j]));
+            }
+        }
+    }
+
+    #[test]
+    fn row_stride_and_empty_shapes() {
+        let mut seed = 11;
+        let (m, k, n, lda) = (5, 9, 6, 13);
+        let a = values(m * lda, &mut seed);
+        let w = values(k * n, &mut seed);
+        let dense: Vec<f32> = (0..m * k).map(|o| a[o / k * lda + o % k]).collect();
+        let want = reference(&dense, m, k, |i, j| w[i * n + j], n);
+        let mut c = vec![0.0; m * n];
+        matmul(&a, m, lda, &PackedB::from_rows(&w, k, n), &mut c, false);
+        assert!(max_diff(&c, &want) < 1e-5);
+        let mut c = vec![3.0; 4];
+        matmul(&[], 2, 0, &PackedB::from_rows(&[], 0, 2), &mut c, false);
+        assert_eq!(c, [0.0; 4]);
+    }
+}
