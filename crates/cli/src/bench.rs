@@ -114,6 +114,10 @@ pub struct Args {
     /// Training steps with burn's gradient checkpointing (`train.activation_checkpointing`).
     #[arg(long)]
     pub activation_checkpointing: bool,
+    /// `bf16`: the frozen projections' products with bf16 inputs and f32 sums (forward and
+    /// step tasks; the peer's `--precision bf16` runs under `torch.autocast`).
+    #[arg(long, default_value = "f32")]
+    pub precision: speechtune_models::Precision,
 }
 
 /// What trains in the step tasks: the upstream (LoRA inside it, or frozen), an optional
@@ -233,6 +237,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
             if task == Task::Forward1x10Lora {
                 up.model.attach_lora(&LoraConfig::default(), &base)?;
             }
+            up.model.set_precision(args.precision);
             let waves = noise(if task == Task::Forward4x10 { 4 } else { 1 }, 10.0, 1);
             for i in 0..args.warmup + args.repeats {
                 if i == args.warmup {
@@ -274,6 +279,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
             } else {
                 Some(Featurizer::new(upstream.num_layers() + 1, false, false, &device))
             };
+            upstream.set_precision(args.precision);
             let d = upstream.hidden_size();
             let mut model = StepModel { upstream, featurizer, head: LinearHead::new(d, VOCAB, &device) };
             let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
@@ -331,6 +337,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
         "burn": "0.22.1",
         "device": format!("{base:?}"),
         "activation_checkpointing": args.activation_checkpointing,
+        "precision": args.precision.to_string(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "build": build(&base),
     }))
@@ -371,6 +378,8 @@ fn build(device: &Device) -> serde_json::Value {
         // avx512f is listed), the frozen CNN by its own GEMMs (`native_cnn`), inference GELU and
         // softmax by `fastmath`'s vectorised functions.
         "kernels": if cpu { "gemm 0.19 (burn-flex; native CNN), fastmath GELU/softmax (inference; training in first-order form)" } else { "cubecl" },
+        // Mixed precision's products: `vdpbf16ps` where the CPU has AVX512_BF16, else a portable loop.
+        "bf16_kernel": if speechtune_kernels::bf16::native() { "avx512_bf16" } else { "portable" },
     })
 }
 

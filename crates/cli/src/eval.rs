@@ -25,6 +25,10 @@ pub struct Args {
     /// cpu; cuda / cuda:N or vulkan / vulkan:N in a build with that feature (default: its GPU).
     #[arg(long)]
     pub device: Option<String>,
+    /// Mixed precision: `bf16` runs the frozen projections' matrix products with bf16 inputs and
+    /// f32 sums (fast on CPUs with AVX512_BF16), `f32` (the default) runs everything in f32.
+    #[arg(long, default_value = "f32")]
+    pub precision: speechtune_models::Precision,
 }
 
 pub fn parse_split(s: &str) -> Result<Split> {
@@ -34,7 +38,7 @@ pub fn parse_split(s: &str) -> Result<Split> {
 pub fn run(args: Args) -> Result<()> {
     let split = parse_split(&args.split)?;
     let device: Device = speechtune_models::parse_device(args.device.as_deref())?;
-    let e = speechtune_train::infer::evaluate(&args.run, split, args.data.as_deref(), args.beam, &device)
+    let e = speechtune_train::infer::evaluate(&args.run, split, args.data.as_deref(), args.beam, &device, args.precision)
         .with_context(|| format!("evaluating {}", args.run.display()))?;
     if e.unknown_characters > 0 {
         eprintln!(

@@ -34,6 +34,10 @@ pub struct Args {
     /// cpu; cuda / cuda:N or vulkan / vulkan:N in a build with that feature (default: its GPU).
     #[arg(long)]
     pub device: Option<String>,
+    /// Mixed precision: `bf16` runs the frozen projections' matrix products with bf16 inputs and
+    /// f32 sums (fast on CPUs with AVX512_BF16), `f32` (the default) runs everything in f32.
+    #[arg(long, default_value = "f32")]
+    pub precision: speechtune_models::Precision,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -62,6 +66,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut up = Upstream::open(&args.model_dir, &device)
         .with_context(|| format!("loading model from {}", args.model_dir.display()))?;
     up.model.hidden_states_like_transformers(args.transformers)?;
+    up.model.set_precision(args.precision);
     if args.unpadded {
         up.frontend = up.frontend.clone().unpadded();
     }

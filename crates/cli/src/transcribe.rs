@@ -49,6 +49,10 @@ pub struct Args {
     /// cpu; cuda / cuda:N or vulkan / vulkan:N in a build with that feature (default: its GPU).
     #[arg(long)]
     pub device: Option<String>,
+    /// Mixed precision: `bf16` runs the frozen projections' matrix products with bf16 inputs and
+    /// f32 sums (fast on CPUs with AVX512_BF16), `f32` (the default) runs everything in f32.
+    #[arg(long, default_value = "f32")]
+    pub precision: speechtune_models::Precision,
     /// For a run trained with `train --per-language` (one model per language, e.g. S3-Router
     /// masks over shared weights): use this language's model for every file.
     #[arg(long, conflicts_with = "lid")]
@@ -67,7 +71,7 @@ pub enum WhisperTask {
 
 pub fn run(args: Args, mode: Mode) -> Result<()> {
     let device: Device = speechtune_models::parse_device(args.device.as_deref())?;
-    let mut model = Recognizer::open(&args.run, &device).with_context(|| format!("loading {}", args.run.display()))?;
+    let mut model = Recognizer::open(&args.run, &device, args.precision).with_context(|| format!("loading {}", args.run.display()))?;
     if args.logits.is_some() && mode == Mode::Identify {
         bail!("--logits is for `speechtune transcribe` (the logits along each transcript)");
     }

@@ -14,7 +14,7 @@ use speechtune_peft::{
 
 use crate::upstream::UpstreamModel;
 use crate::whisper::seq2seq::WhisperSeq2Seq;
-use crate::{Error, Result};
+use crate::{Error, Precision, Result};
 
 /// A named f32 tensor: (name, shape, row-major values).
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
@@ -97,6 +97,12 @@ impl UpstreamModel {
     /// ([`Proj::relayout_for_backward`]); for training where gradients flow through frozen layers.
     pub fn relayout_for_backward(&mut self) {
         self.projections_mut().into_iter().for_each(Proj::relayout_for_backward);
+    }
+
+    /// Every frozen, unmasked projection's products in `precision` ([`Proj::use_bf16`]);
+    /// returns how many run in bf16.
+    pub fn set_precision(&mut self, precision: Precision) -> usize {
+        set_precision(self.projections_mut(), precision)
     }
 
     /// The PEFT slots of every transformer layer, in order.
@@ -289,6 +295,11 @@ impl WhisperSeq2Seq {
         self.projections_mut().into_iter().for_each(Proj::relayout_for_backward);
     }
 
+    /// As [`UpstreamModel::set_precision`], in both halves.
+    pub fn set_precision(&mut self, precision: Precision) -> usize {
+        set_precision(self.projections_mut(), precision)
+    }
+
     pub fn projections_mut(&mut self) -> Vec<&mut Proj> {
         let enc = self
             .encoder
@@ -382,8 +393,24 @@ fn merge_lora(projs: Vec<&mut Proj>) {
         if let Some(lora) = p.lora.take() {
             let merged = p.base.weight.val() + lora.delta();
             p.base.weight = Param::from_tensor(merged.detach());
+            if p.bf16.is_some() {
+                p.use_bf16();
+            }
         }
     }
+}
+
+fn set_precision(projs: Vec<&mut Proj>, precision: Precision) -> usize {
+    projs
+        .into_iter()
+        .map(|p| match precision {
+            Precision::F32 => {
+                p.use_f32();
+                0
+            }
+            Precision::Bf16 => usize::from(p.use_bf16()),
+        })
+        .sum()
 }
 
 fn lora_state(projs: Vec<&Proj>, prefix: &str) -> Vec<NamedTensor> {

@@ -1,5 +1,8 @@
+use std::sync::Arc;
+
 use burn::nn::Linear;
 use burn::prelude::*;
+use speechtune_kernels::Bf16Weight;
 
 use crate::lora::LoraLayer;
 use crate::mask::MaskLayer;
@@ -14,11 +17,15 @@ pub struct Proj {
     /// S3-Router binary mask over the base weight.
     pub mask: Option<MaskLayer>,
     pub name: String,
+    /// The frozen weight in bf16 for [`Proj::use_bf16`]'s products; not saved (rebuilt from
+    /// `base.weight`).
+    #[module(skip)]
+    pub bf16: Option<Arc<Bf16Weight>>,
 }
 
 impl Proj {
     pub fn new(base: Linear, name: impl Into<String>) -> Self {
-        Self { base, lora: None, mask: None, name: name.into() }
+        Self { base, lora: None, mask: None, name: name.into(), bf16: None }
     }
 
     pub fn d_in(&self) -> usize {
@@ -46,10 +53,34 @@ impl Proj {
             self.base.weight.clone().map(|t| Tensor::from_data(t.transpose().into_data(), &device).transpose());
     }
 
+    /// Mixed precision: the base product `x · W` in bf16 with f32 sums (on the CPU backend,
+    /// [`speechtune_kernels::linear`]), forward and, on the autodiff graph, backward — where the
+    /// weight is frozen and unmasked (a trained or masked weight changes every step and stays
+    /// f32, as do the method layers and the bias). Returns whether this projection switched.
+    /// Call it again after changing `base.weight`.
+    pub fn use_bf16(&mut self) -> bool {
+        let w = self.base.weight.val();
+        self.bf16 = (self.mask.is_none() && !w.is_require_grad() && w.device().inner() == Device::flex())
+            .then(|| Arc::new(Bf16Weight::from_tensor(w)));
+        self.bf16.is_some()
+    }
+
+    /// Back to f32 products.
+    pub fn use_f32(&mut self) {
+        self.bf16 = None;
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = match &self.mask {
-            None => self.base.forward(x.clone()),
-            Some(m) => {
+        let base = match (&self.mask, &self.bf16) {
+            (None, Some(w)) if speechtune_kernels::supports(&x) => {
+                let y = speechtune_kernels::linear(x.clone(), w);
+                match &self.base.bias {
+                    Some(b) => y + b.val().unsqueeze::<D>(),
+                    None => y,
+                }
+            }
+            (None, _) => self.base.forward(x.clone()),
+            (Some(m), _) => {
                 let w = (self.base.weight.val() * m.mask()).unsqueeze::<D>();
                 let y = x.clone().matmul(w);
                 match &self.base.bias {

@@ -30,6 +30,11 @@ fn device(spec: &str) -> PyResult<Device> {
     speechtune_models::parse_device(Some(spec)).map_err(|e| py_err(e.into()))
 }
 
+/// `precision="f32"` or `"bf16"` (mixed precision of the frozen projections' products).
+fn precision(spec: &str) -> PyResult<speechtune_models::Precision> {
+    spec.parse().map_err(|e: String| PyValueError::new_err(format!("precision={spec:?}: {e}")))
+}
+
 /// A path argument: `str` or any `os.PathLike`.
 fn path_of(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<PathBuf> {
     obj.extract::<PathBuf>().map_err(|_| {
@@ -109,7 +114,8 @@ fn to_python<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Bo
 ///
 /// `Upstream(model, device="cpu", transformers=4)`: a Hugging Face model folder, a Hub id
 /// (`owner/name[@revision]`, downloaded into the Hugging Face cache) or `builtin:tiny-pretrained`.
-/// `transformers` picks whose `output_hidden_states` to reproduce for pre-LN encoders (4 or 5).
+/// `transformers` picks whose `output_hidden_states` to reproduce for pre-LN encoders (4 or 5);
+/// `precision="bf16"` runs the projections' products with bf16 inputs and f32 sums.
 ///
 /// (Boxed fields: PyO3 places a class's value inside the Python object, whose memory is only
 /// 16-byte aligned, while the model's types ask for more.)
@@ -123,15 +129,23 @@ struct Upstream {
 #[pymethods]
 impl Upstream {
     #[new]
-    #[pyo3(signature = (model, device = "cpu", transformers = 4))]
-    fn new(py: Python<'_>, model: &Bound<'_, PyAny>, device: &str, transformers: u32) -> PyResult<Self> {
+    #[pyo3(signature = (model, device = "cpu", transformers = 4, precision = "f32"))]
+    fn new(
+        py: Python<'_>,
+        model: &Bound<'_, PyAny>,
+        device: &str,
+        transformers: u32,
+        precision: &str,
+    ) -> PyResult<Self> {
         let path = path_of(model, "model")?;
         let dev = self::device(device)?;
+        let precision = self::precision(precision)?;
         let inner = py
             .detach(|| -> anyhow::Result<_> {
                 let mut up = speechtune_models::Upstream::open(&path, &dev)
                     .with_context(|| format!("loading model from {}", path.display()))?;
                 up.model.hidden_states_like_transformers(transformers)?;
+                up.model.set_precision(precision);
                 Ok(up)
             })
             .map_err(py_err)?;
@@ -205,7 +219,7 @@ impl Upstream {
 }
 
 /// A trained run, a `train --per-language` folder or a Whisper model, loaded once to transcribe
-/// or identify many files: `Recognizer(model, device="cpu")`.
+/// or identify many files: `Recognizer(model, device="cpu", precision="f32")`.
 #[pyclass(module = "speechtune")]
 struct Recognizer {
     inner: Box<Mutex<Inner>>,
@@ -213,11 +227,12 @@ struct Recognizer {
 }
 
 impl Recognizer {
-    fn open(py: Python<'_>, model: &Bound<'_, PyAny>, device: &str) -> PyResult<Self> {
+    fn open(py: Python<'_>, model: &Bound<'_, PyAny>, device: &str, precision: &str) -> PyResult<Self> {
         let path = path_of(model, "model")?;
         let dev = self::device(device)?;
+        let precision = self::precision(precision)?;
         let inner = py
-            .detach(|| Inner::open(&path, &dev).with_context(|| format!("loading {}", path.display())))
+            .detach(|| Inner::open(&path, &dev, precision).with_context(|| format!("loading {}", path.display())))
             .map_err(py_err)?;
         Ok(Self { inner: Box::new(Mutex::new(inner)), device: Box::new(dev) })
     }
@@ -269,9 +284,9 @@ impl Recognizer {
 #[pymethods]
 impl Recognizer {
     #[new]
-    #[pyo3(signature = (model, device = "cpu"))]
-    fn new(py: Python<'_>, model: &Bound<'_, PyAny>, device: &str) -> PyResult<Self> {
-        Self::open(py, model, device)
+    #[pyo3(signature = (model, device = "cpu", precision = "f32"))]
+    fn new(py: Python<'_>, model: &Bound<'_, PyAny>, device: &str, precision: &str) -> PyResult<Self> {
+        Self::open(py, model, device, precision)
     }
 
     /// Transcribe one audio (path or float32 samples at 16 kHz) → `{"text", "language"}`, or a
@@ -405,7 +420,7 @@ fn train<'py>(
 /// as `speechtune eval` does: returns the report as a dict (CER/WER, accuracy, macro-F1, per
 /// language, confusion) with `dir`, `json` and `predictions`, the files written.
 #[pyfunction]
-#[pyo3(signature = (run, split = "test", *, data = None, beam = 1, device = "cpu"))]
+#[pyo3(signature = (run, split = "test", *, data = None, beam = 1, device = "cpu", precision = "f32"))]
 fn evaluate<'py>(
     py: Python<'py>,
     run: &Bound<'py, PyAny>,
@@ -413,7 +428,9 @@ fn evaluate<'py>(
     data: Option<PathBuf>,
     beam: usize,
     device: &str,
+    precision: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let precision = self::precision(precision)?;
     let run = path_of(run, "run")?;
     let split = speechtune_data::Split::ALL
         .into_iter()
@@ -422,7 +439,7 @@ fn evaluate<'py>(
     let dev = self::device(device)?;
     let e = py
         .detach(|| {
-            speechtune_train::infer::evaluate(&run, split, data.as_deref(), beam.max(1), &dev)
+            speechtune_train::infer::evaluate(&run, split, data.as_deref(), beam.max(1), &dev, precision)
                 .with_context(|| format!("evaluating {}", run.display()))
         })
         .map_err(py_err)?;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use speechtune_data::Vocab;
-use speechtune_models::FrontEnd;
+use speechtune_models::{FrontEnd, Precision};
 use speechtune_models::state::{TensorMap, load_named, named_parameters, read_safetensors};
 use speechtune_models::weights::{write_atomic, write_bool_safetensors, write_safetensors};
 
@@ -175,9 +175,11 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
 
 /// Like [`load`], for inference: LoRA updates folded into their base weights, so that each
 /// adapted projection is one matrix product again instead of three.
-pub fn load_for_inference(dir: &Path, device: &Device) -> Result<Loaded> {
+/// The frozen projections' products then run in `precision` (whatever the run trained with).
+pub fn load_for_inference(dir: &Path, device: &Device, precision: Precision) -> Result<Loaded> {
     let mut loaded = load(dir, device)?;
     loaded.model.upstream.merge_lora();
+    loaded.model.upstream.set_precision(precision);
     Ok(loaded)
 }
 
@@ -211,7 +213,11 @@ fn load_with(dir: &Path, device: &Device, edit: impl FnOnce(&mut RunConfig)) -> 
     let upstream = load_upstream(&cfg, device)?;
     let frontend = upstream.frontend.clone();
     let prefix = upstream.prefix.clone();
-    let mut model = TaskModel::build(upstream.model, &cfg, vocab.len(), classes.len(), device)?;
+    // Built in f32: the weights read below would leave bf16 copies made now behind; callers
+    // choose the precision of what they run (`load_for_inference`).
+    let mut f32_cfg = cfg.clone();
+    f32_cfg.train.precision = Precision::F32;
+    let mut model = TaskModel::build(upstream.model, &f32_cfg, vocab.len(), classes.len(), device)?;
     let heads_path = dir.join(HEADS);
     let heads = read_safetensors(&heads_path)?;
     model.featurizer = load_named(model.featurizer, "featurizer", &subset(&heads, "featurizer."), &heads_path)?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use speechtune_data::BatchPlan;
 use speechtune_data::text::TextNorm;
-use speechtune_models::AugmentConfig;
+use speechtune_models::{AugmentConfig, Precision};
 use speechtune_peft::{AdapterConfig, ConvAdapterConfig, LoraConfig, MaskConfig, PrefixConfig, ScoreInit};
 
 use crate::schedule::Schedule;
@@ -318,6 +318,10 @@ pub struct TrainConfig {
     /// gradient all-reduce; rank 0's evaluation and checkpoint writing count as waiting) before
     /// the ranks that do not answer are named and the job stops.
     pub collective_timeout_seconds: f64,
+    /// `f32`, or `bf16`: mixed precision, the frozen projections' products (forward and
+    /// backward) with bf16 inputs and f32 sums, on the CPU; trainable parameters, optimiser
+    /// state and losses stay f32 ([`Precision`]). Fast on CPUs with AVX512_BF16.
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -409,6 +413,7 @@ impl Default for TrainConfig {
             max_rollbacks: 3,
             devices: Vec::new(),
             collective_timeout_seconds: 600.0,
+            precision: Precision::F32,
         }
     }
 }

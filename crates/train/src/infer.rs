@@ -10,6 +10,7 @@ use burn::prelude::*;
 use serde::Serialize;
 use speechtune_data::Split;
 use speechtune_models::whisper::pipeline::{DecodeOptions, Whisper};
+use speechtune_models::Precision;
 use speechtune_models::whisper::tokenizer::Task;
 
 use crate::checkpoint::{self, Loaded};
@@ -87,6 +88,7 @@ enum Kind {
 pub struct Recognizer {
     dir: PathBuf,
     kind: Kind,
+    precision: Precision,
 }
 
 /// A pretrained Whisper folder (not a training run): config.json says whisper.
@@ -116,18 +118,23 @@ pub fn per_language(run: &Path) -> Result<Option<Vec<String>>> {
 impl Recognizer {
     /// A run folder (its `best/`, else its latest checkpoint), a checkpoint folder, a
     /// `train --per-language` folder, a pretrained Whisper folder or a Hub id of one.
-    pub fn open(run: &Path, device: &Device) -> Result<Self> {
+    /// The frozen projections' products run in `precision`.
+    pub fn open(run: &Path, device: &Device, precision: Precision) -> Result<Self> {
         let dir = speechtune_models::hub::resolve(run)?;
         let kind = if is_whisper_dir(&dir) {
-            Kind::Whisper(Box::new(Whisper::load(&dir, device)?))
+            let mut w = Whisper::load(&dir, device)?;
+            w.model.set_precision(precision);
+            Kind::Whisper(Box::new(w))
         } else if is_seq2seq_run(&dir) {
-            Kind::Whisper(Box::new(seq2seq::load(&dir, device, true)?.1))
+            let mut w = seq2seq::load(&dir, device, true)?.1;
+            w.model.set_precision(precision);
+            Kind::Whisper(Box::new(w))
         } else if let Some(languages) = per_language(&dir)? {
             Kind::PerLanguage { languages, models: HashMap::new(), lid: None }
         } else {
-            Kind::Run(Box::new(checkpoint::load_for_inference(&dir, device)?))
+            Kind::Run(Box::new(checkpoint::load_for_inference(&dir, device, precision)?))
         };
-        Ok(Self { dir, kind })
+        Ok(Self { dir, kind, precision })
     }
 
     /// The folder the model was read from.
@@ -148,6 +155,7 @@ impl Recognizer {
         let dir = self.dir.display().to_string();
         let refuse = |what: &str, why: String| Err(Error::Unsupported(format!("{what}: {why}")));
         let whisper_only = o.language.is_some() || !o.languages.is_empty() || o.task != Task::Transcribe;
+        let precision = self.precision;
         match &mut self.kind {
             Kind::Whisper(w) => {
                 if o.lang.is_some() || o.lid.is_some() {
@@ -175,7 +183,10 @@ impl Recognizer {
                         (Some(l), _) => l.clone(),
                         (None, Some(path)) => {
                             if lid.as_ref().is_none_or(|(p, _)| p != path) {
-                                *lid = Some((path.clone(), Box::new(checkpoint::load_for_inference(path, device)?)));
+                                *lid = Some((
+                                    path.clone(),
+                                    Box::new(checkpoint::load_for_inference(path, device, precision)?),
+                                ));
                             }
                             let m = &lid.as_ref().expect("just loaded").1;
                             one(m, wave, 1, device)?.label.ok_or_else(|| {
@@ -196,7 +207,8 @@ impl Recognizer {
                         return refuse(&dir, format!("no model for language {lang} (it has {})", languages.join(", ")));
                     }
                     if !models.contains_key(&lang) {
-                        models.insert(lang.clone(), checkpoint::load_for_inference(&self.dir.join(&lang), device)?);
+                        let dir = self.dir.join(&lang);
+                        models.insert(lang.clone(), checkpoint::load_for_inference(&dir, device, precision)?);
                     }
                     let mut p = one(&models[&lang], wave, o.beam, device)?;
                     p.label = Some(lang);
@@ -296,14 +308,23 @@ pub struct Evaluation {
 
 /// Score a run (or checkpoint) on `split` of its corpus, or of the corpus in `data`; writes
 /// `eval_{split}.json` and `predictions_{split}.tsv` next to the checkpoint.
-pub fn evaluate(run: &Path, split: Split, data: Option<&Path>, beam: usize, device: &Device) -> Result<Evaluation> {
+/// The frozen projections' products run in `precision`.
+pub fn evaluate(
+    run: &Path,
+    split: Split,
+    data: Option<&Path>,
+    beam: usize,
+    device: &Device,
+    precision: Precision,
+) -> Result<Evaluation> {
     let reading = |cfg: &RunConfig, e: Error| Error::Config {
         path: cfg.data.root.clone(),
         reason: format!("reading the {} split: {e}", split.name()),
     };
     let mut rows = Vec::new();
     let (dir, report, unknown) = if is_seq2seq_run(run) {
-        let (mut cfg, whisper, dir) = seq2seq::load(run, device, true)?;
+        let (mut cfg, mut whisper, dir) = seq2seq::load(run, device, true)?;
+        whisper.model.set_precision(precision);
         if let Some(d) = data {
             cfg.data.root = d.to_path_buf();
         }
@@ -315,7 +336,7 @@ pub fn evaluate(run: &Path, split: Split, data: Option<&Path>, beam: usize, devi
         })?;
         (dir, report, (set.unknown_characters, set.unknown_examples.iter().collect()))
     } else {
-        let loaded = checkpoint::load_for_inference(run, device)?;
+        let loaded = checkpoint::load_for_inference(run, device, precision)?;
         let mut cfg = loaded.cfg.clone();
         if let Some(d) = data {
             cfg.data.root = d.to_path_buf();

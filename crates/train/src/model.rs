@@ -3,13 +3,13 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
-use speechtune_models::{ModelInput, Perturb, Upstream, UpstreamModel, UpstreamOutput};
+use speechtune_models::{ModelInput, Perturb, Precision, Upstream, UpstreamModel, UpstreamOutput};
 use speechtune_tasks::{
     AttentiveStatsClassifier, Classifier, CtcHead, Featurizer, LinearHead, MeanPoolClassifier, ProjectorClassifier,
     SuperbDownstream,
 };
 
-use crate::Result;
+use crate::{Error, Result};
 use crate::config::{CtcHeadKind, MethodConfig, Pooling, RunConfig};
 
 pub use crate::config::MethodConfig as Method;
@@ -74,6 +74,14 @@ impl TaskModel {
         // Gradients flow through the frozen layers for every method but a frozen upstream.
         if !matches!(cfg.method, MethodConfig::Frozen) {
             upstream.relayout_for_backward();
+        }
+        if cfg.train.precision != Precision::F32 && upstream.set_precision(cfg.train.precision) == 0 {
+            return Err(Error::Unsupported(format!(
+                "train.precision = {}: no projection can run in it (method {} trains every weight, \
+                 or the device is not the CPU)",
+                cfg.train.precision,
+                cfg.method.name()
+            )));
         }
         let d = upstream.hidden_size();
         let n_hidden = upstream.num_layers() + 1;

@@ -26,7 +26,7 @@ use speechtune_models::weights::{write_atomic, write_safetensors};
 use speechtune_models::whisper::pipeline::{DecodeOptions, Whisper, WhisperProcessor};
 use speechtune_models::whisper::seq2seq::WhisperSeq2Seq;
 use speechtune_models::whisper::tokenizer::Task;
-use speechtune_models::{FrontEnd, ModelConfig, Perturb};
+use speechtune_models::{FrontEnd, ModelConfig, Perturb, Precision};
 use speechtune_tasks::metrics::AsrScore;
 use speechtune_tasks::token_cross_entropy;
 
@@ -92,6 +92,14 @@ fn whisper_dir(cfg: &RunConfig) -> Result<PathBuf> {
 fn adapt(model: WhisperSeq2Seq, cfg: &RunConfig, device: &Device) -> Result<WhisperSeq2Seq> {
     let mut model = adapt_method(model, cfg, device)?;
     model.relayout_for_backward();
+    if cfg.train.precision != Precision::F32 && model.set_precision(cfg.train.precision) == 0 {
+        return Err(Error::Unsupported(format!(
+            "train.precision = {}: no projection can run in it (method {} trains every weight, \
+             or the device is not the CPU)",
+            cfg.train.precision,
+            cfg.method.name()
+        )));
+    }
     Ok(model)
 }
 
@@ -323,7 +331,10 @@ pub fn load(dir: &Path, device: &Device, merge: bool) -> Result<(RunConfig, Whis
     let cfg = RunConfig::load(&dir.join("config.toml"), &[])?;
     let base = whisper_dir(&cfg)?;
     let Whisper { model, processor } = Whisper::load(&base, device)?;
-    let mut model = adapt(model, &cfg, device)?;
+    // In f32: the weights read below would leave bf16 copies behind (callers set a precision).
+    let mut f32_cfg = cfg.clone();
+    f32_cfg.train.precision = Precision::F32;
+    let mut model = adapt(model, &f32_cfg, device)?;
     if matches!(cfg.method, MethodConfig::Lora(_)) {
         let prefix = model.prefix.clone();
         model.load_lora_state(&prefix, &read_safetensors(&dir.join(LORA))?)?;
