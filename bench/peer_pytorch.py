@@ -60,9 +60,13 @@ def gemm(repeats: int, warmup: int, device: str, sync) -> tuple:
     return shapes, total
 
 
-def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "") -> dict:
+def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "", precision: str = "f32") -> dict:
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    def amp():
+        """`--precision bf16`: the forward pass and loss under autocast, as users run it."""
+        return torch.autocast("cuda" if device != "cpu" else "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -111,7 +115,7 @@ def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "
         model.eval()
 
         def step():
-            with torch.inference_mode():
+            with torch.inference_mode(), amp():
                 model(x, output_hidden_states=True)
 
     else:
@@ -148,13 +152,14 @@ def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "
         optim = torch.optim.AdamW(params, lr=1e-4)
 
         def step():
-            logits = head(features()).log_softmax(-1).transpose(0, 1)
-            loss = torch.nn.functional.ctc_loss(logits, targets, input_lengths, target_lengths, zero_infinity=True)
+            with amp():
+                logits = head(features()).log_softmax(-1).transpose(0, 1)
+                loss = torch.nn.functional.ctc_loss(logits, targets, input_lengths, target_lengths, zero_infinity=True)
             optim.zero_grad()
             loss.backward()
             optim.step()
 
-    return timed_runs(task, step, repeats, warmup, sync, profile, threads, device)
+    return {**timed_runs(task, step, repeats, warmup, sync, profile, threads, device), "precision": precision}
 
 
 def timed_runs(task, step, repeats: int, warmup: int, sync, profile: str, threads: int, device: str) -> dict:
@@ -217,13 +222,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--profile", default="", help="with --task: write self CPU time per operation (JSON) here")
+    ap.add_argument("--precision", default="f32", choices=["f32", "bf16"],
+                    help="bf16: forward and loss under torch.autocast(dtype=torch.bfloat16) (forward and LoRA/frozen step tasks)")
     a = ap.parse_args()
     if a.task:
-        print(json.dumps(run_task(a.task, a.repeats, a.warmup, a.device, a.profile)), flush=True)
+        print(json.dumps(run_task(a.task, a.repeats, a.warmup, a.device, a.profile, a.precision)), flush=True)
         return
     # Each task in its own process, so that peak memory is its own.
     for t in TASKS:
-        args = ["--task", t, "--repeats", str(a.repeats), "--warmup", str(a.warmup), "--device", a.device]
+        args = ["--task", t, "--repeats", str(a.repeats), "--warmup", str(a.warmup), "--device", a.device,
+                "--precision", a.precision]
         subprocess.run([sys.executable, __file__, *args], check=True)
 
 

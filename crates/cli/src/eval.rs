@@ -38,8 +38,9 @@ pub fn parse_split(s: &str) -> Result<Split> {
 pub fn run(args: Args) -> Result<()> {
     let split = parse_split(&args.split)?;
     let device: Device = speechtune_models::parse_device(args.device.as_deref())?;
-    let e = speechtune_train::infer::evaluate(&args.run, split, args.data.as_deref(), args.beam, &device, args.precision)
-        .with_context(|| format!("evaluating {}", args.run.display()))?;
+    let e =
+        speechtune_train::infer::evaluate(&args.run, split, args.data.as_deref(), args.beam, &device, args.precision)
+            .with_context(|| format!("evaluating {}", args.run.display()))?;
     if e.unknown_characters > 0 {
         eprintln!(
             "{} characters outside the vocabulary scored as <unk>: {:?}",

@@ -71,7 +71,8 @@ pub enum WhisperTask {
 
 pub fn run(args: Args, mode: Mode) -> Result<()> {
     let device: Device = speechtune_models::parse_device(args.device.as_deref())?;
-    let mut model = Recognizer::open(&args.run, &device, args.precision).with_context(|| format!("loading {}", args.run.display()))?;
+    let mut model = Recognizer::open(&args.run, &device, args.precision)
+        .with_context(|| format!("loading {}", args.run.display()))?;
     if args.logits.is_some() && mode == Mode::Identify {
         bail!("--logits is for `speechtune transcribe` (the logits along each transcript)");
     }

@@ -12,6 +12,9 @@
 //! of 16 columns; A is rounded and packed per call into tiles of [`MR`] rows, `[pair p][row]` as
 //! one 32-bit word per row, which the kernel broadcasts. The kernel keeps an MR × NR block of C in
 //! 28 registers over a block of [`KC`] pairs.
+//!
+//! One Zen 4 core: ~200 GFLOP/s on wav2vec2-base's shapes (500 × 768 × 3072 ...) against 230 for
+//! `vdpbf16ps` alone and ~85-100 for f32 FMA products.
 
 use rayon::prelude::*;
 
@@ -19,8 +22,9 @@ use rayon::prelude::*;
 pub const MR: usize = 14;
 /// Columns of B per panel (two 16-lane vectors).
 pub const NR: usize = 32;
-/// k-pairs per block: one panel block is `KC · NR · 4` bytes = 24 KiB, which stays in L1.
-const KC: usize = 192;
+/// k-pairs per block: a panel block is `KC · NR · 4` bytes = 48 KiB (L2; the tile's 21 KiB in
+/// L1). 384 measured 3-10 % faster than 192 or 96 on a Zen 4 core, the same as 768.
+const KC: usize = 384;
 
 /// True when this CPU runs the `vdpbf16ps` kernel; false means the portable loop.
 pub fn native() -> bool {
@@ -76,6 +80,11 @@ impl PackedB {
             }
         });
         PackedB { k, n, pairs, data }
+    }
+
+    /// `B[i, j] = value(i, j)`.
+    pub fn from_fn(k: usize, n: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        Self::pack(k, n, |i, j| to_bf16(value(i, j)))
     }
 
     /// `B` given row-major, `b[i * n + j] = B[i, j]` (burn's `[in, out]` linear weight).
@@ -153,11 +162,11 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// `C = A·B` (or `C += A·B` with `accumulate`): A `m × k` row-major with row stride `lda`, C
-/// `m × n` row-major. Runs on rayon's pool, in blocks of rows × panels.
+/// `C = A·B` (or `C += A·B` with `accumulate`): A `m × k` row-major with row stride `lda` (rows
+/// may overlap: a convolution's receptive fields read in place), C `m × n` row-major. Runs on
+/// rayon's pool, in blocks of rows × panels.
 pub fn matmul(a: &[f32], m: usize, lda: usize, b: &PackedB, c: &mut [f32], accumulate: bool) {
     let (k, n) = (b.k, b.n);
-    assert!(lda >= k, "row stride {lda} is shorter than a row of {k}");
     assert!(m == 0 || a.len() >= (m - 1) * lda + k, "A has {} values, not {m} rows of stride {lda}", a.len());
     assert!(c.len() >= m * n, "C has {} values, needs {m} × {n}", c.len());
     if m == 0 || n == 0 {
@@ -366,7 +375,7 @@ mod tests {
     #[test]
     fn products_equal_the_rounded_inputs_products() {
         let mut seed = 0x9e3779b97f4a7c15;
-        for (m, k, n) in [(1, 1, 1), (3, 7, 17), (15, 33, 47), (29, 64, 70), (100, 385, 33), (14, 400, 32)] {
+        for (m, k, n) in [(1, 1, 1), (3, 7, 17), (15, 33, 47), (29, 64, 70), (100, 385, 33), (14, 801, 33)] {
             let a = values(m * k, &mut seed);
             let w = values(k * n, &mut seed);
             let want = reference(&a, m, k, |i, j| w[i * n + j], n);
@@ -428,6 +437,15 @@ mod tests {
         let want = reference(&dense, m, k, |i, j| w[i * n + j], n);
         let mut c = vec![0.0; m * n];
         matmul(&a, m, lda, &PackedB::from_rows(&w, k, n), &mut c, false);
+        assert!(max_diff(&c, &want) < 1e-5);
+        // Overlapping rows (stride 2, rows of 5), as a convolution reads its input.
+        let x = values(2 * 6 + 5, &mut seed);
+        let (m, k, lda) = (7, 5, 2);
+        let w = values(k * n, &mut seed);
+        let dense: Vec<f32> = (0..m * k).map(|o| x[o / k * lda + o % k]).collect();
+        let want = reference(&dense, m, k, |i, j| w[i * n + j], n);
+        let mut c = vec![0.0; m * n];
+        matmul(&x, m, lda, &PackedB::from_rows(&w, k, n), &mut c, false);
         assert!(max_diff(&c, &want) < 1e-5);
         let mut c = vec![3.0; 4];
         matmul(&[], 2, 0, &PackedB::from_rows(&[], 0, 2), &mut c, false);

@@ -73,7 +73,12 @@ pub fn supports<const D: usize>(x: &Tensor<D>) -> bool {
 /// # Panics
 /// Where [`supports`] is false, or where `x`'s last dimension is not `d_in`.
 pub fn linear<const D: usize>(x: Tensor<D>, w: &Arc<Bf16Weight>) -> Tensor<D> {
-    assert!(supports(&x), "bf16 products run on the CPU backend's float32 tensors, not {:?} {:?}", x.device(), x.dtype());
+    assert!(
+        supports(&x),
+        "bf16 products run on the CPU backend's float32 tensors, not {:?} {:?}",
+        x.device(),
+        x.dtype()
+    );
     let device = x.device();
     match device.gradient_checkpointing_strategy() {
         None => {
@@ -145,8 +150,7 @@ mod tests {
     fn weight(d_in: usize, d_out: usize, device: &Device) -> (Tensor<2>, Arc<Bf16Weight>) {
         let w = Tensor::<2>::random([d_in, d_out], Distribution::Normal(0.0, 0.5), device);
         let packed = Arc::new(Bf16Weight::from_tensor(w.clone()));
-        let rounded: Vec<f32> =
-            (0..d_in * d_out).map(|o| packed.value(o / d_out, o % d_out)).collect();
+        let rounded: Vec<f32> = (0..d_in * d_out).map(|o| packed.value(o / d_out, o % d_out)).collect();
         (Tensor::from_data(TensorData::new(rounded, [d_in, d_out]), device), packed)
     }
 
@@ -180,7 +184,8 @@ mod tests {
             let dy = Tensor::<3>::random([2, 5, 64], Distribution::Normal(0.0, 1.0), &device);
             let y = linear(x.clone(), &packed);
             let want_y = round(x.clone().detach()).matmul(w.clone().unsqueeze());
-            let diff = values(y.clone().detach()).iter().zip(values(want_y)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let diff =
+                values(y.clone().detach()).iter().zip(values(want_y)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(diff < 1e-4, "value {diff}");
             let grads = (y * dy.clone()).sum().backward();
             let got = values(x.grad(&grads).expect("x has a gradient"));

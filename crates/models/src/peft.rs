@@ -99,10 +99,20 @@ impl UpstreamModel {
         self.projections_mut().into_iter().for_each(Proj::relayout_for_backward);
     }
 
-    /// Every frozen, unmasked projection's products in `precision` ([`Proj::use_bf16`]);
-    /// returns how many run in bf16.
+    /// Every frozen, unmasked projection's products in `precision` ([`Proj::use_bf16`]), and a
+    /// frozen CNN's ([`FeatureEncoder::use_bf16`](crate::ssl::FeatureEncoder::use_bf16));
+    /// returns how many projections and CNNs run in bf16.
     pub fn set_precision(&mut self, precision: Precision) -> usize {
-        set_precision(self.projections_mut(), precision)
+        let projections = set_precision(self.projections_mut(), precision);
+        let cnn = match (self, precision) {
+            (UpstreamModel::Ssl(m), Precision::Bf16) => usize::from(m.feature_encoder.use_bf16()),
+            (UpstreamModel::Ssl(m), Precision::F32) => {
+                m.feature_encoder.bf16 = None;
+                0
+            }
+            (UpstreamModel::Whisper(_), _) => 0,
+        };
+        projections + cnn
     }
 
     /// The PEFT slots of every transformer layer, in order.

@@ -214,3 +214,31 @@ fn native_cnn_equals_the_burn_graph() {
     assert!(!m.feature_encoder.native_applies(&ad), "a trainable CNN needs burn's graph");
     assert!(m.feature_encoder.clone().no_grad().native_applies(&ad), "a frozen CNN runs natively");
 }
+
+/// Mixed precision (bf16 products, f32 sums) on every fixture: each hidden state within a few
+/// bf16 roundings of transformers' f32 reference, relative to the state's scale; every
+/// projection (and the CNN, where the model has one) switched.
+#[test]
+fn bf16_hidden_states_stay_near_the_f32_reference() {
+    let dev = device();
+    for (name, _) in MODELS {
+        let dir = fixtures().join(name);
+        let r = reference(&dir.join("reference.safetensors"));
+        let mut up = Upstream::load(&dir, &dev).unwrap();
+        let projections = up.model.projections_mut().len();
+        let cnn = usize::from(matches!(up.model, UpstreamModel::Ssl(_)));
+        assert_eq!(up.model.set_precision(speechtune_models::Precision::Bf16), projections + cnn, "{name}");
+        let out = up.forward_waves(&[r["single.raw"].1.clone()], &dev).unwrap();
+        let mut worst = 0.0f32;
+        for (i, h) in out.hidden_states.iter().enumerate() {
+            let want = &r[&format!("single.hidden_states.{i}")].1;
+            let got = values(h);
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+            assert!(d < 0.03, "{name}: hidden_states.{i} differs by {d} of its scale in bf16");
+            worst = worst.max(d);
+        }
+        assert!(worst > 1e-4, "{name}: bf16 gave f32's values ({worst})");
+        println!("bf16    {name:<17} max diff {worst:.2e} of the state's scale");
+    }
+}

@@ -151,4 +151,29 @@ mod tests {
         assert!(trainable.base.weight.val().is_require_grad(), "a trained weight stays trainable");
         assert_eq!(values(trainable.base.weight.val()), w);
     }
+
+    /// bf16 products: the output and the input gradient within bf16 rounding of f32's; only
+    /// a frozen, unmasked weight switches; back to f32 exactly.
+    #[test]
+    fn bf16_products_follow_f32_within_rounding() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<3>::random([2, 5, 24], Distribution::Normal(0.0, 1.0), &device).into_data();
+        let r = Tensor::<3>::random([2, 5, 40], Distribution::Normal(0.0, 1.0), &device);
+        let mut p = proj(24, 40, &device);
+        let f32_out = output_and_grad(&p, &x, &r, &device);
+        assert!(p.use_bf16());
+        let bf16_out = output_and_grad(&p, &x, &r, &device);
+        // Inputs rounded to 8 significant bits: relative error ~2^-9 per term, over 24 (40) terms.
+        let scale = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        for (f, b) in [(&f32_out.0, &bf16_out.0), (&f32_out.1, &bf16_out.1)] {
+            let diff = f.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(diff > 0.0 && diff < 0.02 * scale(f), "{diff} vs scale {}", scale(f));
+        }
+        p.use_f32();
+        assert_eq!(output_and_grad(&p, &x, &r, &device), f32_out);
+
+        let mut trainable = proj(24, 40, &device);
+        trainable.base.weight = trainable.base.weight.set_require_grad(true);
+        assert!(!trainable.use_bf16(), "a trained weight stays f32");
+    }
 }

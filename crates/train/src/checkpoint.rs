@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use speechtune_data::Vocab;
-use speechtune_models::{FrontEnd, Precision};
 use speechtune_models::state::{TensorMap, load_named, named_parameters, read_safetensors};
 use speechtune_models::weights::{write_atomic, write_bool_safetensors, write_safetensors};
+use speechtune_models::{FrontEnd, Precision};
 
 use crate::config::{MethodConfig, RunConfig};
 use crate::eval::EvalReport;

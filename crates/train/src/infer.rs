@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use serde::Serialize;
 use speechtune_data::Split;
-use speechtune_models::whisper::pipeline::{DecodeOptions, Whisper};
 use speechtune_models::Precision;
+use speechtune_models::whisper::pipeline::{DecodeOptions, Whisper};
 use speechtune_models::whisper::tokenizer::Task;
 
 use crate::checkpoint::{self, Loaded};

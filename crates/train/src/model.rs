@@ -9,8 +9,8 @@ use speechtune_tasks::{
     SuperbDownstream,
 };
 
-use crate::{Error, Result};
 use crate::config::{CtcHeadKind, MethodConfig, Pooling, RunConfig};
+use crate::{Error, Result};
 
 pub use crate::config::MethodConfig as Method;
 

@@ -1,6 +1,7 @@
 //! Five AdamW steps of LoRA + CTC against PyTorch + peft (scripts/make_train_reference.py): same
 //! tiny wav2vec2-base fixture, same initial LoRA and head weights, same padded batch and targets.
-//! The loss before each step and after the last must match within 1e-3 relative.
+//! The loss before each step and after the last must match within 1e-3 relative; with
+//! mixed precision (bf16 products of the frozen weights) within 2 %.
 
 mod common;
 
@@ -11,7 +12,7 @@ use burn::module::{Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use speechtune_models::{ModelInput, Upstream, UpstreamModel};
+use speechtune_models::{ModelInput, Precision, Upstream, UpstreamModel};
 use speechtune_peft::LoraConfig;
 use speechtune_tasks::{LinearHead, ctc_loss};
 
@@ -25,8 +26,8 @@ struct Model {
     head: LinearHead,
 }
 
-#[test]
-fn five_lora_ctc_steps_match_pytorch() {
+/// The six losses (before each of five steps, after the last) and PyTorch's.
+fn five_steps(precision: Precision) -> (Vec<f64>, Vec<f64>) {
     let device = Device::flex().autodiff();
     let reference = common::read_reference(&fixtures().join("train-lora-ctc/reference.safetensors"));
     let inputs = common::read_reference(&fixtures().join("wav2vec2-base/reference.safetensors"));
@@ -59,6 +60,8 @@ fn five_lora_ctc_steps_match_pytorch() {
     head.out.weight = Param::from_data(TensorData::new(wt, [hidden, vocab]), &device);
     head.out.bias = Some(Param::from_data(TensorData::new(f32s("head.bias", &reference).1, [vocab]), &device));
     let mut model = Model { upstream, head };
+    let switched = model.upstream.set_precision(precision);
+    assert_eq!(switched, if precision == Precision::Bf16 { 2 * 6 + 1 } else { 0 }, "2 layers' projections and the CNN");
 
     let (shape, samples) = f32s("batch.input_values", &inputs);
     let mask = &inputs["batch.attention_mask"].1;
@@ -88,10 +91,31 @@ fn five_lora_ctc_steps_match_pytorch() {
         model = optim.step(5e-3, model, grads);
     }
     got.push(loss_of(&model).into_scalar::<f32>() as f64);
-    eprintln!("speechtune {got:?}\npytorch    {want:?}");
+    eprintln!("speechtune ({precision}) {got:?}\npytorch (f32)    {want:?}");
     assert!(want[5] < 0.6 * want[0], "the reference must have learned something: {want:?}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+    (got, want.clone())
+}
+
+#[test]
+fn five_lora_ctc_steps_match_pytorch() {
+    let (got, want) = five_steps(Precision::F32);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         let rel = (g - w).abs() / w.abs();
         assert!(rel < 1e-3, "loss {i}: {g} vs PyTorch {w} (relative {rel:.2e})");
     }
+}
+
+/// Mixed precision learns the same: each loss within 2 % of f32 PyTorch's, and not f32's own
+/// values (the bf16 products stay in use through the optimiser's updates of the model).
+#[test]
+fn five_lora_ctc_steps_in_bf16_stay_near_f32() {
+    let (got, want) = five_steps(Precision::Bf16);
+    let mut worst = 0.0f64;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let rel = (g - w).abs() / w.abs();
+        assert!(rel < 0.02, "loss {i}: {g} in bf16 vs PyTorch {w} in f32 (relative {rel:.2e})");
+        worst = worst.max(rel);
+    }
+    assert!(worst > 1e-4, "bf16 gave f32's losses: {got:?}");
+    assert!(got[5] < 0.6 * got[0], "bf16 learned less: {got:?}");
 }

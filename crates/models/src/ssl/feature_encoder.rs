@@ -39,6 +39,9 @@ pub struct FeatureEncoder {
     pub layers: Vec<ConvLayer>,
     #[module(skip)]
     pub activation: Activation,
+    /// Each layer's weight in bf16 for the native CNN's products ([`FeatureEncoder::use_bf16`]).
+    #[module(skip)]
+    pub bf16: Option<std::sync::Arc<Vec<speechtune_kernels::bf16::PackedB>>>,
 }
 
 impl FeatureEncoder {
@@ -62,7 +65,7 @@ impl FeatureEncoder {
             layers.push(ConvLayer { conv, group_norm, layer_norm });
             c_in = c;
         }
-        Ok(Self { layers, activation: Activation::parse(&cfg.feat_extract_activation)? })
+        Ok(Self { layers, activation: Activation::parse(&cfg.feat_extract_activation)?, bf16: None })
     }
 
     pub fn forward(&self, samples: Tensor<2>) -> Tensor<3> {

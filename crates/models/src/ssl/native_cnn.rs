@@ -14,6 +14,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
+use speechtune_kernels::bf16::{PackedB, matmul};
+
 use super::FeatureEncoder;
 use crate::layers::Activation;
 
@@ -29,9 +31,11 @@ impl ModuleVisitor for NeedsGrad {
 }
 
 /// One layer's weights, read out of the module once per call.
-struct Layer {
-    /// `[kernel × c_in, c_out]`, row `j × c_in + c` holding `W[:, c, j]`.
+struct Layer<'a> {
+    /// `[kernel × c_in, c_out]`, row `j × c_in + c` holding `W[:, c, j]` (empty with `packed`).
     weight: Vec<f32>,
+    /// The same matrix in bf16 ([`FeatureEncoder::use_bf16`]).
+    packed: Option<&'a PackedB>,
     bias: Option<Vec<f32>>,
     c_in: usize,
     c_out: usize,
@@ -56,6 +60,25 @@ impl FeatureEncoder {
         !v.0 && *device == Device::flex()
     }
 
+    /// Mixed precision: the native CNN's products with bf16 inputs (weights packed now) and f32
+    /// sums; normalisations and activations stay f32. False (and f32) where the CNN does not
+    /// run natively (one of its parameters trains, or it is not on the CPU).
+    pub fn use_bf16(&mut self) -> bool {
+        let on_cpu = self.layers.first().is_some_and(|l| l.conv.weight.device() == Device::flex());
+        let mut v = NeedsGrad(false);
+        self.visit(&mut v);
+        self.bf16 = (on_cpu && !v.0).then(|| {
+            let packed = self.layers.iter().map(|l| {
+                let [c_out, c_in, kernel] = l.conv.weight.dims();
+                let w = values(l.conv.weight.val());
+                // B[j·c_in + c, o] = W[o, c, j]
+                PackedB::from_fn(kernel * c_in, c_out, |q, o| w[(o * c_in + q % c_in) * kernel + q / c_in])
+            });
+            std::sync::Arc::new(packed.collect())
+        });
+        self.bf16.is_some()
+    }
+
     /// `[batch, samples]` → `[batch, frames, channels]` (what `forward(..).swap_dims(1, 2)`
     /// gives), computed without burn; the result is a constant on `samples`' device.
     pub fn forward_native(&self, samples: Tensor<2>) -> Tensor<3> {
@@ -65,19 +88,25 @@ impl FeatureEncoder {
         let layers: Vec<Layer> = self
             .layers
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 let [c_out, c_in, kernel] = l.conv.weight.dims();
-                let w = values(l.conv.weight.val());
-                let mut weight = vec![0.0f32; w.len()];
-                for o in 0..c_out {
-                    for c in 0..c_in {
-                        for j in 0..kernel {
-                            weight[(j * c_in + c) * c_out + o] = w[(o * c_in + c) * kernel + j];
+                let packed = self.bf16.as_ref().map(|p| &p[i]);
+                let mut weight = Vec::new();
+                if packed.is_none() {
+                    let w = values(l.conv.weight.val());
+                    weight = vec![0.0f32; w.len()];
+                    for o in 0..c_out {
+                        for c in 0..c_in {
+                            for j in 0..kernel {
+                                weight[(j * c_in + c) * c_out + o] = w[(o * c_in + c) * kernel + j];
+                            }
                         }
                     }
                 }
                 Layer {
                     weight,
+                    packed,
                     bias: l.conv.bias.as_ref().map(|b| values(b.val())),
                     c_in,
                     c_out,
@@ -115,7 +144,9 @@ impl FeatureEncoder {
 fn conv_layer(x: &[f32], t_in: usize, l: &Layer, act: Activation) -> (Vec<f32>, usize) {
     let t_out = if t_in < l.kernel { 0 } else { (t_in - l.kernel) / l.stride + 1 };
     let mut y = vec![0.0f32; t_out * l.c_out];
-    if t_out > 0 {
+    if let (true, Some(packed)) = (t_out > 0, l.packed) {
+        matmul(x, t_out, l.stride * l.c_in, packed, &mut y, false);
+    } else if t_out > 0 {
         // y[t, o] = Σ_q x[t·stride·c_in + q] · weight[q, o], q over kernel × c_in.
         // SAFETY: the last row read ends at (t_out-1)·stride·c_in + kernel·c_in ≤ t_in·c_in,
         // inside x; weight is [kernel·c_in, c_out] and y [t_out, c_out].
