@@ -31,7 +31,7 @@ import sys
 import time
 
 TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "lora_ctc_2x5_nodropout", "frozen_ws_2x5", "gemm",
-         "pretrain_2x10"]
+         "pretrain_2x10", "precision_cost"]
 VOCAB = 32
 # [name, times per forward, batch, m, k, n]: the matrix products of one wav2vec2-base forward over
 # 1 × 10 s, convolutions as the products they amount to; speechtune's bench reads the same file.
@@ -60,6 +60,62 @@ def gemm(repeats: int, warmup: int, device: str, sync) -> tuple:
     return shapes, total
 
 
+def precision_cost(device: str) -> dict:
+    """Not a timing: what torch.autocast(bfloat16) changes. Every hidden state of a 1 × 10 s
+    forward against f32 (max difference over the state's largest value), and the losses of five
+    LoRA + CTC steps (lora_ctc_2x5's, dropout off) from the same start with and without it."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    dev_type = "cuda" if device != "cpu" else "cpu"
+    torch.manual_seed(0)
+    off = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    model = Wav2Vec2Model(Wav2Vec2Config(**off)).to(device).eval()
+    x = torch.randn(1, 160000).to(device)
+    states = []
+    for enabled in (False, True):
+        with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=enabled):
+            states.append([h.float() for h in model(x, output_hidden_states=True).hidden_states])
+    hidden = [((b - a).abs().max() / a.abs().max()).item() for a, b in zip(*states)]
+    x = torch.randn(2, 80000).to(device)
+    frames = model._get_feat_extract_output_lengths(torch.tensor(x.shape[1])).item()
+    targets = torch.randint(1, VOCAB, (2, 40)).to(device)
+    start = copy.deepcopy(model).train()
+    start.config.mask_time_prob = 0.0
+    start.freeze_feature_encoder()
+    head0 = torch.nn.Linear(768, VOCAB).to(device)
+    lora_seed = torch.randint(0, 2**31, (1,)).item()
+    losses = {}
+    for name, enabled in (("f32", False), ("bf16", True)):
+        torch.manual_seed(lora_seed)
+        upstream = get_peft_model(copy.deepcopy(start), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+        head = copy.deepcopy(head0)
+        params = [p for p in upstream.parameters() if p.requires_grad] + list(head.parameters())
+        optim = torch.optim.AdamW(params, lr=1e-4)
+
+        def loss_now():
+            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=enabled):
+                logits = head(upstream(x).last_hidden_state).log_softmax(-1).transpose(0, 1)
+                return torch.nn.functional.ctc_loss(logits, targets, torch.tensor([frames] * 2), torch.tensor([40, 40]),
+                                                    zero_infinity=True)
+
+        run = []
+        for _ in range(5):
+            loss = loss_now()
+            run.append(loss.item())
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        with torch.no_grad():
+            run.append(loss_now().item())
+        losses[name] = run
+    return {"task": "precision_cost", "hidden_state_max_rel_diff": hidden, "losses_f32": losses["f32"],
+            "losses_bf16": losses["bf16"], "device": device}
+
+
 def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "", precision: str = "f32") -> dict:
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
@@ -76,6 +132,8 @@ def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "
         if device != "cpu":
             torch.cuda.synchronize()
 
+    if task == "precision_cost":
+        return precision_cost(device)
     if task == "gemm":
         shapes, total = gemm(repeats, warmup, device, sync)
         return {"task": task, "median_s": total, "runs_s": [total], "shapes": shapes, **about(threads, device)}

@@ -9,12 +9,14 @@
 # and a second one with the throughput of the matrix products of a 1 × 10 s forward, alone.
 # Above the tables, each side's build: speechtune's backend, burn features, the CPU instruction
 # sets its kernels could use and the kernels; PyTorch's CPU capability, MKL and oneDNN.
+# Mixed precision rows (BF16_TASKS, marked bf16): speechtune `--precision bf16` against the peer
+# under `torch.autocast("cpu", dtype=torch.bfloat16)`.
 #
 #   bash bench/run.sh                      # REPEATS=3; creates .bench-venv on first use
 #   PYTHON=/path/to/python bash bench/run.sh   # a Python that already has the pinned peer
 #   DEVICE=cuda bash bench/run.sh          # a `cuda` build against PyTorch on the same GPU
 #   (the `cuda` feature needs network access to build; for a `vulkan` build see bench/gpu.sh)
-#   TASKS=pretrain_2x10 ONLY_SPEECHTUNE= bash bench/run.sh   # some tasks only
+#   TASKS=pretrain_2x10 ONLY_SPEECHTUNE= BF16_TASKS= bash bench/run.sh   # some tasks only
 #
 # The peer's packages (pinned in bench/peer_pytorch.py) are installed only here, never by the
 # tests or CI: torch's default wheel is ~5.6 GB and takes minutes to install.
@@ -49,6 +51,19 @@ for task in ${TASKS:-forward_1x10 forward_4x10 lora_ctc_2x5 lora_ctc_2x5_nodropo
     "$PYTHON" bench/peer_pytorch.py --task "$task" --repeats "$REPEATS" --device "$DEVICE" | sed 's/^/pytorch /' >>"$results"
   done
 done
+for task in ${BF16_TASKS-forward_1x10 forward_4x10 lora_ctc_2x5 lora_ctc_2x5_nodropout frozen_ws_2x5}; do
+  for round in 1 2; do
+    echo "$task in bf16, round $round ..." >&2
+    "$ST" bench --task "$task" --repeats "$REPEATS" --device "$DEVICE" --precision bf16 | sed 's/^/speechtune /' >>"$results"
+    "$PYTHON" bench/peer_pytorch.py --task "$task" --repeats "$REPEATS" --device "$DEVICE" --precision bf16 | sed 's/^/pytorch /' >>"$results"
+  done
+done
+# What bf16 changes, on both sides (not a timing).
+if [ -n "${BF16_TASKS-x}" ]; then
+  echo "precision_cost ..." >&2
+  "$ST" bench --task precision_cost --device "$DEVICE" | sed 's/^/speechtune /' >>"$results"
+  "$PYTHON" bench/peer_pytorch.py --task precision_cost --device "$DEVICE" | sed 's/^/pytorch /' >>"$results"
+fi
 # speechtune-only rows: the hidden-state cache, and LoRA left unmerged.
 for task in ${ONLY_SPEECHTUNE-lora_ctc_2x5_cached frozen_ws_2x5_cached forward_1x10_lora}; do
   echo "$task ..." >&2

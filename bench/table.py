@@ -19,12 +19,24 @@ NAMES = {
 }
 
 
+def name_of(key: str) -> str:
+    """A row's name; `task:bf16` rows ran with `--precision bf16` (PyTorch: torch.autocast)."""
+    task, _, precision = key.partition(":")
+    name = NAMES.get(task, task)
+    return f"**bf16** {name}" if precision else name
+
+
 def main(path: str) -> None:
     rows: dict = {}
+    cost: dict = {}
     for line in open(path):
         who, js = line.split(" ", 1)
         d = json.loads(js)
-        r = rows.setdefault(d["task"], {})
+        if d["task"] == "precision_cost":
+            cost[who] = d
+            continue
+        key = d["task"] + (":bf16" if d.get("precision") == "bf16" else "")
+        r = rows.setdefault(key, {})
         if who in r:
             r[who]["runs_s"] += d["runs_s"]
             r[who]["shapes_runs"].append(d.get("shapes"))
@@ -50,6 +62,7 @@ def main(path: str) -> None:
         print(
             f"speechtune build: backend {b['backend']}, burn features {b['burn_features']}{extra}; "
             f"CPU instruction sets {', '.join(b['cpu_isa']) or 'baseline'}; kernels: {b['kernels']}"
+            + (f"; bf16 products: {b['bf16_kernel']}" if "bf16_kernel" in b else "")
         )
     if "build" in pt:
         b = pt["build"]
@@ -64,7 +77,7 @@ def main(path: str) -> None:
         if task == "gemm":
             continue
         s, p = r["speechtune"], r.get("pytorch")
-        name = NAMES.get(task, task)
+        name = name_of(task)
         if p is None:
             print(f"| {name} | {s['median_s']:.3f} | — | — | {s['peak_rss_mb'] / 1024:.2f} GB | — | — |")
             continue
@@ -75,6 +88,27 @@ def main(path: str) -> None:
 
     if "gemm" in rows and len(rows["gemm"]) == 2:
         gemm_table(rows["gemm"])
+    if cost:
+        cost_table(cost)
+
+
+def cost_table(cost: dict) -> None:
+    """What bf16 changes (`precision_cost`): hidden states of a 1 × 10 s forward and five LoRA steps' losses."""
+    print()
+    print("| bf16 against f32 | hidden states: max difference / largest value (layer with the most) | "
+          "last hidden state | LoRA + CTC losses, 5 steps: max difference (relative) |")
+    print("|---|---|---|---|")
+    for who in ("speechtune", "pytorch"):
+        if who not in cost:
+            continue
+        d = cost[who]
+        h = d["hidden_state_max_rel_diff"]
+        worst = max(range(len(h)), key=lambda i: h[i])
+        diffs = [abs(a - b) for a, b in zip(d["losses_f32"], d["losses_bf16"])]
+        i = max(range(len(diffs)), key=lambda i: diffs[i])
+        label = "speechtune `--precision bf16`" if who == "speechtune" else "PyTorch `torch.autocast(bfloat16)`"
+        print(f"| {label} | {h[worst]:.2%} (hidden_states.{worst}) | {h[-1]:.2%} | "
+              f"{diffs[i]:.3f} at step {i} ({diffs[i] / abs(d['losses_f32'][i]):.2%}) |")
 
 
 def gemm_table(r: dict) -> None:

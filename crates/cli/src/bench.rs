@@ -60,6 +60,12 @@ pub enum Task {
     /// each step, Gumbel quantizer, contrastive + diversity loss, AdamW; no dropout on either side.
     #[value(name = "pretrain_2x10")]
     Pretrain2x10,
+    /// Not a timing: what mixed precision changes. Every hidden state of a 1 × 10 s forward in
+    /// bf16 against f32 (max difference over the state's largest value), and the losses of five
+    /// LoRA + CTC steps (`lora_ctc_2x5`'s) from the same start in both; the peer does the same
+    /// under `torch.autocast`.
+    #[value(name = "precision_cost")]
+    PrecisionCost,
 }
 
 /// The matrix products of one wav2vec2-base forward over 1 × 10 s (499 frames), as
@@ -68,7 +74,7 @@ pub enum Task {
 const GEMM_SHAPES: &str = include_str!("../../../bench/gemm_shapes.json");
 
 impl Task {
-    const ALL: [Task; 10] = [
+    const ALL: [Task; 11] = [
         Task::Forward1x10,
         Task::Forward4x10,
         Task::LoraCtc2x5,
@@ -79,6 +85,7 @@ impl Task {
         Task::Forward1x10Lora,
         Task::Gemm,
         Task::Pretrain2x10,
+        Task::PrecisionCost,
     ];
 
     fn name(self) -> &'static str {
@@ -93,6 +100,7 @@ impl Task {
             Task::Forward1x10Lora => "forward_1x10_lora",
             Task::Gemm => "gemm",
             Task::Pretrain2x10 => "pretrain_2x10",
+            Task::PrecisionCost => "precision_cost",
         }
     }
 }
@@ -152,6 +160,68 @@ fn noise(batch: usize, seconds: f64, seed: u64) -> Vec<Vec<f32>> {
     (0..batch).map(|_| (0..n).map(|_| rng.normal() as f32).collect()).collect()
 }
 
+/// `precision_cost`: see [`Task::PrecisionCost`].
+fn precision_cost(base: &Device) -> Result<serde_json::Value> {
+    use speechtune_models::Precision;
+    let frontend = FrontEnd::Waveform { normalize: false };
+    let mut up = Upstream::random(WAV2VEC2_BASE, "wav2vec2-base (random)", 0, base)?;
+    let waves = noise(1, 10.0, 1);
+    let mut states = Vec::new();
+    for precision in [Precision::F32, Precision::Bf16] {
+        up.model.set_precision(precision);
+        let out = up.model.forward(frontend.prepare(&waves, base)?)?;
+        states.push(out.hidden_states.into_iter().map(values).collect::<Vec<_>>());
+    }
+    let hidden: Vec<f64> = states[0]
+        .iter()
+        .zip(&states[1])
+        .map(|(a, b)| {
+            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+            a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max) / scale
+        })
+        .collect();
+    let device = base.clone().autodiff();
+    let waves = noise(2, 5.0, 1);
+    let mut rng = speechtune_data::Rng::new(2);
+    let targets: Vec<Vec<u32>> =
+        (0..2).map(|_| (0..TARGET_LEN).map(|_| 1 + rng.below(VOCAB - 1) as u32).collect()).collect();
+    let mut losses = Vec::new();
+    for precision in [Precision::F32, Precision::Bf16] {
+        device.seed(0);
+        let up = Upstream::random(WAV2VEC2_BASE, "wav2vec2-base (random)", 0, &device)?;
+        let mut upstream = up.model.no_grad();
+        upstream.attach_lora(&LoraConfig::default(), &device)?;
+        upstream.set_precision(precision);
+        let d = upstream.hidden_size();
+        let mut model = StepModel { upstream, featurizer: None, head: LinearHead::new(d, VOCAB, &device) };
+        let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
+        let mut run = Vec::new();
+        for _ in 0..5 {
+            let loss = model.loss(model.upstream.forward(frontend.prepare(&waves, &device)?)?, &targets)?;
+            run.push(loss.clone().into_scalar::<f32>() as f64);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-4, model, grads);
+        }
+        run.push(
+            model.loss(model.upstream.forward(frontend.prepare(&waves, &device)?)?, &targets)?.into_scalar::<f32>()
+                as f64,
+        );
+        losses.push(run);
+    }
+    Ok(serde_json::json!({
+        "task": "precision_cost",
+        "hidden_state_max_rel_diff": hidden,
+        "losses_f32": losses[0],
+        "losses_bf16": losses[1],
+        "bf16_kernel": if speechtune_kernels::bf16::native() { "avx512_bf16" } else { "portable" },
+        "device": format!("{base:?}"),
+    }))
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+}
+
 fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
     let base = parse_device(args.device.as_deref())?;
     // The peer passes the waveform as it is, without per-utterance normalisation.
@@ -161,6 +231,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
     let mut phases: [Vec<f64>; 3] = Default::default();
     let mut shapes = Vec::new();
     match task {
+        Task::PrecisionCost => return precision_cost(&base),
         Task::Gemm => {
             let shape_list: Vec<(String, usize, usize, usize, usize, usize)> =
                 serde_json::from_str(GEMM_SHAPES).context("bench/gemm_shapes.json")?;

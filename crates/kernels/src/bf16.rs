@@ -68,15 +68,19 @@ pub struct PackedB {
 }
 
 impl PackedB {
-    fn pack(k: usize, n: usize, get: impl Fn(usize, usize) -> u16 + Sync) -> Self {
+    /// `rows_first`: visit `B` row by row within a panel (for sources laid out by rows of `B`),
+    /// else column by column (sources laid out by columns), so that the reads are sequential.
+    fn pack(k: usize, n: usize, rows_first: bool, get: impl Fn(usize, usize) -> u16 + Sync) -> Self {
         let pairs = k.div_ceil(2);
         let panel_len = pairs * NR * 2;
         let mut data = vec![0u16; n.div_ceil(NR) * panel_len];
         data.par_chunks_mut(panel_len.max(1)).enumerate().for_each(|(q, panel)| {
-            for c in 0..NR.min(n.saturating_sub(q * NR)) {
-                for i in 0..k {
-                    panel[((i / 2) * NR + c) * 2 + i % 2] = get(i, q * NR + c);
-                }
+            let cols = NR.min(n.saturating_sub(q * NR));
+            let mut put = |i: usize, c: usize| panel[((i / 2) * NR + c) * 2 + i % 2] = get(i, q * NR + c);
+            if rows_first {
+                (0..k).for_each(|i| (0..cols).for_each(|c| put(i, c)));
+            } else {
+                (0..cols).for_each(|c| (0..k).for_each(|i| put(i, c)));
             }
         });
         PackedB { k, n, pairs, data }
@@ -84,19 +88,19 @@ impl PackedB {
 
     /// `B[i, j] = value(i, j)`.
     pub fn from_fn(k: usize, n: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Self {
-        Self::pack(k, n, |i, j| to_bf16(value(i, j)))
+        Self::pack(k, n, true, |i, j| to_bf16(value(i, j)))
     }
 
     /// `B` given row-major, `b[i * n + j] = B[i, j]` (burn's `[in, out]` linear weight).
     pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(b.len(), k * n, "B of {k} × {n} needs {} values, got {}", k * n, b.len());
-        Self::pack(k, n, |i, j| to_bf16(b[i * n + j]))
+        Self::pack(k, n, true, |i, j| to_bf16(b[i * n + j]))
     }
 
     /// `B` given as its transpose, `bt[j * k + i] = B[i, j]` (a PyTorch `[out, in]` weight).
     pub fn from_transposed(bt: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(bt.len(), k * n, "Bᵀ of {n} × {k} needs {} values, got {}", k * n, bt.len());
-        Self::pack(k, n, |i, j| to_bf16(bt[j * k + i]))
+        Self::pack(k, n, false, |i, j| to_bf16(bt[j * k + i]))
     }
 
     /// The bf16 bits of `B[i, j]`.
@@ -107,7 +111,7 @@ impl PackedB {
 
     /// `Bᵀ` packed the same way (exact: the values are already bf16).
     pub fn transposed(&self) -> Self {
-        Self::pack(self.n, self.k, |i, j| self.get(j, i))
+        Self::pack(self.n, self.k, false, |i, j| self.get(j, i))
     }
 
     /// Rows of `B` (the products' inner dimension).

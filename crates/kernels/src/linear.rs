@@ -33,6 +33,12 @@ impl Bf16Weight {
         Self { forward: PackedB::from_rows(w, d_in, d_out), backward: OnceLock::new() }
     }
 
+    /// From `Wᵀ`'s values in row-major `[d_out, d_in]` order (a PyTorch `Linear` weight, a tied
+    /// embedding used as the output projection).
+    pub fn from_transposed(wt: &[f32], d_in: usize, d_out: usize) -> Self {
+        Self { forward: PackedB::from_transposed(wt, d_in, d_out), backward: OnceLock::new() }
+    }
+
     /// From a burn `[d_in, d_out]` weight tensor (any storage layout).
     pub fn from_tensor(w: Tensor<2>) -> Self {
         let [d_in, d_out] = w.dims();

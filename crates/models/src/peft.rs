@@ -305,9 +305,10 @@ impl WhisperSeq2Seq {
         self.projections_mut().into_iter().for_each(Proj::relayout_for_backward);
     }
 
-    /// As [`UpstreamModel::set_precision`], in both halves.
+    /// As [`UpstreamModel::set_precision`], in both halves, and the decoder's output projection
+    /// ([`WhisperDecoder::set_precision`](crate::whisper::decoder::WhisperDecoder::set_precision)).
     pub fn set_precision(&mut self, precision: Precision) -> usize {
-        set_precision(self.projections_mut(), precision)
+        set_precision(self.projections_mut(), precision) + usize::from(self.decoder.set_precision(precision))
     }
 
     pub fn projections_mut(&mut self) -> Vec<&mut Proj> {

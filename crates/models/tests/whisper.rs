@@ -67,6 +67,32 @@ fn decoder_logits_match_transformers() {
     assert!(d <= 1e-4 * scale.max(1.0), "cached decoding differs by {d}");
 }
 
+/// Mixed precision: every projection of both halves and the output projection in bf16; the
+/// logits (full and cached decoding) within 3 % of their scale of transformers' f32 logits.
+#[test]
+fn bf16_decoder_logits_stay_near_transformers() {
+    let (mut model, _, device) = load();
+    let projections = model.projections_mut().len();
+    assert_eq!(model.set_precision(speechtune_models::Precision::Bf16), projections + 1);
+    let r = reference(&fixtures().join("whisper-seq2seq/reference.safetensors"));
+    let (shape, feats) = r["input_features"].clone();
+    let features = Tensor::<3>::from_data(TensorData::new(feats, [shape[0], shape[1], shape[2]]), &device);
+    let enc = model.encode(features, true).unwrap();
+    let (shape, tokens) = int_reference()["tokens"].clone();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens, [shape[0], shape[1]]), &device);
+    let want = &r["logits"].1;
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let full = values(&model.logits(&enc, tokens.clone()).unwrap());
+    let mut cache = None;
+    let steps: Vec<_> =
+        (0..7).map(|t| model.decoder.forward(tokens.clone().narrow(1, t, 1), &enc, &mut cache).unwrap()).collect();
+    let cached = values(&Tensor::cat(steps, 1));
+    for (what, got) in [("full", full), ("cached", cached)] {
+        let d = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+        assert!(d < 0.03 && d > 1e-5, "{what} logits in bf16 differ by {d} of their scale");
+    }
+}
+
 #[test]
 fn greedy_and_beam_search_give_transformers_tokens() {
     let (model, enc, _) = load();

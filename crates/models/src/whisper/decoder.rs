@@ -111,6 +111,9 @@ pub struct WhisperDecoder {
     pub embed_scale: f64,
     #[module(skip)]
     pub activation: Activation,
+    /// The output projection (`embed_tokens`ᵀ) in bf16 ([`WhisperDecoder::set_precision`]).
+    #[module(skip)]
+    pub bf16_logits: Option<std::sync::Arc<speechtune_kernels::Bf16Weight>>,
 }
 
 impl WhisperDecoder {
@@ -146,6 +149,7 @@ impl WhisperDecoder {
             layer_norm: LayerNorm::load(w, "layer_norm", d, 1e-5, device)?,
             embed_scale: if cfg.scale_embedding { (d as f64).sqrt() } else { 1.0 },
             activation: Activation::parse(&cfg.activation_function)?,
+            bf16_logits: None,
         })
     }
 
@@ -212,7 +216,25 @@ impl WhisperDecoder {
         }
         c.len = past + t;
         let x = self.layer_norm.forward(x);
-        Ok(x.matmul(self.embed_tokens.val().transpose().unsqueeze::<3>()))
+        match &self.bf16_logits {
+            Some(w) if speechtune_kernels::supports(&x) => Ok(speechtune_kernels::linear(x, w)),
+            _ => Ok(x.matmul(self.embed_tokens.val().transpose().unsqueeze::<3>())),
+        }
+    }
+
+    /// The output projection's product in `precision` where `embed_tokens` is frozen and on the
+    /// CPU (its vocabulary × width weight is read once per generated token: half the bytes in
+    /// bf16). Returns whether it runs in bf16.
+    pub fn set_precision(&mut self, precision: crate::Precision) -> bool {
+        let e = self.embed_tokens.val();
+        let applies =
+            precision == crate::Precision::Bf16 && !e.is_require_grad() && e.device().inner() == Device::flex();
+        self.bf16_logits = applies.then(|| {
+            let [vocab, d] = e.dims();
+            let values = e.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+            std::sync::Arc::new(speechtune_kernels::Bf16Weight::from_transposed(&values, d, vocab))
+        });
+        self.bf16_logits.is_some()
     }
 }
 
