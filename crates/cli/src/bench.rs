@@ -508,6 +508,7 @@ pub fn run(args: Args) -> Result<()> {
         if args.activation_checkpointing {
             cmd.arg("--activation-checkpointing");
         }
+        cmd.args(["--precision", &args.precision.to_string()]);
         let status = cmd.status().with_context(|| format!("cannot run {}", exe.display()))?;
         anyhow::ensure!(status.success(), "bench task {} failed ({status})", task.name());
     }
