@@ -166,6 +166,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// (A method, so that closures capture the whole `Out`, not its raw pointer field.)
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// `C = A·B` (or `C += A·B` with `accumulate`): A `m × k` row-major with row stride `lda` (rows
 /// may overlap: a convolution's receptive fields read in place), C `m × n` row-major. Runs on
 /// rayon's pool, in blocks of rows × panels.
@@ -192,7 +199,6 @@ pub fn matmul(a: &[f32], m: usize, lda: usize, b: &PackedB, c: &mut [f32], accum
     let out = Out(c.as_mut_ptr());
     let native = native();
     (0..row_blocks * col_blocks).into_par_iter().for_each(|task| {
-        let out = out;
         let (rb, cb) = (task % row_blocks, task / row_blocks);
         let mut p0 = 0;
         while p0 < pairs {
@@ -202,8 +208,8 @@ pub fn matmul(a: &[f32], m: usize, lda: usize, b: &PackedB, c: &mut [f32], accum
                 for t in rb * tiles_per..((rb + 1) * tiles_per).min(tiles) {
                     let tile = &packed_a[(t * pairs + p0) * MR..(t * pairs + p0 + kc) * MR];
                     let block = Block {
-                        // SAFETY: row t·MR, column q·NR is inside C (t < tiles, q < panels).
-                        c: unsafe { out.0.add(t * MR * n + q * NR) },
+                        // Row t·MR, column q·NR: inside C (t < tiles, q < panels).
+                        c: out.at(t * MR * n + q * NR),
                         ldc: n,
                         rows: MR.min(m - t * MR),
                         cols: NR.min(n - q * NR),

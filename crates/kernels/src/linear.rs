@@ -133,7 +133,7 @@ fn product(x: &FlexTensor, b: &PackedB) -> FlexTensor {
     let mut dims = x.layout().shape().as_slice().to_vec();
     let k = dims.last().copied().unwrap_or(1);
     assert_eq!(k, b.k(), "the input's last dimension is {k}, the weight's input size {}", b.k());
-    let m = if k == 0 { 0 } else { x.layout().shape().num_elements() / k };
+    let m = x.layout().shape().num_elements().checked_div(k).unwrap_or(0);
     let a = x.as_slice::<f32>().expect("a contiguous float32 tensor");
     let mut out = vec![0.0f32; m * b.n()];
     matmul(a, m, k, b, &mut out, false);
