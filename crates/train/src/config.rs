@@ -472,6 +472,16 @@ impl RunConfig {
         Ok(())
     }
 
+    /// The error when `train.precision` found no frozen weight to run in it.
+    pub(crate) fn precision_unusable(&self) -> Error {
+        Error::Unsupported(format!(
+            "train.precision = {}: no projection can run in it (method {} trains every weight, \
+             or the device is not the CPU)",
+            self.train.precision,
+            self.method.name()
+        ))
+    }
+
     /// The metric that selects the best checkpoint.
     pub fn best_metric(&self) -> Metric {
         self.train.best_metric.unwrap_or(if self.task.kind.has_text() { Metric::Cer } else { Metric::Accuracy })

@@ -9,8 +9,8 @@ use speechtune_tasks::{
     SuperbDownstream,
 };
 
+use crate::Result;
 use crate::config::{CtcHeadKind, MethodConfig, Pooling, RunConfig};
-use crate::{Error, Result};
 
 pub use crate::config::MethodConfig as Method;
 
@@ -76,12 +76,7 @@ impl TaskModel {
             upstream.relayout_for_backward();
         }
         if cfg.train.precision != Precision::F32 && upstream.set_precision(cfg.train.precision) == 0 {
-            return Err(Error::Unsupported(format!(
-                "train.precision = {}: no projection can run in it (method {} trains every weight, \
-                 or the device is not the CPU)",
-                cfg.train.precision,
-                cfg.method.name()
-            )));
+            return Err(cfg.precision_unusable());
         }
         let d = upstream.hidden_size();
         let n_hidden = upstream.num_layers() + 1;

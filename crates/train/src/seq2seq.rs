@@ -93,12 +93,7 @@ fn adapt(model: WhisperSeq2Seq, cfg: &RunConfig, device: &Device) -> Result<Whis
     let mut model = adapt_method(model, cfg, device)?;
     model.relayout_for_backward();
     if cfg.train.precision != Precision::F32 && model.set_precision(cfg.train.precision) == 0 {
-        return Err(Error::Unsupported(format!(
-            "train.precision = {}: no projection can run in it (method {} trains every weight, \
-             or the device is not the CPU)",
-            cfg.train.precision,
-            cfg.method.name()
-        )));
+        return Err(cfg.precision_unusable());
     }
     Ok(model)
 }
