@@ -177,18 +177,45 @@ impl Out {
 /// may overlap: a convolution's receptive fields read in place), C `m × n` row-major. Runs on
 /// rayon's pool, in blocks of rows × panels.
 pub fn matmul(a: &[f32], m: usize, lda: usize, b: &PackedB, c: &mut [f32], accumulate: bool) {
+    assert!(c.len() >= m * b.n, "C has {} values, needs {m} × {}", c.len(), b.n);
+    product(a, m, lda, b, Out(c.as_mut_ptr()), accumulate);
+}
+
+/// `C = A·B` into memory not yet written (a fresh `Vec`'s spare capacity): every value of the
+/// `m × n` C is written, none read, so the caller need not zero it first.
+pub fn matmul_into(a: &[f32], m: usize, lda: usize, b: &PackedB, c: &mut [std::mem::MaybeUninit<f32>]) {
+    assert!(c.len() >= m * b.n, "C has {} values, needs {m} × {}", c.len(), b.n);
+    product(a, m, lda, b, Out(c.as_mut_ptr().cast()), false);
+}
+
+/// Rows of A rounded and packed at a time: a bound on the packed copy's size (a convolution's
+/// 16,000 overlapping receptive fields would otherwise be copied whole, 49 MB in bf16; a chunk
+/// of 2,688 rows is 8 MB).
+const CHUNK_ROWS: usize = MR * 192;
+
+/// [`matmul`] on C's pointer, valid for writes of `m × n` values (reads too with `accumulate`).
+fn product(a: &[f32], m: usize, lda: usize, b: &PackedB, c: Out, accumulate: bool) {
     let (k, n) = (b.k, b.n);
     assert!(m == 0 || a.len() >= (m - 1) * lda + k, "A has {} values, not {m} rows of stride {lda}", a.len());
-    assert!(c.len() >= m * n, "C has {} values, needs {m} × {n}", c.len());
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            // SAFETY: C is valid for m × n writes (caller).
+            unsafe { std::ptr::write_bytes(c.0, 0, m * n) };
         }
         return;
     }
+    for r0 in (0..m).step_by(CHUNK_ROWS) {
+        let rows = CHUNK_ROWS.min(m - r0);
+        chunk(&a[r0 * lda..], rows, lda, b, Out(c.at(r0 * n)), accumulate);
+    }
+}
+
+/// One chunk of [`product`]'s rows: A packed, then blocks of tiles × panels in parallel.
+fn chunk(a: &[f32], m: usize, lda: usize, b: &PackedB, out: Out, accumulate: bool) {
+    let (k, n) = (b.k, b.n);
     let packed_a = pack_a(a, m, k, lda);
     let pairs = b.pairs;
     let (tiles, panels) = (m.div_ceil(MR), n.div_ceil(NR));
@@ -196,7 +223,6 @@ pub fn matmul(a: &[f32], m: usize, lda: usize, b: &PackedB, c: &mut [f32], accum
     let tiles_per = tiles.div_ceil(rayon::current_num_threads() * 2).clamp(1, 8);
     let panels_per = panels.min(4);
     let (row_blocks, col_blocks) = (tiles.div_ceil(tiles_per), panels.div_ceil(panels_per));
-    let out = Out(c.as_mut_ptr());
     let native = native();
     (0..row_blocks * col_blocks).into_par_iter().for_each(|task| {
         let (rb, cb) = (task % row_blocks, task / row_blocks);
@@ -258,10 +284,13 @@ unsafe fn portable_kernel(kc: usize, a: &[u32], b: &[u16], block: &Block) {
         }
     }
     for (r, acc) in acc.iter().enumerate().take(block.rows) {
-        // SAFETY: the caller's block covers row r, columns 0..cols.
-        let row = unsafe { std::slice::from_raw_parts_mut(block.c.add(r * block.ldc), block.cols) };
-        for (o, &s) in row.iter_mut().zip(acc) {
-            *o = if block.add { *o + s } else { s };
+        for (j, &s) in acc.iter().enumerate().take(block.cols) {
+            // SAFETY: the caller's block covers row r, columns 0..cols; C is read only with
+            // `add` (otherwise it may not have been written yet).
+            unsafe {
+                let o = block.c.add(r * block.ldc + j);
+                o.write(if block.add { o.read() + s } else { s });
+            }
         }
     }
 }
@@ -460,5 +489,22 @@ mod tests {
         let mut c = vec![3.0; 4];
         matmul(&[], 2, 0, &PackedB::from_rows(&[], 0, 2), &mut c, false);
         assert_eq!(c, [0.0; 4]);
+    }
+
+    /// More rows than one chunk (A is packed a chunk at a time), overlapping rows, into memory
+    /// never written: every value of C comes out, equal to the product.
+    #[test]
+    fn rows_beyond_one_chunk_into_fresh_memory() {
+        let mut seed = 13;
+        let (m, k, n, lda) = (2 * CHUNK_ROWS + 31, 12, 40, 4);
+        let x = values((m - 1) * lda + k, &mut seed);
+        let w = values(k * n, &mut seed);
+        let dense: Vec<f32> = (0..m * k).map(|o| x[o / k * lda + o % k]).collect();
+        let want = reference(&dense, m, k, |i, j| w[i * n + j], n);
+        let mut c: Vec<f32> = Vec::with_capacity(m * n);
+        matmul_into(&x, m, lda, &PackedB::from_rows(&w, k, n), c.spare_capacity_mut());
+        // SAFETY: matmul_into writes all m × n values.
+        unsafe { c.set_len(m * n) };
+        assert!(max_diff(&c, &want) < 1e-5, "{}", max_diff(&c, &want));
     }
 }

@@ -107,7 +107,7 @@ pub fn export_hf(source: &Source, model: &UpstreamModel, out: &Path) -> Result<V
             continue;
         }
         let (d_in, d_out) = (p.d_in(), p.d_out());
-        let mut w = transpose(&values(p.base.weight.val()), d_in, d_out);
+        let mut w = transpose(&values(p.weight_f32()), d_in, d_out);
         if let Some(keep) = by_name.get(format!("{prefix}{}.weight", p.name).as_str()) {
             for (x, &k) in w.iter_mut().zip(keep.iter()) {
                 if !k {

@@ -119,7 +119,7 @@ pub fn first_order<const D: usize>(
     let shape = x.shape();
     let row = x.dims()[D - 1].max(1);
     let device = x.device();
-    let mut value = x.clone().inner().into_data().convert::<f32>().try_into_vec::<f32>().expect("float32 values");
+    let mut value = copy_values(x.clone().inner());
     let block = row * (1usize << 14).div_ceil(row);
     let mut second = vec![0.0f32; if slope { value.len() } else { 0 }];
     let ok = if slope {
@@ -131,6 +131,22 @@ pub fn first_order<const D: usize>(
         let second = slope.then(|| Tensor::from_data(TensorData::new(second, shape.clone()), &device));
         (Tensor::from_data(TensorData::new(value, shape), &device), second)
     })
+}
+
+/// The values of `x` (row-major), copied once. `into_data` on a tensor that is still shared (a
+/// graph node's input) copies twice, the second time to re-align the bytes.
+fn copy_values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+    use burn::backend::Flex;
+    if x.dtype() == burn::tensor::DType::F32
+        && x.device() == Device::flex()
+        && let Ok(t) = x.clone().try_into_primitive::<Flex>()
+    {
+        return match t.as_slice::<f32>() {
+            Some(v) => v.to_vec(),
+            None => t.to_contiguous().as_slice::<f32>().map(<[f32]>::to_vec).unwrap_or_default(),
+        };
+    }
+    x.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
 }
 
 /// `f` applied to the values of `x` in parallel blocks of whole rows (last dimension).

@@ -191,7 +191,9 @@ impl UpstreamModel {
             if cfg.fix_attn && attention {
                 continue;
             }
-            p.mask = Some(MaskLayer::new(&p.base.weight.val(), cfg));
+            // A masked weight stays f32 (see Proj::use_bf16).
+            p.use_f32();
+            p.mask = Some(MaskLayer::new(&p.weight_f32(), cfg));
             names.push(p.name.clone());
         }
         names
@@ -205,10 +207,11 @@ impl UpstreamModel {
             .into_iter()
             .filter(|p| !(fix_attn && (p.name.contains(".attention.") || p.name.contains(".self_attn."))))
             .collect();
-        let weights: Vec<Tensor<2>> = chosen.iter().map(|p| p.base.weight.val()).collect();
+        let weights: Vec<Tensor<2>> = chosen.iter().map(|p| p.weight_f32()).collect();
         let masks = magnitude_masks(&weights, keep, scope);
         let mut names = Vec::new();
         for (p, m) in chosen.iter_mut().zip(masks) {
+            p.use_f32();
             p.mask = Some(m);
             names.push(p.name.clone());
         }
@@ -402,7 +405,7 @@ fn attach_lora(projs: Vec<&mut Proj>, cfg: &LoraConfig, device: &Device) -> Resu
 fn merge_lora(projs: Vec<&mut Proj>) {
     for p in projs {
         if let Some(lora) = p.lora.take() {
-            let merged = p.base.weight.val() + lora.delta();
+            let merged = p.weight_f32() + lora.delta();
             p.base.weight = Param::from_tensor(merged.detach());
             if p.bf16.is_some() {
                 p.use_bf16();

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use burn::nn::Linear;
 use burn::prelude::*;
+use burn::tensor::DType;
 use speechtune_kernels::Bf16Weight;
 
 use crate::lora::LoraLayer;
@@ -57,17 +58,35 @@ impl Proj {
     /// [`speechtune_kernels::linear`]), forward and, on the autodiff graph, backward — where the
     /// weight is frozen and unmasked (a trained or masked weight changes every step and stays
     /// f32, as do the method layers and the bias). Returns whether this projection switched.
-    /// Call it again after changing `base.weight`.
+    ///
+    /// The switched weight keeps only bf16 values: `base.weight` becomes a bf16 tensor (same
+    /// shape, id and values as the packing), so a frozen weight costs 2 bytes plus its packings
+    /// instead of 4 plus them. Readers that need f32 get it with [`Proj::weight_f32`]; a merge
+    /// or [`Proj::use_f32`] afterwards works from the bf16 values. Call it again after changing
+    /// `base.weight`.
     pub fn use_bf16(&mut self) -> bool {
         let w = self.base.weight.val();
         self.bf16 = (self.mask.is_none() && !w.is_require_grad() && w.device().inner() == Device::flex())
             .then(|| Arc::new(Bf16Weight::from_tensor(w)));
+        if self.bf16.is_some() && self.base.weight.val().dtype() != DType::BF16 {
+            self.base.weight = self.base.weight.clone().map(|t| t.cast(DType::BF16));
+        }
         self.bf16.is_some()
     }
 
-    /// Back to f32 products.
+    /// Back to f32 products. After [`Proj::use_bf16`] the weight's values stay the bf16 ones
+    /// (what was dropped is not recovered), stored as f32 again.
     pub fn use_f32(&mut self) {
         self.bf16 = None;
+        if self.base.weight.val().dtype() != DType::F32 {
+            self.base.weight = self.base.weight.clone().map(|t| t.cast(DType::F32));
+        }
+    }
+
+    /// `base.weight` as f32 whatever it is stored in (bf16 after [`Proj::use_bf16`]).
+    pub fn weight_f32(&self) -> Tensor<2> {
+        let w = self.base.weight.val();
+        if w.dtype() == DType::F32 { w } else { w.cast(DType::F32) }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -79,9 +98,17 @@ impl Proj {
                     None => y,
                 }
             }
-            (None, _) => self.base.forward(x.clone()),
+            (None, None) => self.base.forward(x.clone()),
+            (None, Some(_)) => {
+                // Not the kernel's input (another device or dtype): the bf16 values in x's dtype.
+                let y = x.clone().matmul(self.base.weight.val().cast(x.dtype()).unsqueeze::<D>());
+                match &self.base.bias {
+                    Some(b) => y + b.val().unsqueeze::<D>(),
+                    None => y,
+                }
+            }
             (Some(m), _) => {
-                let w = (self.base.weight.val() * m.mask()).unsqueeze::<D>();
+                let w = (self.weight_f32() * m.mask()).unsqueeze::<D>();
                 let y = x.clone().matmul(w);
                 match &self.base.bias {
                     Some(b) => y + b.val().unsqueeze::<D>(),
@@ -101,7 +128,7 @@ mod tests {
     use burn::module::Param;
     use burn::nn::Linear;
     use burn::prelude::*;
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::{DType, Distribution, TensorData};
 
     use super::Proj;
 
@@ -153,15 +180,23 @@ mod tests {
     }
 
     /// bf16 products: the output and the input gradient within bf16 rounding of f32's; only
-    /// a frozen, unmasked weight switches; back to f32 exactly.
+    /// a frozen, unmasked weight switches, and it keeps only its bf16 values (stored as bf16,
+    /// same id); back to f32 with those values.
     #[test]
     fn bf16_products_follow_f32_within_rounding() {
+        use speechtune_kernels::bf16::{from_bf16, to_bf16};
         let device = Device::flex().autodiff();
         let x = Tensor::<3>::random([2, 5, 24], Distribution::Normal(0.0, 1.0), &device).into_data();
         let r = Tensor::<3>::random([2, 5, 40], Distribution::Normal(0.0, 1.0), &device);
         let mut p = proj(24, 40, &device);
         let f32_out = output_and_grad(&p, &x, &r, &device);
+        let (w, id) = (values(p.base.weight.val()), p.base.weight.id);
         assert!(p.use_bf16());
+        assert_eq!(p.base.weight.val().dtype(), DType::BF16, "the f32 copy is dropped");
+        assert_eq!(p.base.weight.id, id);
+        let rounded: Vec<f32> = w.iter().map(|&v| from_bf16(to_bf16(v))).collect();
+        assert_ne!(rounded, w);
+        assert_eq!(values(p.weight_f32()), rounded);
         let bf16_out = output_and_grad(&p, &x, &r, &device);
         // Inputs rounded to 8 significant bits: relative error ~2^-9 per term, over 24 (40) terms.
         let scale = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -170,7 +205,13 @@ mod tests {
             assert!(diff > 0.0 && diff < 0.02 * scale(f), "{diff} vs scale {}", scale(f));
         }
         p.use_f32();
-        assert_eq!(output_and_grad(&p, &x, &r, &device), f32_out);
+        assert_eq!(p.base.weight.val().dtype(), DType::F32);
+        assert_eq!(values(p.base.weight.val()), rounded, "back to f32 with the bf16 values");
+        let mut same = proj(24, 40, &device);
+        same.base.weight = Param::from_tensor(Tensor::from_data(TensorData::new(rounded, [24, 40]), &device));
+        same.base.bias = p.base.bias.clone();
+        assert_eq!(output_and_grad(&p, &x, &r, &device), output_and_grad(&same, &x, &r, &device));
+        assert_ne!(output_and_grad(&p, &x, &r, &device), f32_out);
 
         let mut trainable = proj(24, 40, &device);
         trainable.base.weight = trainable.base.weight.set_require_grad(true);
