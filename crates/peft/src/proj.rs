@@ -68,10 +68,15 @@ impl Proj {
         let w = self.base.weight.val();
         self.bf16 = (self.mask.is_none() && !w.is_require_grad() && w.device().inner() == Device::flex())
             .then(|| Arc::new(Bf16Weight::from_tensor(w)));
-        if self.bf16.is_some() && self.base.weight.val().dtype() != DType::BF16 {
+        if self.bf16.is_none() {
+            // No longer eligible (unfrozen, masked since): f32 again.
+            self.use_f32();
+            return false;
+        }
+        if self.base.weight.val().dtype() != DType::BF16 {
             self.base.weight = self.base.weight.clone().map(|t| t.cast(DType::BF16));
         }
-        self.bf16.is_some()
+        true
     }
 
     /// Back to f32 products. After [`Proj::use_bf16`] the weight's values stay the bf16 ones
@@ -216,5 +221,11 @@ mod tests {
         let mut trainable = proj(24, 40, &device);
         trainable.base.weight = trainable.base.weight.set_require_grad(true);
         assert!(!trainable.use_bf16(), "a trained weight stays f32");
+        // A switched weight that trains since goes back to f32 and still runs.
+        assert!(p.use_bf16());
+        p.base.weight = p.base.weight.clone().set_require_grad(true);
+        assert!(!p.use_bf16());
+        assert_eq!(p.base.weight.val().dtype(), DType::F32);
+        assert_eq!(output_and_grad(&p, &x, &r, &device).0.len(), 2 * 5 * 40);
     }
 }
