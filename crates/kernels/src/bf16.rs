@@ -181,11 +181,13 @@ pub fn matmul(a: &[f32], m: usize, lda: usize, b: &PackedB, c: &mut [f32], accum
     product(a, m, lda, b, Out(c.as_mut_ptr()), accumulate);
 }
 
-/// `C = A·B` into memory not yet written (a fresh `Vec`'s spare capacity): every value of the
-/// `m × n` C is written, none read, so the caller need not zero it first.
-pub fn matmul_into(a: &[f32], m: usize, lda: usize, b: &PackedB, c: &mut [std::mem::MaybeUninit<f32>]) {
-    assert!(c.len() >= m * b.n, "C has {} values, needs {m} × {}", c.len(), b.n);
-    product(a, m, lda, b, Out(c.as_mut_ptr().cast()), false);
+/// `C = A·B` as a new `m × n` vector: written once by the kernels, never zeroed first.
+pub fn matmul_new(a: &[f32], m: usize, lda: usize, b: &PackedB) -> Vec<f32> {
+    let mut c = Vec::with_capacity(m * b.n);
+    product(a, m, lda, b, Out(c.as_mut_ptr()), false);
+    // SAFETY: `product` wrote all m × n values (without `accumulate` it reads none).
+    unsafe { c.set_len(m * b.n) };
+    c
 }
 
 /// Rows of A rounded and packed at a time: a bound on the packed copy's size (a convolution's
@@ -489,6 +491,7 @@ mod tests {
         let mut c = vec![3.0; 4];
         matmul(&[], 2, 0, &PackedB::from_rows(&[], 0, 2), &mut c, false);
         assert_eq!(c, [0.0; 4]);
+        assert_eq!(matmul_new(&[], 2, 0, &PackedB::from_rows(&[], 0, 2)), [0.0; 4]);
     }
 
     /// More rows than one chunk (A is packed a chunk at a time), overlapping rows, into memory
@@ -501,10 +504,8 @@ mod tests {
         let w = values(k * n, &mut seed);
         let dense: Vec<f32> = (0..m * k).map(|o| x[o / k * lda + o % k]).collect();
         let want = reference(&dense, m, k, |i, j| w[i * n + j], n);
-        let mut c: Vec<f32> = Vec::with_capacity(m * n);
-        matmul_into(&x, m, lda, &PackedB::from_rows(&w, k, n), c.spare_capacity_mut());
-        // SAFETY: matmul_into writes all m × n values.
-        unsafe { c.set_len(m * n) };
+        let c = matmul_new(&x, m, lda, &PackedB::from_rows(&w, k, n));
+        assert_eq!(c.len(), m * n);
         assert!(max_diff(&c, &want) < 1e-5, "{}", max_diff(&c, &want));
     }
 }

@@ -17,7 +17,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::{DType, GradientCheckpointingStrategy, TensorData};
 
-use crate::bf16::{PackedB, matmul_into};
+use crate::bf16::{PackedB, matmul_new};
 
 /// A weight `W` (`d_in × d_out`, burn's `Linear` layout) rounded to bf16 and packed for
 /// `x · W`; the packing for the backward pass's `dY · Wᵀ` is made from it on first use.
@@ -135,10 +135,7 @@ fn product(x: &FlexTensor, b: &PackedB) -> FlexTensor {
     assert_eq!(k, b.k(), "the input's last dimension is {k}, the weight's input size {}", b.k());
     let m = x.layout().shape().num_elements().checked_div(k).unwrap_or(0);
     let a = x.as_slice::<f32>().expect("a contiguous float32 tensor");
-    let mut out = Vec::with_capacity(m * b.n());
-    matmul_into(a, m, k, b, out.spare_capacity_mut());
-    // SAFETY: matmul_into wrote all m × n values.
-    unsafe { out.set_len(m * b.n()) };
+    let out = matmul_new(a, m, k, b);
     if let Some(last) = dims.last_mut() {
         *last = b.n();
     }

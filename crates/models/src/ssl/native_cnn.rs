@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use speechtune_kernels::bf16::{PackedB, matmul_into};
+use speechtune_kernels::bf16::{PackedB, matmul_new};
 
 use super::FeatureEncoder;
 use crate::layers::Activation;
@@ -143,32 +143,30 @@ impl FeatureEncoder {
 /// One conv layer, channels-last: `x` is `[t_in, c_in]`; returns `[t_out, c_out]` and `t_out`.
 fn conv_layer(x: &[f32], t_in: usize, l: &Layer, act: Activation) -> (Vec<f32>, usize) {
     let t_out = if t_in < l.kernel { 0 } else { (t_in - l.kernel) / l.stride + 1 };
-    let mut y;
-    if let (true, Some(packed)) = (t_out > 0, l.packed) {
-        y = Vec::with_capacity(t_out * l.c_out);
-        matmul_into(x, t_out, l.stride * l.c_in, packed, y.spare_capacity_mut());
-        // SAFETY: matmul_into wrote all t_out × c_out values.
-        unsafe { y.set_len(t_out * l.c_out) };
-    } else if t_out > 0 {
-        y = vec![0.0f32; t_out * l.c_out];
-        // y[t, o] = Σ_q x[t·stride·c_in + q] · weight[q, o], q over kernel × c_in.
-        // SAFETY: the last row read ends at (t_out-1)·stride·c_in + kernel·c_in ≤ t_in·c_in,
-        // inside x; weight is [kernel·c_in, c_out] and y [t_out, c_out].
-        unsafe {
-            gemm_rows(
-                &mut y,
-                t_out,
-                l.c_out,
-                l.kernel * l.c_in,
-                x,
-                l.stride * l.c_in,
-                &l.weight,
-                gemm::Parallelism::Rayon(0),
-            )
-        };
-    } else {
-        y = Vec::new();
-    }
+    let mut y = match l.packed {
+        Some(packed) => matmul_new(x, t_out, l.stride * l.c_in, packed),
+        None => {
+            let mut y = vec![0.0f32; t_out * l.c_out];
+            if t_out > 0 {
+                // y[t, o] = Σ_q x[t·stride·c_in + q] · weight[q, o], q over kernel × c_in.
+                // SAFETY: the last row read ends at (t_out-1)·stride·c_in + kernel·c_in ≤
+                // t_in·c_in, inside x; weight is [kernel·c_in, c_out] and y [t_out, c_out].
+                unsafe {
+                    gemm_rows(
+                        &mut y,
+                        t_out,
+                        l.c_out,
+                        l.kernel * l.c_in,
+                        x,
+                        l.stride * l.c_in,
+                        &l.weight,
+                        gemm::Parallelism::Rayon(0),
+                    )
+                };
+            }
+            y
+        }
+    };
     let c = l.c_out;
     if let Some((gamma, beta)) = &l.group_norm {
         // Statistics per channel over all frames (f64 sums: 32,000 frames for 10 s).
