@@ -213,7 +213,7 @@ fn precision_cost(base: &Device) -> Result<serde_json::Value> {
         "hidden_state_max_rel_diff": hidden,
         "losses_f32": losses[0],
         "losses_bf16": losses[1],
-        "bf16_kernel": if speechtune_kernels::bf16::native() { "avx512_bf16" } else { "portable" },
+        "bf16_kernel": speechtune_kernels::bf16::kernel_name(),
         "device": format!("{base:?}"),
     }))
 }
@@ -449,8 +449,8 @@ fn build(device: &Device) -> serde_json::Value {
         // avx512f is listed), the frozen CNN by its own GEMMs (`native_cnn`), inference GELU and
         // softmax by `fastmath`'s vectorised functions.
         "kernels": if cpu { "gemm 0.19 (burn-flex; native CNN), fastmath GELU/softmax (inference; training in first-order form)" } else { "cubecl" },
-        // Mixed precision's products: `vdpbf16ps` where the CPU has AVX512_BF16, else a portable loop.
-        "bf16_kernel": if speechtune_kernels::bf16::native() { "avx512_bf16" } else { "portable" },
+        // Mixed precision's products: AMX tiles, `vdpbf16ps` (AVX512_BF16) or a portable loop.
+        "bf16_kernel": speechtune_kernels::bf16::kernel_name(),
     })
 }
 

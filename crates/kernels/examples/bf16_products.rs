@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use speechtune_kernels::bf16::{PackedB, matmul, native};
+use speechtune_kernels::bf16::{PackedB, kernel_name, matmul, native};
 
 fn values(n: usize, seed: &mut u64) -> Vec<f32> {
     (0..n)
@@ -39,7 +39,7 @@ fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    println!("bf16 kernel: {}", if native() { "vdpbf16ps (AVX512_BF16)" } else { "portable loop" });
+    println!("bf16 kernel: {} (SPEECHTUNE_BF16_KERNEL picks another)", kernel_name());
     #[cfg(target_arch = "x86_64")]
     if native() && std::is_x86_feature_detected!("fma") {
         let (bf16, f32) = peaks();

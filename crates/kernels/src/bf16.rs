@@ -1,20 +1,28 @@
 //! Matrix products with bf16 inputs and f32 accumulation: `C = A·B`, A and B rounded to bf16
 //! (round to nearest even), every product of two bf16 exact in f32, sums in f32.
 //!
-//! On CPUs with AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake and Sapphire Rapids and
-//! later) the inner loop is `vdpbf16ps`, which multiplies 32 bf16 pairs and adds them into 16 f32
-//! sums per instruction: twice the multiply-adds of an f32 FMA on half the bytes. Elsewhere a
-//! portable loop computes the same products (slowly: it exists so that results do not depend on
-//! the machine, not for speed; [`native`] says which one runs).
+//! Three kernels compute the same products ([`kernel_name`] says which one runs):
+//! - AMX (Intel Sapphire Rapids and later, with Linux's permission for the tile state): `tdpbf16ps`
+//!   multiplies a 16 × 32 tile of A by a 32 × 16 tile of B into 16 × 16 f32 sums, 16,384
+//!   multiply-adds per instruction;
+//! - AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake and later): `vdpbf16ps`, 32 bf16 pairs
+//!   into 16 f32 sums per instruction, twice the multiply-adds of an f32 FMA on half the bytes;
+//! - elsewhere a portable loop (slowly: it exists so that results do not depend on the machine,
+//!   not for speed).
 //!
 //! Layout (as BLIS/GotoBLAS): B is packed once into panels of [`NR`] columns, each a sequence of
-//! k-pairs `[B[2p, j], B[2p+1, j]]` for the panel's columns, so one 64-byte load holds the pairs
-//! of 16 columns; A is rounded and packed per call into tiles of [`MR`] rows, `[pair p][row]` as
-//! one 32-bit word per row, which the kernel broadcasts. The kernel keeps an MR × NR block of C in
-//! 28 registers over a block of [`KC`] pairs.
+//! k-pairs `[B[2p, j], B[2p+1, j]]` for the panel's columns (zero-padded to a multiple of 16
+//! pairs), so one 64-byte row holds the pairs of 16 columns: a `vdpbf16ps` operand, and a row of
+//! an AMX B tile. A is rounded per call: for `vdpbf16ps` packed into tiles of [`MR`] rows,
+//! `[pair p][row]` as one 32-bit word per row, which the kernel broadcasts, the kernel keeping an
+//! MR × NR block of C in 28 registers over a block of [`KC`] pairs; for AMX rounded into tile
+//! order (16 rows × 32 values per tile, 1 KiB in one piece), the kernel keeping a 32 × 32 block
+//! of C in four tiles over all of k.
 //!
-//! One Zen 4 core: ~200 GFLOP/s on wav2vec2-base's shapes (500 × 768 × 3072 ...) against 230 for
-//! `vdpbf16ps` alone and ~85-100 for f32 FMA products.
+//! On wav2vec2-base's shapes (500 × 768 × 3072 ...): one Zen 4 core ~200 GFLOP/s with
+//! `vdpbf16ps` (230 for the instruction alone, ~85-100 for f32 FMA products); two cores of an
+//! Intel Xeon with AMX ~900-1,050 GFLOP/s with `tdpbf16ps`, against ~300 for f32 products and
+//! ~150 for `vdpbf16ps` there (`cargo run --release -p speechtune-kernels --example bf16_products`).
 
 use rayon::prelude::*;
 
@@ -25,19 +33,76 @@ pub const NR: usize = 32;
 /// k-pairs per block: a panel block is `KC · NR · 4` bytes = 48 KiB (L2; the tile's 21 KiB in
 /// L1). 384 measured 3-10 % faster than 192 or 96 on a Zen 4 core, the same as 768.
 const KC: usize = 384;
+/// Rows of an AMX tile; also k-pairs per tile of B.
+const TILE: usize = 16;
 
-/// True when this CPU runs the `vdpbf16ps` kernel; false means the portable loop.
+/// A kernel that computes the products (the same values, to f32 summation order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// `tdpbf16ps` on AMX tiles.
+    Amx,
+    /// `vdpbf16ps` on 512-bit vectors.
+    Avx512,
+    /// Plain f32 arithmetic.
+    Portable,
+}
+
+impl Kernel {
+    /// The name benchmarks report: `amx_bf16`, `avx512_bf16` or `portable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Amx => "amx_bf16",
+            Kernel::Avx512 => "avx512_bf16",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    /// The kernels this machine runs, fastest first (the portable one always).
+    pub fn available() -> Vec<Kernel> {
+        let mut kernels = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx512 = std::is_x86_feature_detected!("avx512bf16")
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw");
+            if avx512 && amx::enabled() {
+                kernels.push(Kernel::Amx);
+            }
+            if avx512 {
+                kernels.push(Kernel::Avx512);
+            }
+        }
+        kernels.push(Kernel::Portable);
+        kernels
+    }
+}
+
+/// The kernel products run on: the fastest of [`Kernel::available`], or the one the environment
+/// variable `SPEECHTUNE_BF16_KERNEL` names (`avx512_bf16`, `portable`: for comparisons; a name
+/// this machine cannot run panics). Decided once per process.
+pub fn kernel() -> Kernel {
+    static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let available = Kernel::available();
+        match std::env::var("SPEECHTUNE_BF16_KERNEL") {
+            Ok(name) if !name.is_empty() => *available.iter().find(|k| k.name() == name).unwrap_or_else(|| {
+                let names: Vec<_> = available.iter().map(|k| k.name()).collect();
+                panic!("SPEECHTUNE_BF16_KERNEL={name:?}: this machine runs {}", names.join(", "))
+            }),
+            _ => available[0],
+        }
+    })
+}
+
+/// The name of [`kernel`].
+pub fn kernel_name() -> &'static str {
+    kernel().name()
+}
+
+/// True when products run on bf16 instructions (AMX or AVX512_BF16); false means the portable
+/// loop.
 pub fn native() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512bf16")
-            && std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    kernel() != Kernel::Portable
 }
 
 /// `x` rounded to the nearest bf16 (ties to even), as its 16 bits. NaN stays NaN.
@@ -63,7 +128,10 @@ pub fn from_bf16(h: u16) -> f32 {
 pub struct PackedB {
     k: usize,
     n: usize,
+    /// k-pairs holding values: `k / 2` rounded up.
     pairs: usize,
+    /// k-pairs per panel: `pairs` rounded up to a multiple of 16 (an AMX tile's rows).
+    stride: usize,
     data: Vec<u16>,
 }
 
@@ -72,7 +140,8 @@ impl PackedB {
     /// else column by column (sources laid out by columns), so that the reads are sequential.
     fn pack(k: usize, n: usize, rows_first: bool, get: impl Fn(usize, usize) -> u16 + Sync) -> Self {
         let pairs = k.div_ceil(2);
-        let panel_len = pairs * NR * 2;
+        let stride = pairs.next_multiple_of(TILE);
+        let panel_len = stride * NR * 2;
         let mut data = vec![0u16; n.div_ceil(NR) * panel_len];
         data.par_chunks_mut(panel_len.max(1)).enumerate().for_each(|(q, panel)| {
             let cols = NR.min(n.saturating_sub(q * NR));
@@ -83,7 +152,7 @@ impl PackedB {
                 (0..cols).for_each(|c| (0..k).for_each(|i| put(i, c)));
             }
         });
-        PackedB { k, n, pairs, data }
+        PackedB { k, n, pairs, stride, data }
     }
 
     /// `B[i, j] = value(i, j)`.
@@ -106,7 +175,7 @@ impl PackedB {
     /// The bf16 bits of `B[i, j]`.
     #[inline]
     pub fn get(&self, i: usize, j: usize) -> u16 {
-        self.data[(((j / NR) * self.pairs + i / 2) * NR + j % NR) * 2 + i % 2]
+        self.data[(((j / NR) * self.stride + i / 2) * NR + j % NR) * 2 + i % 2]
     }
 
     /// `Bᵀ` packed the same way (exact: the values are already bf16).
@@ -149,7 +218,7 @@ fn pack_a(a: &[f32], m: usize, k: usize, lda: usize) -> Vec<u32> {
 
 fn round_row(x: &[f32], out: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
-    if native() {
+    if kernel() != Kernel::Portable {
         // SAFETY: the instructions were detected just above.
         unsafe { avx512::round_row(x, out) };
         return;
@@ -197,6 +266,11 @@ const CHUNK_ROWS: usize = MR * 192;
 
 /// [`matmul`] on C's pointer, valid for writes of `m × n` values (reads too with `accumulate`).
 fn product(a: &[f32], m: usize, lda: usize, b: &PackedB, c: Out, accumulate: bool) {
+    product_on(kernel(), a, m, lda, b, c, accumulate)
+}
+
+/// [`product`] on a given kernel (one of [`Kernel::available`]).
+fn product_on(kernel: Kernel, a: &[f32], m: usize, lda: usize, b: &PackedB, c: Out, accumulate: bool) {
     let (k, n) = (b.k, b.n);
     assert!(m == 0 || a.len() >= (m - 1) * lda + k, "A has {} values, not {m} rows of stride {lda}", a.len());
     if m == 0 || n == 0 {
@@ -211,28 +285,33 @@ fn product(a: &[f32], m: usize, lda: usize, b: &PackedB, c: Out, accumulate: boo
     }
     for r0 in (0..m).step_by(CHUNK_ROWS) {
         let rows = CHUNK_ROWS.min(m - r0);
-        chunk(&a[r0 * lda..], rows, lda, b, Out(c.at(r0 * n)), accumulate);
+        let (a, c) = (&a[r0 * lda..], Out(c.at(r0 * n)));
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => amx::chunk(a, rows, lda, b, c, accumulate),
+            _ => chunk(kernel == Kernel::Avx512, a, rows, lda, b, c, accumulate),
+        }
     }
 }
 
-/// One chunk of [`product`]'s rows: A packed, then blocks of tiles × panels in parallel.
-fn chunk(a: &[f32], m: usize, lda: usize, b: &PackedB, out: Out, accumulate: bool) {
+/// One chunk of [`product`]'s rows on the `vdpbf16ps` kernel (`native`) or the portable one: A
+/// packed, then blocks of tiles × panels in parallel.
+fn chunk(native: bool, a: &[f32], m: usize, lda: usize, b: &PackedB, out: Out, accumulate: bool) {
     let (k, n) = (b.k, b.n);
     let packed_a = pack_a(a, m, k, lda);
-    let pairs = b.pairs;
+    let (pairs, stride) = (b.pairs, b.stride);
     let (tiles, panels) = (m.div_ceil(MR), n.div_ceil(NR));
     // Blocks of up to 8 tiles × 4 panels, at least two per thread where the sizes allow.
     let tiles_per = tiles.div_ceil(rayon::current_num_threads() * 2).clamp(1, 8);
     let panels_per = panels.min(4);
     let (row_blocks, col_blocks) = (tiles.div_ceil(tiles_per), panels.div_ceil(panels_per));
-    let native = native();
     (0..row_blocks * col_blocks).into_par_iter().for_each(|task| {
         let (rb, cb) = (task % row_blocks, task / row_blocks);
         let mut p0 = 0;
         while p0 < pairs {
             let kc = KC.min(pairs - p0);
             for q in cb * panels_per..((cb + 1) * panels_per).min(panels) {
-                let panel = &b.data[(q * pairs + p0) * NR * 2..(q * pairs + p0 + kc) * NR * 2];
+                let panel = &b.data[(q * stride + p0) * NR * 2..(q * stride + p0 + kc) * NR * 2];
                 for t in rb * tiles_per..((rb + 1) * tiles_per).min(tiles) {
                     let tile = &packed_a[(t * pairs + p0) * MR..(t * pairs + p0 + kc) * MR];
                     let block = Block {
@@ -245,11 +324,12 @@ fn chunk(a: &[f32], m: usize, lda: usize, b: &PackedB, out: Out, accumulate: boo
                     };
                     #[cfg(target_arch = "x86_64")]
                     if native {
-                        // SAFETY: instructions detected; slices hold kc pairs; the block is
-                        // this task's own part of C.
+                        // SAFETY: instructions detected (`native` only when available); slices
+                        // hold kc pairs; the block is this task's own part of C.
                         unsafe { avx512::kernel(kc, tile, panel, &block) };
                         continue;
                     }
+                    let _ = native;
                     // SAFETY: as above.
                     unsafe { portable_kernel(kc, tile, panel, &block) };
                 }
@@ -292,6 +372,225 @@ unsafe fn portable_kernel(kc: usize, a: &[u32], b: &[u16], block: &Block) {
             unsafe {
                 let o = block.c.add(r * block.ldc + j);
                 o.write(if block.add { o.read() + s } else { s });
+            }
+        }
+    }
+}
+
+/// The AMX kernel: `tdpbf16ps` on tiles of 16 rows × 64 bytes (16 × 32 bf16 of A, 16 pairs × 16
+/// columns of B, 16 × 16 f32 of C). Tiles 0-3 hold a 32 × 32 block of C, 4-5 two 16-row tiles of
+/// A, 6-7 the two 16-column halves of a panel.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    use rayon::prelude::*;
+
+    use super::{NR, Out, PackedB, TILE, round_row};
+
+    /// Rows of a block of C (two A tiles).
+    const ROWS: usize = 2 * TILE;
+
+    /// True when the CPU has AMX-BF16 tiles and Linux lets this process use them (asked once,
+    /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`; a kernel without AMX support
+    /// refuses, and the products run on `vdpbf16ps`).
+    pub(super) fn enabled() -> bool {
+        static ENABLED: OnceLock<bool> = OnceLock::new();
+        *ENABLED.get_or_init(|| {
+            use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
+            #[allow(unused_unsafe)]
+            // SAFETY: cpuid exists on every x86_64 CPU; leaf 7 is read only where it exists.
+            let (amx_bf16, amx_tile) = unsafe {
+                if __get_cpuid_max(0).0 < 7 {
+                    return false;
+                }
+                let leaf = __cpuid_count(7, 0);
+                (leaf.edx >> 22 & 1 == 1, leaf.edx >> 24 & 1 == 1)
+            };
+            amx_bf16 && amx_tile && permitted()
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn permitted() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a system call with integer arguments; it changes only this process's
+        // permission to use the tile state.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn permitted() -> bool {
+        false
+    }
+
+    /// Palette 1, all eight tiles 16 rows × 64 bytes.
+    static CONFIG: [u8; 64] = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = TILE as u8;
+            t += 1;
+        }
+        c
+    };
+
+    /// A chunk of [`super::product`]'s rows: A rounded row by row (zero-padded to whole tiles),
+    /// then blocks of 32-row steps × panels in parallel, each over all of k.
+    pub(super) fn chunk(a: &[f32], m: usize, lda: usize, b: &PackedB, out: Out, accumulate: bool) {
+        let (k, n) = (b.k, b.n);
+        // bf16 per row of the rounded A: k padded to whole tiles, as B's panels are.
+        let width = b.stride * 2;
+        let (steps, panels) = (m.div_ceil(ROWS), n.div_ceil(NR));
+        // A in tile order, `[row step][k step][A tile 0/1][row of the tile][32 values]`, so that
+        // each tile is 1 KiB in one piece (10-20 % faster products than loading a tile's rows
+        // from A's rows in place, on wav2vec2-base's shapes). Every value is written once (rows
+        // past m and values past k as zeros), none zeroed first.
+        let step_len = ROWS * width;
+        let mut rounded: Vec<u16> = Vec::with_capacity(steps * step_len);
+        rounded.spare_capacity_mut().par_chunks_mut(step_len).enumerate().for_each(|(t, tiles)| {
+            // SAFETY: u16 has no invalid bit patterns; every value is written below.
+            let tiles = unsafe { &mut *(tiles as *mut [std::mem::MaybeUninit<u16>] as *mut [u16]) };
+            let mut row = vec![0u16; width];
+            for r in 0..ROWS {
+                let i = t * ROWS + r;
+                let k = if i < m { k } else { 0 };
+                if k > 0 {
+                    round_row(&a[i * lda..i * lda + k], &mut row[..k]);
+                }
+                row[k..].fill(0);
+                for (s, values) in row.chunks_exact(2 * TILE).enumerate() {
+                    let at = ((s * 2 + r / TILE) * TILE + r % TILE) * 2 * TILE;
+                    tiles[at..at + 2 * TILE].copy_from_slice(values);
+                }
+            }
+        });
+        // SAFETY: all `steps · step_len` values were written just above.
+        unsafe { rounded.set_len(steps * step_len) };
+        // Blocks of up to 8 steps × 4 panels, at least two per thread where the sizes allow.
+        // Within one, a step's A (32 rows × k) is read from L1/L2 by each panel, and the
+        // panels (≤ 4 × 196 KiB for k = 3072) stay in L2 across the steps.
+        let steps_per = steps.div_ceil(rayon::current_num_threads() * 2).clamp(1, 8);
+        let panels_per = panels.min(4);
+        let (row_blocks, col_blocks) = (steps.div_ceil(steps_per), panels.div_ceil(panels_per));
+        (0..row_blocks * col_blocks).into_par_iter().for_each(|task| {
+            let (rb, cb) = (task % row_blocks, task / row_blocks);
+            // SAFETY: AMX is enabled (the only caller's kernel); CONFIG is a valid palette 1.
+            unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.as_ptr(), options(nostack, readonly)) };
+            for t in rb * steps_per..((rb + 1) * steps_per).min(steps) {
+                for q in cb * panels_per..((cb + 1) * panels_per).min(panels) {
+                    let block = Block {
+                        a: rounded[t * step_len..].as_ptr(),
+                        b: b.data[q * b.stride * NR * 2..].as_ptr(),
+                        steps: b.stride / TILE,
+                        // Row t·32, column q·NR: inside C (t < steps, q < panels).
+                        c: out.at(t * ROWS * n + q * NR),
+                        ldc: n,
+                        rows: ROWS.min(m - t * ROWS),
+                        cols: NR.min(n - q * NR),
+                        add: accumulate,
+                    };
+                    // SAFETY: tiles configured; A holds 32 rows of `width`, the panel `stride`
+                    // pairs; the block of C is this task's own.
+                    unsafe { block.run() };
+                }
+            }
+            // SAFETY: releases this thread's tile state (configured above).
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        });
+    }
+
+    /// One 32 × 32 block of C over all of k.
+    struct Block {
+        /// 32 rows × `steps · 32` values of rounded A in tile order: `steps` pairs of tiles.
+        a: *const u16,
+        /// A panel: `steps · 16` pairs of `NR` columns.
+        b: *const u16,
+        steps: usize,
+        /// `rows × cols` of C, row stride `ldc` values.
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        add: bool,
+    }
+
+    impl Block {
+        /// # Safety
+        /// Tiles configured with [`CONFIG`]; the pointers valid for the sizes above.
+        unsafe fn run(&self) {
+            let full = self.rows == ROWS && self.cols == NR;
+            // A partial block goes through `spare` (32 × 32 values, row stride NR): only its rows ×
+            // cols are read back, so the rest may stay unwritten (the tiles compute garbage
+            // there, which nothing reads).
+            let mut spare = std::mem::MaybeUninit::<[f32; ROWS * NR]>::uninit();
+            let (c, ld) = if full { (self.c, self.ldc * 4) } else { (spare.as_mut_ptr().cast::<f32>(), NR * 4) };
+            // SAFETY: (all blocks) the caller's sizes: rows × cols of C; steps × 32 values of
+            // 32 rows of A; steps × 16 pairs of the panel; `spare` holds 32 rows of NR.
+            unsafe {
+                if self.add {
+                    if !full {
+                        for r in 0..self.rows {
+                            std::ptr::copy_nonoverlapping(self.c.add(r * self.ldc), c.add(r * NR), self.cols);
+                        }
+                    }
+                    asm!(
+                        "tileloadd tmm0, [{c0} + {ld}*1]",
+                        "tileloadd tmm1, [{c0} + {ld}*1 + 64]",
+                        "tileloadd tmm2, [{c1} + {ld}*1]",
+                        "tileloadd tmm3, [{c1} + {ld}*1 + 64]",
+                        c0 = in(reg) c,
+                        c1 = in(reg) c.byte_add(TILE * ld),
+                        ld = in(reg) ld,
+                        options(nostack, readonly, preserves_flags),
+                    );
+                } else {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem, preserves_flags)
+                    );
+                }
+                for s in 0..self.steps {
+                    let a0 = self.a.add(s * 2 * TILE * 2 * TILE);
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {lda}*1]",
+                        "tileloadd tmm5, [{a1} + {lda}*1]",
+                        "tileloadd tmm6, [{b} + {ldb}*1]",
+                        "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0,
+                        a1 = in(reg) a0.add(TILE * 2 * TILE),
+                        lda = in(reg) 2 * TILE * 2,
+                        b = in(reg) self.b.add(s * TILE * NR * 2),
+                        ldb = in(reg) NR * 4,
+                        options(nostack, readonly, preserves_flags),
+                    );
+                }
+                asm!(
+                    "tilestored [{c0} + {ld}*1], tmm0",
+                    "tilestored [{c0} + {ld}*1 + 64], tmm1",
+                    "tilestored [{c1} + {ld}*1], tmm2",
+                    "tilestored [{c1} + {ld}*1 + 64], tmm3",
+                    c0 = in(reg) c,
+                    c1 = in(reg) c.byte_add(TILE * ld),
+                    ld = in(reg) ld,
+                    options(nostack, preserves_flags),
+                );
+                if !full {
+                    for r in 0..self.rows {
+                        std::ptr::copy_nonoverlapping(c.add(r * NR), self.c.add(r * self.ldc), self.cols);
+                    }
+                }
             }
         }
     }
@@ -410,47 +709,58 @@ mod tests {
         assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
     }
 
-    /// Every shape class: one row, rows not a multiple of the tile, odd k (a half-filled pair),
-    /// columns not a multiple of the panel, k longer than one block; both packings; both
-    /// kernels give the exact products of the rounded inputs to f32 summation error.
+    /// `C = A·B` (or `+=`) on one kernel.
+    fn product_with(kernel: Kernel, a: &[f32], m: usize, lda: usize, b: &PackedB, c: &mut [f32], add: bool) {
+        assert!(c.len() >= m * b.n());
+        product_on(kernel, a, m, lda, b, Out(c.as_mut_ptr()), add);
+    }
+
+    /// Every shape class: one row, rows not a multiple of a tile (14, 32), odd k (a half-filled
+    /// pair), k not a multiple of a tile's 32, columns not a multiple of the panel, k longer
+    /// than one block; both packings; every kernel this machine runs gives the exact products
+    /// of the rounded inputs to f32 summation error, with and without accumulation.
     #[test]
     fn products_equal_the_rounded_inputs_products() {
         let mut seed = 0x9e3779b97f4a7c15;
-        for (m, k, n) in [(1, 1, 1), (3, 7, 17), (15, 33, 47), (29, 64, 70), (100, 385, 33), (14, 801, 33)] {
+        let kernels = Kernel::available();
+        assert_eq!(kernels.last(), Some(&Kernel::Portable));
+        for (m, k, n) in
+            [(1, 1, 1), (3, 7, 17), (15, 33, 47), (29, 64, 70), (100, 385, 33), (14, 801, 33), (64, 96, 64)]
+        {
             let a = values(m * k, &mut seed);
             let w = values(k * n, &mut seed);
             let want = reference(&a, m, k, |i, j| w[i * n + j], n);
             let by_rows = PackedB::from_rows(&w, k, n);
-            let mut c = vec![f32::NAN; m * n];
-            matmul(&a, m, k, &by_rows, &mut c, false);
-            assert!(max_diff(&c, &want) < 1e-5 * (k as f64).sqrt(), "{m}×{k}×{n}: {}", max_diff(&c, &want));
             // The same B given as its transpose packs to the same bits.
             let wt: Vec<f32> = (0..k * n).map(|o| w[(o % k) * n + o / k]).collect();
             assert_eq!(PackedB::from_transposed(&wt, k, n).data, by_rows.data);
-            // Accumulating adds onto C.
-            let mut twice = c.clone();
-            matmul(&a, m, k, &by_rows, &mut twice, true);
-            assert!(twice.iter().zip(&c).all(|(t, c)| (t - 2.0 * c).abs() <= 1e-6 * c.abs().max(1.0)));
-            // The portable kernel agrees with whichever ran.
-            let mut portable = vec![0.0f32; m * n];
-            let packed_a = pack_a(&a, m, k, k);
-            let pairs = k.div_ceil(2);
-            for t in 0..m.div_ceil(MR) {
-                for q in 0..n.div_ceil(NR) {
-                    let block = Block {
-                        c: portable[t * MR * n + q * NR..].as_mut_ptr(),
-                        ldc: n,
-                        rows: MR.min(m - t * MR),
-                        cols: NR.min(n - q * NR),
-                        add: false,
-                    };
-                    let tile = &packed_a[t * pairs * MR..(t + 1) * pairs * MR];
-                    let panel = &by_rows.data[q * pairs * NR * 2..(q + 1) * pairs * NR * 2];
-                    unsafe { portable_kernel(pairs, tile, panel, &block) };
-                }
+            for &kernel in &kernels {
+                let mut c = vec![f32::NAN; m * n];
+                product_with(kernel, &a, m, k, &by_rows, &mut c, false);
+                let diff = max_diff(&c, &want);
+                assert!(diff < 1e-5 * (k as f64).sqrt(), "{kernel:?} {m}×{k}×{n}: {diff}");
+                // Accumulating adds onto C.
+                let mut twice = c.clone();
+                product_with(kernel, &a, m, k, &by_rows, &mut twice, true);
+                assert!(
+                    twice.iter().zip(&c).all(|(t, c)| (t - 2.0 * c).abs() <= 1e-6 * c.abs().max(1.0)),
+                    "{kernel:?} {m}×{k}×{n} accumulated"
+                );
             }
-            assert!(max_diff(&portable, &want) < 1e-5 * (k as f64).sqrt());
         }
+    }
+
+    /// The kernel that runs is the fastest this machine has, and says so.
+    #[test]
+    fn the_fastest_kernel_runs() {
+        let kernels = Kernel::available();
+        if std::env::var_os("SPEECHTUNE_BF16_KERNEL").is_none() {
+            assert_eq!(kernel(), kernels[0]);
+        }
+        assert_eq!(native(), kernel() != Kernel::Portable);
+        assert!(["amx_bf16", "avx512_bf16", "portable"].contains(&kernel_name()));
+        // AMX only alongside AVX512_BF16 (its A is rounded with AVX-512).
+        assert!(!kernels.contains(&Kernel::Amx) || kernels.contains(&Kernel::Avx512));
     }
 
     #[test]
@@ -485,9 +795,11 @@ mod tests {
         let w = values(k * n, &mut seed);
         let dense: Vec<f32> = (0..m * k).map(|o| x[o / k * lda + o % k]).collect();
         let want = reference(&dense, m, k, |i, j| w[i * n + j], n);
-        let mut c = vec![0.0; m * n];
-        matmul(&x, m, lda, &PackedB::from_rows(&w, k, n), &mut c, false);
-        assert!(max_diff(&c, &want) < 1e-5);
+        for kernel in Kernel::available() {
+            let mut c = vec![f32::NAN; m * n];
+            product_with(kernel, &x, m, lda, &PackedB::from_rows(&w, k, n), &mut c, false);
+            assert!(max_diff(&c, &want) < 1e-5, "{kernel:?}");
+        }
         let mut c = vec![3.0; 4];
         matmul(&[], 2, 0, &PackedB::from_rows(&[], 0, 2), &mut c, false);
         assert_eq!(c, [0.0; 4]);
@@ -495,7 +807,7 @@ mod tests {
     }
 
     /// More rows than one chunk (A is packed a chunk at a time), overlapping rows, into memory
-    /// never written: every value of C comes out, equal to the product.
+    /// never written: every value of C comes out, equal to the product, on every kernel.
     #[test]
     fn rows_beyond_one_chunk_into_fresh_memory() {
         let mut seed = 13;
@@ -504,8 +816,14 @@ mod tests {
         let w = values(k * n, &mut seed);
         let dense: Vec<f32> = (0..m * k).map(|o| x[o / k * lda + o % k]).collect();
         let want = reference(&dense, m, k, |i, j| w[i * n + j], n);
-        let c = matmul_new(&x, m, lda, &PackedB::from_rows(&w, k, n));
+        let b = PackedB::from_rows(&w, k, n);
+        let c = matmul_new(&x, m, lda, &b);
         assert_eq!(c.len(), m * n);
         assert!(max_diff(&c, &want) < 1e-5, "{}", max_diff(&c, &want));
+        for kernel in Kernel::available() {
+            let mut c = vec![f32::NAN; m * n];
+            product_with(kernel, &x, m, lda, &b, &mut c, false);
+            assert!(max_diff(&c, &want) < 1e-5, "{kernel:?}: {}", max_diff(&c, &want));
+        }
     }
 }
