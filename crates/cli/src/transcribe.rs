@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long)]
     pub device: Option<String>,
     /// Mixed precision: `bf16` runs the frozen projections' matrix products with bf16 inputs and
-    /// f32 sums (fast on CPUs with AVX512_BF16), `f32` (the default) runs everything in f32.
+    /// f32 sums (fast on CPUs with AMX or AVX512_BF16), `f32` (the default) runs everything in f32.
     #[arg(long, default_value = "f32")]
     pub precision: speechtune_models::Precision,
     /// For a run trained with `train --per-language` (one model per language, e.g. S3-Router

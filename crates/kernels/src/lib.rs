@@ -1,5 +1,5 @@
 //! Kernels that burn's CPU backend lacks, run on tensors' values: bf16 matrix products
-//! ([`bf16`], AVX512_BF16 where the CPU has it) and the frozen linear layer built on them
+//! ([`bf16`], AMX or AVX512_BF16 where the CPU has them) and the frozen linear layer built on them
 //! ([`linear`]), with its own operation in burn's autodiff graph.
 
 pub mod bf16;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// inputs (weights and activations rounded to nearest even) with f32 sums, forward and, in
 /// training, backward, as PyTorch's `torch.autocast(dtype=torch.bfloat16)` runs linear layers;
 /// trainable parameters, their gradients, optimiser state, normalisations, softmax and losses
-/// stay f32. On the CPU backend; fast where the CPU has AVX512_BF16
+/// stay f32. On the CPU backend; fast where the CPU has AMX or AVX512_BF16
 /// ([`speechtune_kernels::bf16::native`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -320,7 +320,7 @@ pub struct TrainConfig {
     pub collective_timeout_seconds: f64,
     /// `f32`, or `bf16`: mixed precision, the frozen projections' products (forward and
     /// backward) with bf16 inputs and f32 sums, on the CPU; trainable parameters, optimiser
-    /// state and losses stay f32 ([`Precision`]). Fast on CPUs with AVX512_BF16.
+    /// state and losses stay f32 ([`Precision`]). Fast on CPUs with AMX or AVX512_BF16.
     pub precision: Precision,
 }
 
