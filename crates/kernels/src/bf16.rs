@@ -439,8 +439,8 @@ mod amx {
         c
     };
 
-    /// A chunk of [`super::product`]'s rows: A rounded row by row (zero-padded to whole tiles),
-    /// then blocks of 32-row steps × panels in parallel, each over all of k.
+    /// A chunk of [`super::product`]'s rows: A rounded into tile order (zero-padded to whole
+    /// tiles), then blocks of 32-row steps × panels in parallel, each over all of k.
     pub(super) fn chunk(a: &[f32], m: usize, lda: usize, b: &PackedB, out: Out, accumulate: bool) {
         let (k, n) = (b.k, b.n);
         // bf16 per row of the rounded A: k padded to whole tiles, as B's panels are.
