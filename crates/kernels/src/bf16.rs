@@ -78,20 +78,29 @@ impl Kernel {
 }
 
 /// The kernel products run on: the fastest of [`Kernel::available`], or the one the environment
-/// variable `SPEECHTUNE_BF16_KERNEL` names (`avx512_bf16`, `portable`: for comparisons; a name
-/// this machine cannot run panics). Decided once per process.
+/// variable `SPEECHTUNE_BF16_KERNEL` names (`avx512_bf16`, `portable`: for comparisons). A name
+/// this machine cannot run is reported on stderr, naming the ones it can, and the fastest runs.
+/// Decided once per process.
 pub fn kernel() -> Kernel {
     static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-    *KERNEL.get_or_init(|| {
-        let available = Kernel::available();
-        match std::env::var("SPEECHTUNE_BF16_KERNEL") {
-            Ok(name) if !name.is_empty() => *available.iter().find(|k| k.name() == name).unwrap_or_else(|| {
-                let names: Vec<_> = available.iter().map(|k| k.name()).collect();
-                panic!("SPEECHTUNE_BF16_KERNEL={name:?}: this machine runs {}", names.join(", "))
-            }),
-            _ => available[0],
-        }
-    })
+    *KERNEL.get_or_init(|| choose(&Kernel::available(), std::env::var("SPEECHTUNE_BF16_KERNEL").ok().as_deref()))
+}
+
+/// The kernel `requested` names among `available` (fastest first), else the fastest, with a
+/// warning when a name was given that is not among them.
+fn choose(available: &[Kernel], requested: Option<&str>) -> Kernel {
+    match requested {
+        Some(name) if !name.is_empty() => available.iter().copied().find(|k| k.name() == name).unwrap_or_else(|| {
+            let names: Vec<_> = available.iter().map(|k| k.name()).collect();
+            eprintln!(
+                "warning: SPEECHTUNE_BF16_KERNEL={name:?} is not a kernel this machine runs ({}); using {}",
+                names.join(", "),
+                available[0].name()
+            );
+            available[0]
+        }),
+        _ => available[0],
+    }
 }
 
 /// The name of [`kernel`].
@@ -761,6 +770,19 @@ mod tests {
         assert!(["amx_bf16", "avx512_bf16", "portable"].contains(&kernel_name()));
         // AMX only alongside AVX512_BF16 (its A is rounded with AVX-512).
         assert!(!kernels.contains(&Kernel::Amx) || kernels.contains(&Kernel::Avx512));
+    }
+
+    /// `SPEECHTUNE_BF16_KERNEL` picks an available kernel by name; an unknown or unavailable
+    /// name, or none, leaves the fastest.
+    #[test]
+    fn a_kernel_is_chosen_by_name() {
+        let both = [Kernel::Avx512, Kernel::Portable];
+        assert_eq!(choose(&both, Some("portable")), Kernel::Portable);
+        assert_eq!(choose(&both, Some("avx512_bf16")), Kernel::Avx512);
+        assert_eq!(choose(&both, Some("amx_bf16")), Kernel::Avx512);
+        assert_eq!(choose(&both, Some("bogus")), Kernel::Avx512);
+        assert_eq!(choose(&both, Some("")), Kernel::Avx512);
+        assert_eq!(choose(&[Kernel::Portable], None), Kernel::Portable);
     }
 
     #[test]
