@@ -8,16 +8,17 @@
 
 use std::sync::{Arc, OnceLock};
 
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use burn::tensor::{DType, GradientCheckpointingStrategy, TensorData};
+use burn::tensor::TensorData;
 
 use crate::bf16::{PackedB, matmul_new};
+use crate::graph::{GraphOp, GraphTensor, flex, from_flex, on_graph};
 
 /// A weight `W` (`d_in × d_out`, burn's `Linear` layout) rounded to bf16 and packed for
 /// `x · W`; the packing for the backward pass's `dY · Wᵀ` is made from it on first use.
@@ -69,36 +70,27 @@ impl Bf16Weight {
     }
 }
 
-/// True where [`linear`] runs: float32 tensors on burn's CPU backend, with or without autodiff.
-pub fn supports<const D: usize>(x: &Tensor<D>) -> bool {
-    x.dtype() == DType::F32 && x.device().inner() == Device::flex()
-}
-
 /// `x · W` over the last dimension of `x` (`[..., d_in]` → `[..., d_out]`), without bias.
 ///
 /// # Panics
-/// Where [`supports`] is false, or where `x`'s last dimension is not `d_in`.
+/// Where [`crate::supports`] is false, or where `x`'s last dimension is not `d_in`.
 pub fn linear<const D: usize>(x: Tensor<D>, w: &Arc<Bf16Weight>) -> Tensor<D> {
     assert!(
-        supports(&x),
+        crate::supports(&x),
         "bf16 products run on the CPU backend's float32 tensors, not {:?} {:?}",
         x.device(),
         x.dtype()
     );
-    let device = x.device();
-    match device.gradient_checkpointing_strategy() {
-        None => {
-            let x = x.try_into_primitive::<Flex>().expect("a CPU tensor");
-            Tensor::from_primitive::<Flex>(product(&x, &w.forward))
-        }
-        Some(GradientCheckpointingStrategy::Disabled) => on_graph_plain(x, w),
-        Some(GradientCheckpointingStrategy::Balanced) => on_graph_balanced(x, w),
+    if x.device().is_autodiff() {
+        on_graph(Bf16Linear(w.clone()), [x])
+    } else {
+        from_flex(product(&flex(x), &w.forward))
     }
 }
 
 /// The autodiff operation: its state is the weight, its backward `dY · Wᵀ`.
 #[derive(Debug)]
-struct Bf16Linear;
+struct Bf16Linear(Arc<Bf16Weight>);
 
 impl Backward<Flex, 1> for Bf16Linear {
     type State = Arc<Bf16Weight>;
@@ -109,23 +101,16 @@ impl Backward<Flex, 1> for Bf16Linear {
     }
 }
 
-// One function per strategy: burn's conversion to `Autodiff<Flex, C>` is bounded by a private
-// trait, so it cannot be generic over `C`.
-macro_rules! on_graph {
-    ($name:ident, $strategy:ty) => {
-        fn $name<const D: usize>(x: Tensor<D>, w: &Arc<Bf16Weight>) -> Tensor<D> {
-            let x = x.try_into_primitive::<Autodiff<Flex, $strategy>>().expect("a CPU autodiff tensor");
-            let y = product(x.primitive(), &w.forward);
-            let out = match Bf16Linear.prepare::<$strategy>([x.node()]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(w.clone(), y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            };
-            Tensor::from_primitive::<Autodiff<Flex, $strategy>>(out)
+impl GraphOp<1> for Bf16Linear {
+    fn run<C: CheckpointStrategy>(self, [x]: [GraphTensor; 1]) -> GraphTensor {
+        let y = product(x.primitive(), &self.0.forward);
+        let w = self.0.clone();
+        match self.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(w, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
-    };
+    }
 }
-on_graph!(on_graph_plain, NoCheckpointing);
-on_graph!(on_graph_balanced, BalancedCheckpointing);
 
 /// `x · B` over `x`'s last dimension.
 fn product(x: &FlexTensor, b: &PackedB) -> FlexTensor {

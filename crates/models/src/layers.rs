@@ -135,7 +135,7 @@ pub fn first_order<const D: usize>(
 
 /// The values of `x` (row-major), copied once. `into_data` on a tensor that is still shared (a
 /// graph node's input) copies twice, the second time to re-align the bytes.
-fn copy_values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+pub(crate) fn copy_values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
     use burn::backend::Flex;
     if x.dtype() == burn::tensor::DType::F32
         && x.device() == Device::flex()

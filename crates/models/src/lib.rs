@@ -9,7 +9,7 @@ mod device;
 mod error;
 pub mod export;
 pub mod fairseq;
-pub mod fastmath;
+pub use speechtune_kernels::fastmath;
 pub mod frontend;
 pub mod hub;
 pub mod layers;

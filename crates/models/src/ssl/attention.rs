@@ -140,6 +140,12 @@ impl Attention {
         let [b, t, d] = x.dims();
         let h = self.heads;
         let hd = d / h;
+        if self.rel.is_none() && self.prefix.is_none() && speechtune_kernels::supports(&x) {
+            // On the CPU: one fused operation (speechtune_kernels::attention), same values.
+            let mask = mask.map(crate::layers::copy_values);
+            let (q, k, v) = (self.q_proj.forward(x.clone()), self.k_proj.forward(x.clone()), self.v_proj.forward(x));
+            return self.out_proj.forward(speechtune_kernels::attention(q, k, v, h, mask));
+        }
         let split = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(x.clone())) * (hd as f64).powf(-0.5);
         let k = split(self.k_proj.forward(x.clone()));

@@ -1,0 +1,363 @@
+//! Multi-head self-attention as one operation: `softmax(scale · Q Kᵀ + mask) V` per head, read
+//! from and written to the projections' `[batch, time, heads × head_dim]` layout, with its own
+//! backward pass on burn's autodiff graph.
+//!
+//! Composed from burn's operations, attention splits the heads out with copies, materialises the
+//! scaled scores, the masked scores and the probabilities as separate tensors, and its
+//! elementwise steps (scale, mask, the softmax's backward) run on one thread. Here each
+//! (sequence, head) pair is one task on the thread pool: two products through strided views of
+//! Q, K and V, the mask and the softmax in place between them, and the output written straight
+//! into its columns. The graph keeps the probabilities `P` (as the composed graph does) and
+//! the backward pass is, per head, `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`,
+//! `dQ = scale · dS K`, `dK = scale · dSᵀ Q`.
+
+use std::sync::Arc;
+
+use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::prelude::*;
+use rayon::prelude::*;
+
+use crate::graph::{GraphOp, GraphTensor, Shared, View, contiguous, dims, mm, on_graph, output, tensor, values};
+
+/// Sizes of one call: `batch` sequences of `time` steps, `heads` heads of `head_dim` values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    pub batch: usize,
+    pub time: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl Shape {
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Offset of head `h` of sequence `b` in a `[batch, time, width]` tensor.
+    fn offset(&self, task: usize) -> usize {
+        let (b, h) = (task / self.heads, task % self.heads);
+        b * self.time * self.width() + h * self.head_dim
+    }
+
+    fn tasks(&self) -> usize {
+        self.batch * self.heads
+    }
+}
+
+/// `softmax(scale · Q Kᵀ + mask) V` per head on values: `q`, `k`, `v` are `[batch, time,
+/// heads × head_dim]` row-major, `mask` (optional) adds `mask[b · time + s]` to every score of
+/// key `s` in sequence `b`. Returns the output (same layout) and, with `keep`, the
+/// probabilities `[batch, heads, time, time]`.
+pub fn forward_values(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    s: Shape,
+    scale: f32,
+    keep: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (t, w, hd) = (s.time, s.width(), s.head_dim);
+    let n = s.batch * t * w;
+    assert!(q.len() == n && k.len() == n && v.len() == n, "attention inputs of {n} values each");
+    if let Some(m) = mask {
+        assert_eq!(m.len(), s.batch * t, "a key mask of batch × time values");
+    }
+    let mut out = output(n);
+    let dst = Shared(out.as_mut_ptr());
+    let head = |task: usize, p: &mut [f32]| {
+        let o = s.offset(task);
+        // SAFETY: the views stay inside q, k, v (o + (t - 1)·w + hd ≤ n); each task writes its
+        // own head's columns of `out` and its own `p`.
+        unsafe {
+            mm(
+                t,
+                t,
+                hd,
+                p.as_mut_ptr(),
+                t,
+                View::rows(q, o, w),
+                View::cols(k, o, w),
+                scale,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        if let Some(m) = mask {
+            let m = &m[(task / s.heads) * t..][..t];
+            for row in p.chunks_exact_mut(t) {
+                row.iter_mut().zip(m).for_each(|(a, b)| *a += b);
+            }
+        }
+        crate::fastmath::softmax_rows(p, t);
+        let dst = dst;
+        unsafe {
+            mm(
+                t,
+                hd,
+                t,
+                dst.0.add(o),
+                w,
+                View::rows(p, 0, t),
+                View::rows(v, o, w),
+                1.0,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    let probs = if keep {
+        let mut p = output(s.tasks() * t * t);
+        p.par_chunks_mut((t * t).max(1)).enumerate().for_each(|(task, p)| head(task, p));
+        Some(p)
+    } else {
+        (0..s.tasks()).into_par_iter().for_each_init(|| output(t * t), |p, task| head(task, p));
+        None
+    };
+    (out, probs)
+}
+
+/// The gradients of [`forward_values`]'s inputs from the output's gradient `d_out`, for those
+/// asked for (`need` = [q, k, v]), given the kept probabilities `p`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_values(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: &[f32],
+    d_out: &[f32],
+    s: Shape,
+    scale: f32,
+    need: [bool; 3],
+) -> [Option<Vec<f32>>; 3] {
+    let (t, w, hd) = (s.time, s.width(), s.head_dim);
+    let n = s.batch * t * w;
+    assert!(q.len() == n && k.len() == n && v.len() == n && d_out.len() == n);
+    assert_eq!(p.len(), s.tasks() * t * t);
+    let mut grads = need.map(|on| on.then(|| output(n)));
+    let ptr = |g: &mut Option<Vec<f32>>| g.as_mut().map(|g| Shared(g.as_mut_ptr()));
+    let [dq, dk, dv] = [ptr(&mut grads[0]), ptr(&mut grads[1]), ptr(&mut grads[2])];
+    let scores = need[0] || need[1];
+    (0..s.tasks()).into_par_iter().for_each_init(
+        || output(if scores { t * t } else { 0 }),
+        |ds, task| {
+            let o = s.offset(task);
+            let p = &p[task * t * t..][..t * t];
+            let none = gemm::Parallelism::None;
+            // SAFETY: all views stay inside their slices (see forward_values); each task writes
+            // its own head's columns of the gradients and its own buffer.
+            unsafe {
+                if let Some(dv) = dv {
+                    mm(t, hd, t, dv.0.add(o), w, View::cols(p, 0, t), View::rows(d_out, o, w), 1.0, false, none);
+                }
+                if !scores {
+                    return;
+                }
+                mm(t, t, hd, ds.as_mut_ptr(), t, View::rows(d_out, o, w), View::cols(v, o, w), 1.0, false, none);
+            }
+            for (d, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                let dot: f32 = d.iter().zip(p).map(|(a, b)| a * b).sum();
+                d.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot));
+            }
+            unsafe {
+                if let Some(dq) = dq {
+                    mm(t, hd, t, dq.0.add(o), w, View::rows(ds, 0, t), View::rows(k, o, w), scale, false, none);
+                }
+                if let Some(dk) = dk {
+                    mm(t, hd, t, dk.0.add(o), w, View::cols(ds, 0, t), View::rows(q, o, w), scale, false, none);
+                }
+            }
+        },
+    );
+    grads
+}
+
+/// Multi-head self-attention of `q`, `k`, `v` (`[batch, time, heads × head_dim]`, float32 on
+/// burn's CPU backend, see [`crate::supports`]) with scores scaled by `head_dim^-½`, and `mask`
+/// (`batch × time` values, added to the scores of each key) where given. On the autodiff graph
+/// it is one operation whose backward pass gives all three inputs their gradients.
+///
+/// # Panics
+/// Where the inputs are not on the CPU backend, their shapes differ, or `heads` does not divide
+/// their width.
+pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<Vec<f32>>) -> Tensor<3> {
+    assert!(crate::supports(&q), "fused attention runs on the CPU backend's float32 tensors");
+    let [batch, time, width] = q.dims();
+    assert!(k.dims() == q.dims() && v.dims() == q.dims(), "q, k and v of one shape");
+    assert!(heads > 0 && width % heads == 0, "{heads} heads do not divide a width of {width}");
+    let shape = Shape { batch, time, heads, head_dim: width / heads };
+    let op = Attention { shape, scale: (shape.head_dim as f32).powf(-0.5), mask: mask.map(Arc::new) };
+    if q.device().is_autodiff() {
+        on_graph(op, [q, k, v])
+    } else {
+        let [q, k, v] = [q, k, v].map(|t| contiguous(&crate::graph::flex(t)));
+        let (out, _) = op.compute(&q, &k, &v, false);
+        crate::graph::from_flex(out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    shape: Shape,
+    scale: f32,
+    mask: Option<Arc<Vec<f32>>>,
+}
+
+impl Attention {
+    fn compute(&self, q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, keep: bool) -> (FlexTensor, Option<Vec<f32>>) {
+        let mask = self.mask.as_ref().map(|m| m.as_slice());
+        let (out, p) = forward_values(values(q), values(k), values(v), mask, self.shape, self.scale, keep);
+        (tensor(out, dims(q)), p)
+    }
+}
+
+/// What the backward pass reads: the inputs and the probabilities.
+#[derive(Debug, Clone)]
+struct Saved {
+    op: Attention,
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    p: Arc<Vec<f32>>,
+}
+
+impl Backward<Flex, 3> for Attention {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let s = ops.state;
+        let d_out = contiguous(&grads.consume::<Flex>(&ops.node));
+        let need = ops.parents.each_ref().map(Option::is_some);
+        let out = backward_values(
+            values(&s.q),
+            values(&s.k),
+            values(&s.v),
+            &s.p,
+            values(&d_out),
+            s.op.shape,
+            s.op.scale,
+            need,
+        );
+        for (parent, grad) in ops.parents.into_iter().zip(out) {
+            if let (Some(node), Some(grad)) = (parent, grad) {
+                grads.register::<Flex>(node.id, tensor(grad, dims(&s.q)));
+            }
+        }
+    }
+}
+
+impl GraphOp<3> for Attention {
+    fn run<C: CheckpointStrategy>(self, inputs: [GraphTensor; 3]) -> GraphTensor {
+        let [q, k, v] = inputs.each_ref().map(|t| contiguous(t.primitive()));
+        let prep = self.clone().prepare::<C>(inputs.each_ref().map(|t| t.node())).compute_bound().stateful();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let (out, p) = self.compute(&q, &k, &v, true);
+                let p = Arc::new(p.expect("kept probabilities"));
+                prep.finish(Saved { op: self, q, k, v, p }, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(self.compute(&q, &k, &v, false).0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData, activation};
+
+    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// Attention composed from burn's operations (the models' former path).
+    fn reference(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<&[f32]>) -> Tensor<3> {
+        let [b, t, d] = q.dims();
+        let hd = d / heads;
+        let split = |y: Tensor<3>| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
+        let q = split(q) * (hd as f64).powf(-0.5);
+        let mut scores = q.matmul(split(k).swap_dims(2, 3));
+        if let Some(m) = mask {
+            let m = Tensor::<4>::from_data(TensorData::new(m.to_vec(), [b, 1, 1, t]), &scores.device());
+            scores = scores + m;
+        }
+        activation::softmax(scores, 3).matmul(split(v)).swap_dims(1, 2).reshape([b, t, d])
+    }
+
+    /// Key mask of sequences of lengths 7 and 4 (large negative values, as the models add).
+    fn mask(t: usize) -> Vec<f32> {
+        (0..2 * t).map(|i| if i % t < [7, 4][i / t] { 0.0 } else { -1e9 }).collect()
+    }
+
+    #[test]
+    fn inference_equals_burns_composition() {
+        let device = Device::flex();
+        let x = || Tensor::<3>::random([2, 7, 24], Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v) = (x(), x(), x());
+        for m in [None, Some(mask(7))] {
+            let got = vals(attention(q.clone(), k.clone(), v.clone(), 3, m.clone()));
+            let want = vals(reference(q.clone(), k.clone(), v.clone(), 3, m.as_deref()));
+            let diff = max_diff(&got, &want);
+            assert!(diff < 2e-6, "{diff}");
+        }
+    }
+
+    /// On the graph, for both checkpointing strategies: the value and every input's gradient
+    /// equal those of burn's composition; only the tracked inputs get gradients.
+    #[test]
+    fn gradients_equal_burns_composition() {
+        for device in [Device::flex().autodiff(), Device::flex().autodiff().gradient_checkpointing()] {
+            let x = || Tensor::<3>::random([2, 7, 24], Distribution::Normal(0.0, 1.0), &device);
+            let (q, k, v, r) = (x().require_grad(), x().require_grad(), x().require_grad(), x());
+            let m = mask(7);
+            let y = attention(q.clone(), k.clone(), v.clone(), 4, Some(m.clone()));
+            let grads = (y.clone() * r.clone()).sum().backward();
+            let y_ref = reference(q.clone(), k.clone(), v.clone(), 4, Some(&m));
+            let grads_ref = (y_ref.clone() * r.clone()).sum().backward();
+            assert!(max_diff(&vals(y), &vals(y_ref)) < 2e-6);
+            for t in [&q, &k, &v] {
+                let got = vals(t.grad(&grads).expect("a gradient"));
+                let want = vals(t.grad(&grads_ref).expect("a gradient"));
+                let diff = max_diff(&got, &want);
+                assert!(diff < 1e-5, "{diff}");
+                assert!(want.iter().any(|g| g.abs() > 1e-3), "gradients that can fail");
+            }
+            // Only k tracked: q and v get none, k the same gradient as before.
+            let k2 = k.clone().detach().require_grad();
+            let y = attention(q.clone().detach(), k2.clone(), v.clone().detach(), 4, Some(m.clone()));
+            let grads2 = (y * r).sum().backward();
+            let diff = max_diff(&vals(k2.grad(&grads2).unwrap()), &vals(k.grad(&grads).unwrap()));
+            assert!(diff < 1e-6, "{diff}");
+            let frozen = attention(q.detach(), k.detach(), v.detach(), 4, None);
+            assert!(!frozen.is_require_grad());
+        }
+    }
+
+    /// Keys masked out get exactly no weight: their values do not reach the output.
+    #[test]
+    fn masked_keys_do_not_contribute() {
+        let device = Device::flex();
+        let q = Tensor::<3>::random([2, 7, 8], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<3>::random([2, 7, 8], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<3>::random([2, 7, 8], Distribution::Normal(0.0, 1.0), &device);
+        let mut v2 = vals(v.clone());
+        // Sequence 1 has 4 valid keys: change the values of keys 4..7.
+        for i in 7 * 8 + 4 * 8..2 * 7 * 8 {
+            v2[i] += 100.0;
+        }
+        let v2 = Tensor::<3>::from_data(TensorData::new(v2, [2, 7, 8]), &device);
+        let a = vals(attention(q.clone(), k.clone(), v, 2, Some(mask(7))));
+        let b = vals(attention(q, k, v2, 2, Some(mask(7))));
+        assert_eq!(a, b);
+    }
+}
