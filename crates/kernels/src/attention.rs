@@ -22,7 +22,9 @@ use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use crate::graph::{GraphOp, GraphTensor, Shared, View, contiguous, dims, mm, on_graph, output, tensor, values};
+use crate::graph::{
+    GraphOp, GraphTensor, Shared, View, contiguous, dims, mm, on_graph, output, par_build, sum_by, tensor, values,
+};
 
 /// Sizes of one call: `batch` sequences of `time` steps, `heads` heads of `head_dim` values.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,11 +114,9 @@ pub fn forward_values(
         }
     };
     let probs = if keep {
-        let mut p = output(s.tasks() * t * t);
-        p.par_chunks_mut((t * t).max(1)).enumerate().for_each(|(task, p)| head(task, p));
-        Some(p)
+        Some(par_build(s.tasks() * t * t, t * t, None, head))
     } else {
-        (0..s.tasks()).into_par_iter().for_each_init(|| output(t * t), |p, task| head(task, p));
+        (0..s.tasks()).into_par_iter().for_each_init(|| vec![0.0; t * t], |p, task| head(task, p));
         None
     };
     (out, probs)
@@ -144,7 +144,7 @@ pub fn backward_values(
     let [dq, dk, dv] = [ptr(&mut grads[0]), ptr(&mut grads[1]), ptr(&mut grads[2])];
     let scores = need[0] || need[1];
     (0..s.tasks()).into_par_iter().for_each_init(
-        || output(if scores { t * t } else { 0 }),
+        || vec![0.0; if scores { t * t } else { 0 }],
         |ds, task| {
             let o = s.offset(task);
             let p = &p[task * t * t..][..t * t];
@@ -161,7 +161,7 @@ pub fn backward_values(
                 mm(t, t, hd, ds.as_mut_ptr(), t, View::rows(d_out, o, w), View::cols(v, o, w), 1.0, false, none);
             }
             for (d, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                let dot: f32 = d.iter().zip(p).map(|(a, b)| a * b).sum();
+                let dot = sum_by(d, p, |a, b| a * b);
                 d.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot));
             }
             unsafe {

@@ -42,25 +42,15 @@ impl Activation {
             return map_values(x, |v| self.apply_slice(v));
         }
         if on_cpu_graph(&x) {
-            if !x.is_tracked() {
-                // (to the device, not `.autodiff()`: that would drop its checkpointing strategy)
-                let device = x.device();
-                return self.forward(x.inner()).to_device(&device);
-            }
-            let with_slope: Option<WithSlope> = match self {
+            let with_slope: Option<speechtune_kernels::rowwise::WithSlope> = match self {
                 Self::Gelu => Some(crate::fastmath::gelu_with_slope),
                 Self::GeluNew => Some(crate::fastmath::gelu_tanh_with_slope),
                 Self::Silu => Some(crate::fastmath::silu_with_slope),
                 // burn's own ReLU and its backward are single comparisons already.
                 Self::Relu => None,
             };
-            if let Some(f) = with_slope
-                && let Some((y, Some(slope))) = first_order(&x, true, |v, d| {
-                    f(v, d);
-                    true
-                })
-            {
-                return (x.clone() - x.detach()) * slope + y;
+            if let Some(f) = with_slope {
+                return speechtune_kernels::rowwise::activation(x, f);
             }
         }
         match self {
@@ -82,9 +72,6 @@ impl Activation {
     }
 }
 
-/// A `fastmath` function that also writes each value's derivative (`gelu_with_slope`, ...).
-type WithSlope = fn(&mut [f32], &mut [f32]);
-
 /// True on the CPU backend without autodiff (inference): elementwise functions and softmax are
 /// then computed on the values with vectorised code in parallel ([`crate::fastmath`]) instead
 /// of burn-flex's scalar libm calls. (On an autodiff device an intermediate tensor may carry a
@@ -94,43 +81,11 @@ pub fn computes_natively<const D: usize>(x: &Tensor<D>) -> bool {
     !device.is_autodiff() && device == Device::flex()
 }
 
-/// True for a float32 tensor on the CPU backend with autodiff (training): GELU, SiLU and softmax
-/// are then computed natively too, and enter the graph in their first-order form (see
-/// [`first_order`]).
+/// True for a float32 tensor on the CPU backend with autodiff (training): GELU, SiLU, softmax
+/// and layer norm are then single operations on the graph, computed in parallel with a fused
+/// backward pass ([`speechtune_kernels::rowwise`]).
 fn on_cpu_graph<const D: usize>(x: &Tensor<D>) -> bool {
-    let device = x.device();
-    device.is_autodiff() && device.inner() == Device::flex() && x.dtype() == burn::tensor::DType::F32
-}
-
-/// A function computed natively on the values of a graph tensor `x`, entering the graph as
-/// `f(x) + (x − x̄) ⊙ f'(x)` with `x̄` the detached `x` and `f(x)`, `f'(x)` constants: `x − x̄`
-/// is exactly 0, so the value is exactly the native (inference) value, and the gradient is the
-/// exact derivative. The backward pass is then one multiplication, where burn's GELU costs a
-/// dozen scalar libm calls per element forward and back. `f(values, slope)` gets the values in
-/// blocks of whole rows, in parallel, turns them into `f(x)` and writes `f'(x)` into `slope`
-/// (when `slope` is asked for); it returns false where it cannot (then `None`). Costs the
-/// memory of one more tensor of `x`'s size while the graph lives.
-pub fn first_order<const D: usize>(
-    x: &Tensor<D>,
-    slope: bool,
-    f: impl Fn(&mut [f32], &mut [f32]) -> bool + Send + Sync,
-) -> Option<(Tensor<D>, Option<Tensor<D>>)> {
-    use rayon::prelude::*;
-    let shape = x.shape();
-    let row = x.dims()[D - 1].max(1);
-    let device = x.device();
-    let mut value = copy_values(x.clone().inner());
-    let block = row * (1usize << 14).div_ceil(row);
-    let mut second = vec![0.0f32; if slope { value.len() } else { 0 }];
-    let ok = if slope {
-        value.par_chunks_mut(block).zip(second.par_chunks_mut(block)).map(|(a, b)| f(a, b)).all(|ok| ok)
-    } else {
-        value.par_chunks_mut(block).map(|a| f(a, &mut [])).all(|ok| ok)
-    };
-    ok.then(|| {
-        let second = slope.then(|| Tensor::from_data(TensorData::new(second, shape.clone()), &device));
-        (Tensor::from_data(TensorData::new(value, shape), &device), second)
-    })
+    speechtune_kernels::supports(x) && x.device().is_autodiff()
 }
 
 /// The values of `x` (row-major), copied once. `into_data` on a tensor that is still shared (a
@@ -161,32 +116,15 @@ pub fn map_values<const D: usize>(x: Tensor<D>, f: impl Fn(&mut [f32]) + Send + 
 }
 
 /// Softmax over the last dimension: natively for constants on the CPU (see
-/// [`computes_natively`]), natively and in first-order form on the CPU's training graph (see
-/// [`first_order`]), burn's operations elsewhere.
+/// [`computes_natively`]), as one operation on the CPU's training graph (see [`on_cpu_graph`]),
+/// burn's operations elsewhere.
 pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let row = x.dims()[D - 1];
     if computes_natively(&x) {
         return map_values(x, |v| crate::fastmath::softmax_rows(v, row));
     }
     if on_cpu_graph(&x) {
-        if !x.is_tracked() {
-            let device = x.device();
-            return softmax_last(x.inner()).to_device(&device);
-        }
-        // p + p ⊙ (z − ⟨p, z⟩) with z = x − x̄ = 0: softmax's value and its Jacobian
-        // diag(p) − p pᵀ. Scores with -inf (Whisper's causal mask) keep burn's softmax: -inf − -inf
-        // is NaN.
-        let native = first_order(&x, false, |v, _| {
-            v.iter().all(|s| s.is_finite()) && {
-                crate::fastmath::softmax_rows(v, row);
-                true
-            }
-        });
-        if let Some((p, _)) = native {
-            let z = x.clone() - x.detach();
-            let mean = (z.clone() * p.clone()).sum_dim(D - 1);
-            return (z - mean) * p.clone() + p;
-        }
+        return speechtune_kernels::rowwise::softmax_last(x);
     }
     activation::softmax(x, D - 1)
 }
@@ -236,7 +174,10 @@ impl LayerNorm {
     /// Normalise over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.weight {
-            Some(g) => layer_norm(x, g.val(), self.bias.as_ref().map(|b| b.val()), self.eps),
+            Some(g) => match &self.bias {
+                Some(b) if on_cpu_graph(&x) => speechtune_kernels::rowwise::layer_norm(x, g.val(), b.val(), self.eps),
+                b => layer_norm(x, g.val(), b.as_ref().map(|b| b.val()), self.eps),
+            },
             None => {
                 let (var, mean) = x.clone().var_mean_bias(D - 1);
                 (x - mean) / (var + self.eps).sqrt()
@@ -340,7 +281,7 @@ mod tests {
         device: &Device,
     ) -> (Vec<f32>, Vec<f32>) {
         let x = Tensor::<D>::from_data(x.clone(), device).require_grad();
-        assert!(on_cpu_graph(&x) && x.is_tracked(), "the first-order path applies to this input");
+        assert!(on_cpu_graph(&x) && x.is_tracked(), "the fused path applies to this input");
         let y = f(x.clone());
         let grads = (y.clone() * Tensor::<D>::from_data(r.clone(), device)).sum().backward();
         (values(y), values(x.grad(&grads).unwrap()))
@@ -360,11 +301,11 @@ mod tests {
             .collect()
     }
 
-    /// GELU (exact and tanh) and SiLU on the autodiff graph of the CPU: computed natively in
-    /// their first-order form; the same values and gradients as burn's own operations, and the
-    /// same values as inference.
+    /// GELU (exact and tanh) and SiLU on the autodiff graph of the CPU: computed natively as one
+    /// operation each; the same values and gradients as burn's own operations, and the same
+    /// values as inference.
     #[test]
-    fn first_order_activations_equal_burns_graph() {
+    fn fused_activations_equal_burns_graph() {
         let device = Device::flex().autodiff();
         let x = TensorData::new(data(3 * 700, 1, 6.0), [3, 700]);
         let r = TensorData::new(data(3 * 700, 2, 1.0), [3, 700]);
@@ -385,10 +326,10 @@ mod tests {
     }
 
     /// Softmax on the graph, with masked keys (`f32::MIN`, as `additive_key_mask` writes them):
-    /// the first-order form gives burn's values and gradients, and masked keys exactly 0 weight.
-    /// A row with -inf (Whisper's causal mask) falls back to burn's softmax, still right.
+    /// the fused operation gives burn's values and gradients, and masked keys exactly 0 weight;
+    /// so does -inf (Whisper's causal mask).
     #[test]
-    fn first_order_softmax_equals_burns_graph() {
+    fn fused_softmax_equals_burns_graph() {
         let device = Device::flex().autodiff();
         let (rows, row) = (6, 45);
         let mut v = data(rows * row, 3, 8.0);
@@ -411,6 +352,8 @@ mod tests {
         let x = TensorData::new(v, [1, rows, row]);
         let (y, g) = value_and_grad(softmax_last::<3>, &x, &r, &device);
         let (y_ref, g_ref) = value_and_grad(|x: Tensor<3>| activation::softmax(x, 2), &x, &r, &device);
-        assert_eq!((y, g), (y_ref, g_ref), "with -inf, burn's own softmax");
+        close("softmax value with -inf", &y, &y_ref, 1e-6);
+        close("softmax gradient with -inf", &g, &g_ref, 1e-5);
+        assert_eq!((y[2], g[2]), (0.0, 0.0), "-inf gets no weight and no gradient");
     }
 }

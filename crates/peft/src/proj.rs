@@ -88,6 +88,15 @@ impl Proj {
         }
     }
 
+    /// True where neither weight nor bias trains and the weight is float32: the base product
+    /// then runs as [`speechtune_kernels::frozen_linear`] on the CPU.
+    fn frozen_f32(&self) -> bool {
+        let w = self.base.weight.val();
+        w.dtype() == DType::F32
+            && !w.is_require_grad()
+            && !self.base.bias.as_ref().is_some_and(|b| b.val().is_require_grad())
+    }
+
     /// `base.weight` as f32 whatever it is stored in (bf16 after [`Proj::use_bf16`]).
     pub fn weight_f32(&self) -> Tensor<2> {
         let w = self.base.weight.val();
@@ -103,6 +112,11 @@ impl Proj {
                     None => y,
                 }
             }
+            (None, None) if self.frozen_f32() && speechtune_kernels::supports(&x) => speechtune_kernels::frozen_linear(
+                x.clone(),
+                self.base.weight.val(),
+                self.base.bias.as_ref().map(|b| b.val()),
+            ),
             (None, None) => self.base.forward(x.clone()),
             (None, Some(_)) => {
                 // Not the kernel's input (another device or dtype): the bf16 values in x's dtype.
