@@ -445,10 +445,16 @@ fn build(device: &Device) -> serde_json::Value {
         "burn_features": BURN_FEATURES,
         "program_features": program,
         "cpu_isa": isa,
-        // On the CPU: matrix products by the gemm crate (burn-flex's, AVX-512 kernels where
-        // avx512f is listed), the frozen CNN by its own GEMMs (`native_cnn`), inference GELU and
-        // softmax by `fastmath`'s vectorised functions.
-        "kernels": if cpu { "gemm 0.19 (burn-flex; native CNN), fastmath GELU/softmax (inference; training in first-order form)" } else { "cubecl" },
+        // On the CPU: matrix products by the gemm crate (AVX-512 kernels where avx512f is
+        // listed), called by burn-flex, by the native CNN and by speechtune-kernels' fused
+        // operations (attention, frozen linear layers, activations, softmax, layer norm), which
+        // carry their own backward passes on the training graph; GELU and softmax by
+        // `fastmath`'s vectorised functions.
+        "kernels": if cpu {
+            "gemm 0.19 (burn-flex, native CNN, fused attention and frozen linear layers), fastmath GELU/softmax, fused layer norm"
+        } else {
+            "cubecl"
+        },
         // Mixed precision's products: AMX tiles, `vdpbf16ps` (AVX512_BF16) or a portable loop.
         "bf16_kernel": speechtune_kernels::bf16::kernel_name(),
     })

@@ -8,11 +8,13 @@
 //! parallel, and `gemm` adds the product into it; the weight is read through its strides
 //! (either storage order of `[d_in, d_out]`, see `Proj::relayout_for_backward`).
 
+use std::sync::Arc;
+
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 
@@ -30,18 +32,12 @@ const PARALLEL_WORK: usize = 1 << 18;
 /// # Panics
 /// Where `x` is not on the CPU backend, `W` or `b` require a gradient, or the sizes disagree.
 pub fn frozen_linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<D> {
-    assert!(crate::supports(&x), "a float32 tensor on the CPU backend");
-    assert!(
-        !w.is_require_grad() && !b.as_ref().is_some_and(Tensor::is_require_grad),
-        "frozen_linear is for a weight and bias that do not train"
-    );
-    let [d_in, d_out] = w.dims();
-    assert_eq!(x.dims()[D - 1], d_in, "the input's last dimension against the weight's [{d_in}, {d_out}]");
-    let plain = |t: Tensor<2>| if t.device().is_autodiff() { t.inner() } else { t };
-    let w = flex(plain(w));
-    let b = b.map(|b| contiguous(&flex(plain(b.unsqueeze::<2>()))));
-    let op = Dense { w, b };
-    if x.device().is_autodiff() { on_graph(op, [x]) } else { from_flex(op.forward(&contiguous(&flex(x)))) }
+    let op = Dense::new(&x, w, b);
+    if x.device().is_autodiff() {
+        on_graph(op, [x])
+    } else {
+        from_flex(op.forward(&contiguous(&flex(x))))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -50,16 +46,18 @@ struct Dense {
     b: Option<FlexTensor>,
 }
 
-/// `W`'s values and a view of `W` (`transpose`: of `Wᵀ`) through its strides.
-fn weight_view(w: &FlexTensor, transpose: bool) -> (&[f32], View) {
+/// A view of `W` (`transpose`: of `Wᵀ`) through its strides.
+fn weight_view(w: &FlexTensor, transpose: bool) -> View {
+    let (d_in, d_out) = (w.layout().shape()[0], w.layout().shape()[1]);
     let layout = w.layout();
     let strides = layout.strides();
     assert!(strides.iter().all(|&s| s >= 0), "a weight with positive strides");
     let storage: &[f32] = w.storage();
     let v = &storage[layout.start_offset()..];
     let (rs, cs) = (strides[0], strides[1]);
-    let view = if transpose { View { ptr: v.as_ptr(), rs: cs, cs: rs } } else { View { ptr: v.as_ptr(), rs, cs } };
-    (v, view)
+    let last = (d_in.max(1) - 1) as isize * rs + (d_out.max(1) - 1) as isize * cs;
+    assert!((last as usize) < v.len().max(1), "the weight's strides stay inside its storage");
+    if transpose { View { ptr: v.as_ptr(), rs: cs, cs: rs } } else { View { ptr: v.as_ptr(), rs, cs } }
 }
 
 fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
@@ -87,25 +85,57 @@ fn product(a: &[f32], m: usize, k: usize, b: View, n: usize, bias: Option<&[f32]
 }
 
 impl Dense {
+    /// The frozen layer applied to `x`'s last dimension.
+    fn new<const D: usize>(x: &Tensor<D>, w: Tensor<2>, b: Option<Tensor<1>>) -> Self {
+        assert!(crate::supports(x), "a float32 tensor on the CPU backend");
+        assert!(
+            !w.is_require_grad() && !b.as_ref().is_some_and(Tensor::is_require_grad),
+            "frozen_linear is for a weight and bias that do not train"
+        );
+        let [d_in, d_out] = w.dims();
+        assert_eq!(x.dims()[D - 1], d_in, "the input's last dimension against the weight's [{d_in}, {d_out}]");
+        assert!(b.as_ref().is_none_or(|b| b.dims() == [d_out]), "a bias of {d_out} values");
+        let plain = |t: Tensor<2>| if t.device().is_autodiff() { t.inner() } else { t };
+        let w = flex(plain(w));
+        let b = b.map(|b| contiguous(&flex(plain(b.unsqueeze::<2>()))));
+        Self { w, b }
+    }
+
+    /// `(d_in, d_out)`.
+    fn sizes(&self) -> (usize, usize) {
+        let shape = self.w.layout().shape();
+        (shape[0], shape[1])
+    }
+
+    /// `x · W + b` for `m` rows of `x`.
+    fn forward_values(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (d_in, d_out) = self.sizes();
+        assert_eq!(x.len(), m * d_in);
+        let view = weight_view(&self.w, false);
+        product(x, m, d_in, view, d_out, self.b.as_ref().map(values))
+    }
+
+    /// `dY · Wᵀ` for `m` rows of `dY`.
+    fn backward_values(&self, g: &[f32], m: usize) -> Vec<f32> {
+        let (d_in, d_out) = self.sizes();
+        assert_eq!(g.len(), m * d_out);
+        let view = weight_view(&self.w, true);
+        product(g, m, d_out, view, d_in, None)
+    }
+
     fn forward(&self, x: &FlexTensor) -> FlexTensor {
-        let [d_in, d_out] = [self.w.layout().shape()[0], self.w.layout().shape()[1]];
+        let (d_in, d_out) = self.sizes();
         let xv = values(x);
-        let m = xv.len() / d_in.max(1);
-        let (wv, view) = weight_view(&self.w, false);
-        assert!(wv.len() >= d_in * d_out);
-        let bias = self.b.as_ref().map(values);
-        let out = product(xv, m, d_in, view, d_out, bias);
+        let out = self.forward_values(xv, xv.len() / d_in.max(1));
         let mut shape = dims(x);
         *shape.last_mut().expect("a tensor of rank ≥ 1") = d_out;
         tensor(out, shape)
     }
 
     fn backward_input(&self, g: &FlexTensor) -> FlexTensor {
-        let [d_in, d_out] = [self.w.layout().shape()[0], self.w.layout().shape()[1]];
+        let (d_in, d_out) = self.sizes();
         let gv = values(g);
-        let m = gv.len() / d_out.max(1);
-        let (_, view) = weight_view(&self.w, true);
-        let out = product(gv, m, d_out, view, d_in, None);
+        let out = self.backward_values(gv, gv.len() / d_out.max(1));
         let mut shape = dims(g);
         *shape.last_mut().expect("a tensor of rank ≥ 1") = d_in;
         tensor(out, shape)
@@ -127,6 +157,115 @@ impl GraphOp<1> for Dense {
     fn run<C: CheckpointStrategy>(self, [x]: [GraphTensor; 1]) -> GraphTensor {
         let y = self.forward(&contiguous(x.primitive()));
         self.prepare::<C>([x.node()]).compute_bound().stateless(y)
+    }
+}
+
+/// [`frozen_linear`] plus a LoRA update, `x · W + b + scale · (x · A) · B`, as one operation on
+/// burn's CPU autodiff graph, with `A` (`[d_in, r]`) and `B` (`[r, d_out]`) trainable. The
+/// backward pass gives `x` `dY · Wᵀ + scale · (dY · Bᵀ) · Aᵀ` in one buffer, `A`
+/// `scale · xᵀ · (dY · Bᵀ)` and `B` `scale · (x · A)ᵀ · dY`. (The update's input is `x` itself:
+/// with dropout on it, the update is a branch of its own.)
+///
+/// # Panics
+/// As [`frozen_linear`], off the autodiff graph, and where `A` and `B` do not fit `W`.
+pub fn frozen_linear_lora<const D: usize>(
+    x: Tensor<D>,
+    w: Tensor<2>,
+    b: Option<Tensor<1>>,
+    lora_a: Tensor<2>,
+    lora_b: Tensor<2>,
+    scale: f32,
+) -> Tensor<D> {
+    assert!(x.device().is_autodiff(), "frozen_linear_lora is for the autodiff graph");
+    let dense = Dense::new(&x, w, b);
+    let (d_in, d_out) = dense.sizes();
+    let r = lora_a.dims()[1];
+    assert!(
+        lora_a.dims() == [d_in, r] && lora_b.dims() == [r, d_out],
+        "LoRA A {:?} and B {:?} against W [{d_in}, {d_out}]",
+        lora_a.dims(),
+        lora_b.dims()
+    );
+    let dims = x.dims();
+    let x: Tensor<2> = x.reshape([dims[..D - 1].iter().product::<usize>(), d_in]);
+    let y: Tensor<2> = on_graph(DenseLora { dense, scale }, [x, lora_a, lora_b]);
+    let mut out = dims;
+    out[D - 1] = d_out;
+    y.reshape(out)
+}
+
+#[derive(Debug, Clone)]
+struct DenseLora {
+    dense: Dense,
+    scale: f32,
+}
+
+/// What the LoRA operation's backward pass reads: `x`, `A`, `B` and `x · A`.
+#[derive(Debug, Clone)]
+struct LoraSaved {
+    x: FlexTensor,
+    a: FlexTensor,
+    b: FlexTensor,
+    h: Arc<Vec<f32>>,
+}
+
+impl GraphOp<3> for DenseLora {
+    fn run<C: CheckpointStrategy>(self, inputs: [GraphTensor; 3]) -> GraphTensor {
+        let [x, a, b] = inputs.each_ref().map(|t| contiguous(t.primitive()));
+        let (k, n) = self.dense.sizes();
+        let r = dims(&a)[1];
+        let (xv, av, bv) = (values(&x), values(&a), values(&b));
+        let m = xv.len() / k.max(1);
+        let h = product(xv, m, k, View::rows(av, 0, r), r, None);
+        let mut out = self.dense.forward_values(xv, m);
+        // SAFETY: h is m × r, B r × n, out m × n.
+        unsafe {
+            mm(m, n, r, out.as_mut_ptr(), n, View::rows(&h, 0, r), View::rows(bv, 0, n), self.scale, true, parallelism(m, n, r));
+        }
+        let y = tensor(out, vec![m, n]);
+        match self.prepare::<C>(inputs.each_ref().map(|t| t.node())).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(LoraSaved { x, a, b, h: Arc::new(h) }, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+}
+
+impl Backward<Flex, 3> for DenseLora {
+    type State = LoraSaved;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let LoraSaved { x, a, b, h } = ops.state;
+        let (k, n) = self.dense.sizes();
+        let r = dims(&a)[1];
+        let (gv, xv, av, bv) = (values(&g), values(&x), values(&a), values(&b));
+        let m = gv.len() / n.max(1);
+        let s = self.scale;
+        let [px, pa, pb] = ops.parents;
+        // dY · Bᵀ (m × r), for x's and A's gradients.
+        let gb = (px.is_some() || pa.is_some()).then(|| product(gv, m, n, View::cols(bv, 0, n), r, None));
+        // SAFETY (all products below): each view covers the sizes given, as laid out above.
+        if let (Some(node), Some(gb)) = (&px, &gb) {
+            let mut dx = self.dense.backward_values(gv, m);
+            unsafe {
+                mm(m, k, r, dx.as_mut_ptr(), k, View::rows(gb, 0, r), View::cols(av, 0, r), s, true, parallelism(m, k, r));
+            }
+            grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
+        }
+        if let (Some(node), Some(gb)) = (&pa, &gb) {
+            let mut da = vec![0.0f32; k * r];
+            unsafe {
+                mm(k, r, m, da.as_mut_ptr(), r, View::cols(xv, 0, k), View::rows(gb, 0, r), s, false, parallelism(k, r, m));
+            }
+            grads.register::<Flex>(node.id, tensor(da, vec![k, r]));
+        }
+        if let Some(node) = &pb {
+            let mut db = vec![0.0f32; r * n];
+            unsafe {
+                mm(r, n, m, db.as_mut_ptr(), n, View::cols(&h, 0, r), View::rows(gv, 0, n), s, false, parallelism(r, n, m));
+            }
+            grads.register::<Flex>(node.id, tensor(db, vec![r, n]));
+        }
     }
 }
 
@@ -177,6 +316,38 @@ mod tests {
             }
             let frozen = frozen_linear(x.clone(), w.clone(), None);
             assert!(!frozen.is_require_grad());
+        }
+    }
+
+    /// The fused LoRA operation against burn's composition `x W + b + s (x A) B`: value and the
+    /// gradients of x, A and B, for both checkpointing strategies.
+    #[test]
+    fn lora_equals_burns_composition() {
+        for device in [Device::flex().autodiff(), Device::flex().autodiff().gradient_checkpointing()] {
+            let rand = |dims: [usize; 2], sd: f64| Tensor::<2>::random(dims, Distribution::Normal(0.0, sd), &device);
+            let w = rand([70, 130], 0.3);
+            let b = Tensor::<1>::random([130], Distribution::Normal(0.0, 1.0), &device);
+            let (a0, b0) = (rand([70, 8], 0.3), rand([8, 130], 0.3));
+            let x = Tensor::<3>::random([2, 45, 70], Distribution::Normal(0.0, 1.0), &device);
+            let r = Tensor::<3>::random([2, 45, 130], Distribution::Normal(0.0, 1.0), &device);
+            let run = |fused: bool| {
+                let (x, la, lb) = (x.clone().require_grad(), a0.clone().require_grad(), b0.clone().require_grad());
+                let y = if fused {
+                    frozen_linear_lora(x.clone(), w.clone(), Some(b.clone()), la.clone(), lb.clone(), 2.0)
+                } else {
+                    x.clone().matmul(w.clone().unsqueeze())
+                        + b.clone().unsqueeze()
+                        + x.clone().matmul(la.clone().unsqueeze()).matmul(lb.clone().unsqueeze()) * 2.0
+                };
+                let grads = (y.clone() * r.clone()).sum().backward();
+                [vals(y), vals(x.grad(&grads).unwrap()), vals(la.grad(&grads).unwrap()), vals(lb.grad(&grads).unwrap())]
+            };
+            let (got, want) = (run(true), run(false));
+            for (what, (g, w)) in ["value", "dx", "dA", "dB"].iter().zip(got.iter().zip(&want)) {
+                let (diff, scale) = (max_diff(g, w), w.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+                assert!(diff <= 2e-6 * scale.max(1.0), "{what}: {diff} (largest value {scale})");
+                assert!(w.iter().any(|v| v.abs() > 1e-2), "{what}: values that can fail");
+            }
         }
     }
 }

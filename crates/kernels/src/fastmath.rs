@@ -2,9 +2,8 @@
 //! branch-free polynomials (libm's scalar calls cannot be vectorised), compiled for AVX-512
 //! and AVX2 + FMA and picked at run time, with a portable fallback.
 //!
-//! For training, the `*_with_slope` functions also give each value's derivative, so that the
-//! autodiff graph can carry the function in its first-order form (see
-//! `crate::layers::first_order`).
+//! For training, the `*_with_slope` functions also give each value's derivative, which the
+//! autodiff graph's activation keeps for its backward pass (see [`crate::rowwise::activation`]).
 //!
 //! Accuracy: `erf` by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7), `exp` by the
 //! Cephes single-precision polynomial (relative error ~1e-7); checked against the exact

@@ -104,6 +104,24 @@ impl Proj {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let Some(lora) = &self.lora
+            && lora.dropout.prob == 0.0
+            && self.mask.is_none()
+            && self.bf16.is_none()
+            && self.frozen_f32()
+            && speechtune_kernels::supports(&x)
+            && x.device().is_autodiff()
+        {
+            // Training on the CPU: base product, bias and update as one operation.
+            return speechtune_kernels::dense::frozen_linear_lora(
+                x,
+                self.base.weight.val(),
+                self.base.bias.as_ref().map(|b| b.val()),
+                lora.a.val(),
+                lora.b.val(),
+                lora.scaling as f32,
+            );
+        }
         let base = match (&self.mask, &self.bf16) {
             (None, Some(w)) if speechtune_kernels::supports(&x) => {
                 let y = speechtune_kernels::linear(x.clone(), w);
