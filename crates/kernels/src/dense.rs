@@ -33,11 +33,7 @@ const PARALLEL_WORK: usize = 1 << 18;
 /// Where `x` is not on the CPU backend, `W` or `b` require a gradient, or the sizes disagree.
 pub fn frozen_linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<D> {
     let op = Dense::new(&x, w, b);
-    if x.device().is_autodiff() {
-        on_graph(op, [x])
-    } else {
-        from_flex(op.forward(&contiguous(&flex(x))))
-    }
+    if x.device().is_autodiff() { on_graph(op, [x]) } else { from_flex(op.forward(&contiguous(&flex(x)))) }
 }
 
 #[derive(Debug, Clone)]
@@ -220,7 +216,18 @@ impl GraphOp<3> for DenseLora {
         let mut out = self.dense.forward_values(xv, m);
         // SAFETY: h is m × r, B r × n, out m × n.
         unsafe {
-            mm(m, n, r, out.as_mut_ptr(), n, View::rows(&h, 0, r), View::rows(bv, 0, n), self.scale, true, parallelism(m, n, r));
+            mm(
+                m,
+                n,
+                r,
+                out.as_mut_ptr(),
+                n,
+                View::rows(&h, 0, r),
+                View::rows(bv, 0, n),
+                self.scale,
+                true,
+                parallelism(m, n, r),
+            );
         }
         let y = tensor(out, vec![m, n]);
         match self.prepare::<C>(inputs.each_ref().map(|t| t.node())).compute_bound().stateful() {
@@ -248,21 +255,54 @@ impl Backward<Flex, 3> for DenseLora {
         if let (Some(node), Some(gb)) = (&px, &gb) {
             let mut dx = self.dense.backward_values(gv, m);
             unsafe {
-                mm(m, k, r, dx.as_mut_ptr(), k, View::rows(gb, 0, r), View::cols(av, 0, r), s, true, parallelism(m, k, r));
+                mm(
+                    m,
+                    k,
+                    r,
+                    dx.as_mut_ptr(),
+                    k,
+                    View::rows(gb, 0, r),
+                    View::cols(av, 0, r),
+                    s,
+                    true,
+                    parallelism(m, k, r),
+                );
             }
             grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
         }
         if let (Some(node), Some(gb)) = (&pa, &gb) {
             let mut da = vec![0.0f32; k * r];
             unsafe {
-                mm(k, r, m, da.as_mut_ptr(), r, View::cols(xv, 0, k), View::rows(gb, 0, r), s, false, parallelism(k, r, m));
+                mm(
+                    k,
+                    r,
+                    m,
+                    da.as_mut_ptr(),
+                    r,
+                    View::cols(xv, 0, k),
+                    View::rows(gb, 0, r),
+                    s,
+                    false,
+                    parallelism(k, r, m),
+                );
             }
             grads.register::<Flex>(node.id, tensor(da, vec![k, r]));
         }
         if let Some(node) = &pb {
             let mut db = vec![0.0f32; r * n];
             unsafe {
-                mm(r, n, m, db.as_mut_ptr(), n, View::cols(&h, 0, r), View::rows(gv, 0, n), s, false, parallelism(r, n, m));
+                mm(
+                    r,
+                    n,
+                    m,
+                    db.as_mut_ptr(),
+                    n,
+                    View::cols(&h, 0, r),
+                    View::rows(gv, 0, n),
+                    s,
+                    false,
+                    parallelism(r, n, m),
+                );
             }
             grads.register::<Flex>(node.id, tensor(db, vec![r, n]));
         }
