@@ -23,7 +23,7 @@ use burn::prelude::*;
 use rayon::prelude::*;
 
 use crate::graph::{
-    GraphOp, GraphTensor, Shared, View, contiguous, dims, mm, on_graph, output, par_build, sum_by, tensor, values,
+    GraphOp, GraphTensor, Shared, View, contiguous, dims, mm, on_graph, par_build, sum_by, tensor, values, zeros,
 };
 
 /// Sizes of one call: `batch` sequences of `time` steps, `heads` heads of `head_dim` values.
@@ -70,7 +70,7 @@ pub fn forward_values(
     if let Some(m) = mask {
         assert_eq!(m.len(), s.batch * t, "a key mask of batch × time values");
     }
-    let mut out = output(n);
+    let mut out = zeros(n);
     let dst = Shared(out.as_mut_ptr());
     let head = |task: usize, p: &mut [f32]| {
         let o = s.offset(task);
@@ -139,7 +139,7 @@ pub fn backward_values(
     let n = s.batch * t * w;
     assert!(q.len() == n && k.len() == n && v.len() == n && d_out.len() == n);
     assert_eq!(p.len(), s.tasks() * t * t);
-    let mut grads = need.map(|on| on.then(|| output(n)));
+    let mut grads = need.map(|on| on.then(|| zeros(n)));
     let ptr = |g: &mut Option<Vec<f32>>| g.as_mut().map(|g| Shared(g.as_mut_ptr()));
     let [dq, dk, dv] = [ptr(&mut grads[0]), ptr(&mut grads[1]), ptr(&mut grads[2])];
     let scores = need[0] || need[1];

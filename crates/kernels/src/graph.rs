@@ -22,22 +22,25 @@ pub fn supports<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && x.device().inner() == Device::flex()
 }
 
-/// `op` on autodiff tensors of the CPU backend; all inputs on the same device.
+/// `op` on autodiff tensors of the CPU backend; all inputs on the same autodiff device.
 pub(crate) fn on_graph<const D: usize, const E: usize, const N: usize>(
     op: impl GraphOp<N>,
     inputs: [Tensor<D>; N],
 ) -> Tensor<E> {
+    let device = inputs[0].device();
     // One arm per strategy: burn's conversion to `Autodiff<Flex, C>` is bounded by a private
     // trait, so it cannot be generic over `C`.
-    match inputs[0].device().gradient_checkpointing_strategy() {
+    match device.gradient_checkpointing_strategy() {
         Some(GradientCheckpointingStrategy::Balanced) => {
             type B = Autodiff<Flex, BalancedCheckpointing>;
-            let inputs = inputs.map(|t| t.try_into_primitive::<B>().expect("a CPU autodiff tensor"));
+            let inputs =
+                inputs.map(|t| t.try_into_primitive::<B>().expect("inputs on one autodiff device of the CPU backend"));
             Tensor::from_primitive::<B>(op.run::<BalancedCheckpointing>(inputs))
         }
         _ => {
             type B = Autodiff<Flex, NoCheckpointing>;
-            let inputs = inputs.map(|t| t.try_into_primitive::<B>().expect("a CPU autodiff tensor"));
+            let inputs =
+                inputs.map(|t| t.try_into_primitive::<B>().expect("inputs on one autodiff device of the CPU backend"));
             Tensor::from_primitive::<B>(op.run::<NoCheckpointing>(inputs))
         }
     }
@@ -74,7 +77,7 @@ pub(crate) fn tensor(v: Vec<f32>, dims: Vec<usize>) -> FlexTensor {
 
 /// `n` zeros, written in parallel (a fresh buffer's zero-fill is otherwise one more pass on
 /// one thread).
-pub(crate) fn output(n: usize) -> Vec<f32> {
+pub fn zeros(n: usize) -> Vec<f32> {
     par_build(n, BLOCK, None, |_, _| {})
 }
 

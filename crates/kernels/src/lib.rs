@@ -14,5 +14,5 @@ pub mod rowwise;
 
 pub use attention::attention;
 pub use dense::frozen_linear;
-pub use graph::supports;
+pub use graph::{supports, zeros};
 pub use linear::{Bf16Weight, linear};

@@ -87,7 +87,9 @@ impl PosConv {
         if let PosConv::WeightNorm(c) = self
             && c.runs_natively(&x)
         {
-            return super::native_cnn::pos_conv_native(x, c.weight().inner(), c.bias.val().inner(), c.groups, act);
+            let [_, cg, kernel] = c.weight_v.dims();
+            let weight = super::native_cnn::pos_conv_weight(c.weight_g.val(), c.weight_v.val());
+            return super::native_cnn::pos_conv_native(x, &weight, cg, kernel, c.bias.val(), c.groups, act);
         }
         let x = x.swap_dims(1, 2);
         let y = match self {

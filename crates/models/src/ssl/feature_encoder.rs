@@ -50,7 +50,15 @@ impl FeatureEncoder {
         let mut c_in = 1;
         for (i, ((&c, &k), &s)) in cfg.conv_dim.iter().zip(&cfg.conv_kernel).zip(&cfg.conv_stride).enumerate() {
             let p = format!("feature_extractor.conv_layers.{i}");
-            let conv = Conv1d::load(w, &format!("{p}.conv"), [c, c_in, k], cfg.conv_bias, s, 0, 1, device)?;
+            let mut conv = Conv1d::load(w, &format!("{p}.conv"), [c, c_in, k], cfg.conv_bias, s, 0, 1, device)?;
+            if !device.is_autodiff() && *device == Device::flex() {
+                // Stored `[kernel, c_in, c_out]`, seen as `[c_out, c_in, kernel]` (same values and
+                // shape): the native CNN's product reads this storage as it is.
+                conv.weight = conv.weight.map(|t| {
+                    let device = t.device();
+                    Tensor::from_data(t.permute([2, 1, 0]).into_data(), &device).permute([2, 1, 0])
+                });
+            }
             let (group_norm, layer_norm) = if cfg.layer_norm_convs() {
                 (None, Some(LayerNorm::load(w, &format!("{p}.layer_norm"), c, 1e-5, device)?))
             } else if i == 0 {

@@ -9,6 +9,8 @@
 //! normalisation and activation after it are one fused, vectorised pass, with an `erf` that
 //! vectorises (libm's does not). Used only where nothing in the CNN needs a gradient.
 
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -33,7 +35,7 @@ impl ModuleVisitor for NeedsGrad {
 /// One layer's weights, read out of the module once per call.
 struct Layer<'a> {
     /// `[kernel × c_in, c_out]`, row `j × c_in + c` holding `W[:, c, j]` (empty with `packed`).
-    weight: Vec<f32>,
+    weight: &'a [f32],
     /// The same matrix in bf16 ([`FeatureEncoder::use_bf16`]).
     packed: Option<&'a PackedB>,
     bias: Option<Vec<f32>>,
@@ -49,6 +51,46 @@ struct Layer<'a> {
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+}
+
+/// A conv weight `W` (`[c_out, c_in, kernel]`) as the matrix `[kernel × c_in, c_out]` whose row
+/// `j × c_in + c` holds `W[:, c, j]`.
+enum Weight {
+    /// The weight's own storage, already in that order.
+    Stored(FlexTensor),
+    Relaid(Vec<f32>),
+}
+
+impl Weight {
+    fn of(w: Tensor<3>) -> Self {
+        let [c_out, c_in, kernel] = w.dims();
+        let plain = if w.device().is_autodiff() { w.clone().inner() } else { w.clone() };
+        if let Ok(t) = plain.try_into_primitive::<Flex>()
+            && t.dtype() == burn::tensor::DType::F32
+            && t.layout().strides() == [1, c_out as isize, (c_in * c_out) as isize]
+            && t.layout().start_offset() == 0
+            && t.storage::<f32>().len() == c_out * c_in * kernel
+        {
+            return Self::Stored(t);
+        }
+        let w = values(w);
+        let mut out = vec![0.0f32; w.len()];
+        out.par_chunks_mut((c_in * c_out).max(1)).enumerate().for_each(|(j, rows)| {
+            for c in 0..c_in {
+                for o in 0..c_out {
+                    rows[c * c_out + o] = w[(o * c_in + c) * kernel + j];
+                }
+            }
+        });
+        Self::Relaid(out)
+    }
+
+    fn values(&self) -> &[f32] {
+        match self {
+            Self::Stored(t) => t.storage::<f32>(),
+            Self::Relaid(v) => v,
+        }
+    }
 }
 
 impl FeatureEncoder {
@@ -85,28 +127,21 @@ impl FeatureEncoder {
         let device = samples.device();
         let [batch, n] = samples.dims();
         let waves = values(samples);
+        // The f32 weights as `[kernel × c_in, c_out]`: the stored values where the weight is
+        // stored that way (FeatureEncoder::load on the CPU), else relaid out for this call.
+        let weights: Vec<Weight> = match self.bf16 {
+            Some(_) => Vec::new(),
+            None => self.layers.iter().map(|l| Weight::of(l.conv.weight.val())).collect(),
+        };
         let layers: Vec<Layer> = self
             .layers
             .iter()
             .enumerate()
             .map(|(i, l)| {
                 let [c_out, c_in, kernel] = l.conv.weight.dims();
-                let packed = self.bf16.as_ref().map(|p| &p[i]);
-                let mut weight = Vec::new();
-                if packed.is_none() {
-                    let w = values(l.conv.weight.val());
-                    weight = vec![0.0f32; w.len()];
-                    for o in 0..c_out {
-                        for c in 0..c_in {
-                            for j in 0..kernel {
-                                weight[(j * c_in + c) * c_out + o] = w[(o * c_in + c) * kernel + j];
-                            }
-                        }
-                    }
-                }
                 Layer {
-                    weight,
-                    packed,
+                    weight: weights.get(i).map_or(&[][..], Weight::values),
+                    packed: self.bf16.as_ref().map(|p| &p[i]),
                     bias: l.conv.bias.as_ref().map(|b| values(b.val())),
                     c_in,
                     c_out,
@@ -146,7 +181,7 @@ fn conv_layer(x: &[f32], t_in: usize, l: &Layer, act: Activation) -> (Vec<f32>, 
     let mut y = match l.packed {
         Some(packed) => matmul_new(x, t_out, l.stride * l.c_in, packed),
         None => {
-            let mut y = vec![0.0f32; t_out * l.c_out];
+            let mut y = speechtune_kernels::zeros(t_out * l.c_out);
             if t_out > 0 {
                 // y[t, o] = Σ_q x[t·stride·c_in + q] · weight[q, o], q over kernel × c_in.
                 // SAFETY: the last row read ends at (t_out-1)·stride·c_in + kernel·c_in ≤
@@ -159,7 +194,7 @@ fn conv_layer(x: &[f32], t_in: usize, l: &Layer, act: Activation) -> (Vec<f32>, 
                         l.kernel * l.c_in,
                         x,
                         l.stride * l.c_in,
-                        &l.weight,
+                        l.weight,
                         gemm::Parallelism::Rayon(0),
                     )
                 };
@@ -171,20 +206,12 @@ fn conv_layer(x: &[f32], t_in: usize, l: &Layer, act: Activation) -> (Vec<f32>, 
     if let Some((gamma, beta)) = &l.group_norm {
         // Statistics per channel over all frames (f64 sums: 32,000 frames for 10 s).
         let bias = l.bias.clone().unwrap_or_else(|| vec![0.0; c]);
-        let mut sum = vec![0.0f64; c];
-        for row in y.chunks_exact(c) {
-            for ((s, &v), &b) in sum.iter_mut().zip(row).zip(&bias) {
-                *s += (v + b) as f64;
-            }
-        }
+        let sum = channel_sums(&y, c, |i, v| (v + bias[i]) as f64);
         let mean: Vec<f64> = sum.iter().map(|s| s / t_out.max(1) as f64).collect();
-        let mut sq = vec![0.0f64; c];
-        for row in y.chunks_exact(c) {
-            for (((s, &v), &b), &m) in sq.iter_mut().zip(row).zip(&bias).zip(&mean) {
-                let d = (v + b) as f64 - m;
-                *s += d * d;
-            }
-        }
+        let sq = channel_sums(&y, c, |i, v| {
+            let d = (v + bias[i]) as f64 - mean[i];
+            d * d
+        });
         // y' = γ (y + b − μ) / σ + β = y · scale + shift
         let scale: Vec<f32> =
             sq.iter().zip(gamma).map(|(s, &g)| (g as f64 / (s / t_out.max(1) as f64 + 1e-5).sqrt()) as f32).collect();
@@ -258,6 +285,23 @@ unsafe fn gemm_rows(
     }
 }
 
+/// `Σ_t f(c, y[t, c])` for each channel `c` of `y` (`[frames, channels]`), in f64, in parallel
+/// over blocks of frames.
+fn channel_sums(y: &[f32], channels: usize, f: impl Fn(usize, f32) -> f64 + Sync) -> Vec<f64> {
+    let c = channels.max(1);
+    y.par_chunks(c * (CHUNK / c).max(1))
+        .map(|rows| {
+            let mut s = vec![0.0f64; c];
+            for row in rows.chunks_exact(c) {
+                for (i, (s, &v)) in s.iter_mut().zip(row).enumerate() {
+                    *s += f(i, v);
+                }
+            }
+            s
+        })
+        .reduce(|| vec![0.0f64; c], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect())
+}
+
 /// `y[t, c] ← act(y[t, c] · scale[c] + shift[c])`, in parallel over blocks of rows.
 fn affine_activate(y: &mut [f32], scale: &[f32], shift: &[f32], act: Activation) {
     let c = scale.len();
@@ -271,32 +315,64 @@ fn affine_activate(y: &mut [f32], scale: &[f32], shift: &[f32], act: Activation)
     });
 }
 
+/// The positional convolution's weight-normed weight `W = v · g / ‖v‖` (`v`: `[dim, dim /
+/// groups, kernel]`, `g`: `[1, 1, kernel]`, the norm over the first two dimensions per tap, as
+/// torch's `weight_norm(dim=2)`) laid out for [`pos_conv_native`]:
+/// `wg[g][(j·cg + c)·cg + o] = W[g·cg + o, c, j]`. Computed per call, in parallel.
+pub fn pos_conv_weight(g: Tensor<3>, v: Tensor<3>) -> Vec<f32> {
+    let [dim, cg, kernel] = v.dims();
+    let (g, v) = (values(g), values(v));
+    assert_eq!(g.len(), kernel, "weight_g of one value per tap");
+    // ‖v‖ per tap j, over (o, c): f64 sums per block of output channels.
+    let squares = v
+        .par_chunks((cg * kernel).max(1) * 64)
+        .map(|block| {
+            let mut s = vec![0.0f64; kernel];
+            for (i, &x) in block.iter().enumerate() {
+                s[i % kernel] += (x as f64) * (x as f64);
+            }
+            s
+        })
+        .reduce(|| vec![0.0f64; kernel], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect());
+    let scale: Vec<f32> = squares.iter().zip(&g).map(|(s, &g)| g / s.sqrt() as f32).collect();
+    let mut wg = vec![0.0f32; v.len()];
+    let groups = dim / cg.max(1);
+    wg.par_chunks_mut((cg * cg).max(1)).enumerate().for_each(|(gj, block)| {
+        let (grp, j) = (gj / kernel, gj % kernel);
+        debug_assert!(grp < groups);
+        for c in 0..cg {
+            for o in 0..cg {
+                block[c * cg + o] = v[((grp * cg + o) * cg + c) * kernel + j] * scale[j];
+            }
+        }
+    });
+    wg
+}
+
 /// The positional convolution (`Wav2Vec2PositionalConvEmbedding`: grouped, symmetric padding
 /// `kernel / 2`, the extra frame of an even kernel dropped) with its bias and activation, outside
-/// burn: `x` `[batch, time, dim]` channels-last, `weight` `[dim, dim / groups, kernel]`; returns
+/// burn: `x` `[batch, time, dim]` channels-last, `wg` the weight laid out by [`pos_conv_weight`]
+/// (`cg = dim / groups` channels per group, `kernel` taps); returns
 /// `[batch, time, dim]` as a constant on `x`'s device. The input is first laid out per group,
 /// `[time + kernel - 1, dim / groups]` with the padding as zero rows, so the receptive field of
 /// output frame `t` is one contiguous run of `kernel × dim / groups` values starting at row `t`:
 /// one GEMM per batch item and group reading that buffer with a row stride of one row — no
 /// im2col (burn's grouped convolution spends ~4× the time of its products on wav2vec2-base).
-pub fn pos_conv_native(x: Tensor<3>, weight: Tensor<3>, bias: Tensor<1>, groups: usize, act: Activation) -> Tensor<3> {
+pub fn pos_conv_native(
+    x: Tensor<3>,
+    wg: &[f32],
+    cg: usize,
+    kernel: usize,
+    bias: Tensor<1>,
+    groups: usize,
+    act: Activation,
+) -> Tensor<3> {
     let device = x.device();
     let [batch, time, dim] = x.dims();
-    let [_, cg, kernel] = weight.dims();
-    let (xv, w, bias) = (values(x), values(weight), values(bias));
+    assert_eq!(wg.len(), groups * kernel * cg * cg, "a relayout of the positional convolution's weight");
+    let (xv, bias) = (values(x), values(bias));
     let rows = time + kernel - 1;
     let pad = kernel / 2;
-    // wg[g][(j·cg + c)·cg + o] = W[g·cg + o, c, j]
-    let mut wg = vec![0.0f32; groups * kernel * cg * cg];
-    for g in 0..groups {
-        for o in 0..cg {
-            for c in 0..cg {
-                for j in 0..kernel {
-                    wg[((g * kernel + j) * cg + c) * cg + o] = w[((g * cg + o) * cg + c) * kernel + j];
-                }
-            }
-        }
-    }
     let blocks: Vec<Vec<f32>> = (0..batch * groups)
         .into_par_iter()
         .map(|bg| {
