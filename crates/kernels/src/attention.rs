@@ -22,9 +22,7 @@ use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use crate::graph::{
-    GraphOp, GraphTensor, Shared, View, contiguous, dims, mm, on_graph, par_build, sum_by, tensor, values, zeros,
-};
+use crate::graph::{GraphOp, GraphTensor, Shared, View, contiguous, dims, mm, on_graph, sum_by, tensor, values};
 
 /// Sizes of one call: `batch` sequences of `time` steps, `heads` heads of `head_dim` values.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,26 +68,24 @@ pub fn forward_values(
     if let Some(m) = mask {
         assert_eq!(m.len(), s.batch * t, "a key mask of batch × time values");
     }
-    let mut out = zeros(n);
+    assert!(hd > 0 || n == 0, "heads of at least one value");
+    // The output and the probabilities are written in full by the products below (each head's
+    // columns of every row, each task's t × t scores), so neither is zeroed first.
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let mut probs: Option<Vec<f32>> = keep.then(|| Vec::with_capacity(s.tasks() * t * t));
     let dst = Shared(out.as_mut_ptr());
-    let head = |task: usize, p: &mut [f32]| {
+    let kept = probs.as_mut().map(|p| Shared(p.as_mut_ptr()));
+    // Task `task`'s scores go to `p` (t × t values; written before they are read).
+    let head = |task: usize, p: *mut f32| {
         let o = s.offset(task);
+        let dst = dst;
         // SAFETY: the views stay inside q, k, v (o + (t - 1)·w + hd ≤ n); each task writes its
-        // own head's columns of `out` and its own `p`.
-        unsafe {
-            mm(
-                t,
-                t,
-                hd,
-                p.as_mut_ptr(),
-                t,
-                View::rows(q, o, w),
-                View::cols(k, o, w),
-                scale,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        // own head's columns of `out` and its own t × t scores; the scores' slice is made only
+        // once the first product has written all of it (hd > 0).
+        let p = unsafe {
+            mm(t, t, hd, p, t, View::rows(q, o, w), View::cols(k, o, w), scale, false, gemm::Parallelism::None);
+            std::slice::from_raw_parts_mut(p, t * t)
+        };
         if let Some(m) = mask {
             let m = &m[(task / s.heads) * t..][..t];
             for row in p.chunks_exact_mut(t) {
@@ -97,7 +93,6 @@ pub fn forward_values(
             }
         }
         crate::fastmath::softmax_rows(p, t);
-        let dst = dst;
         unsafe {
             mm(
                 t,
@@ -113,12 +108,24 @@ pub fn forward_values(
             );
         }
     };
-    let probs = if keep {
-        Some(par_build(s.tasks() * t * t, t * t, None, head))
-    } else {
-        (0..s.tasks()).into_par_iter().for_each_init(|| vec![0.0; t * t], |p, task| head(task, p));
-        None
-    };
+    match kept {
+        Some(kept) => (0..s.tasks()).into_par_iter().for_each(|task| {
+            let kept = kept;
+            // SAFETY: task `task`'s block of t × t values lies inside the kept buffer.
+            head(task, unsafe { kept.0.add(task * t * t) })
+        }),
+        None => {
+            (0..s.tasks()).into_par_iter().for_each_init(|| vec![0.0f32; t * t], |p, task| head(task, p.as_mut_ptr()))
+        }
+    }
+    // SAFETY: every task wrote its head's columns of all rows of `out` (heads × head_dim =
+    // width), and its whole block of `probs`.
+    unsafe {
+        out.set_len(n);
+        if let Some(p) = probs.as_mut() {
+            p.set_len(s.tasks() * t * t);
+        }
+    }
     (out, probs)
 }
 
@@ -139,7 +146,9 @@ pub fn backward_values(
     let n = s.batch * t * w;
     assert!(q.len() == n && k.len() == n && v.len() == n && d_out.len() == n);
     assert_eq!(p.len(), s.tasks() * t * t);
-    let mut grads = need.map(|on| on.then(|| zeros(n)));
+    // Each asked-for gradient is written in full by its per-head products (k = time > 0 where
+    // n > 0), so none is zeroed first.
+    let mut grads: [Option<Vec<f32>>; 3] = need.map(|on| on.then(|| Vec::with_capacity(n)));
     let ptr = |g: &mut Option<Vec<f32>>| g.as_mut().map(|g| Shared(g.as_mut_ptr()));
     let [dq, dk, dv] = [ptr(&mut grads[0]), ptr(&mut grads[1]), ptr(&mut grads[2])];
     let scores = need[0] || need[1];
@@ -174,6 +183,10 @@ pub fn backward_values(
             }
         },
     );
+    // SAFETY: every task wrote its head's columns of all rows of each asked-for gradient.
+    for g in grads.iter_mut().flatten() {
+        unsafe { g.set_len(n) };
+    }
     grads
 }
 

@@ -66,18 +66,29 @@ fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
 
 /// `a · B` (+ `bias` on every row) with `a` `m × k` row-major and `B` a `k × n` view.
 fn product(a: &[f32], m: usize, k: usize, b: View, n: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    let rows = (crate::graph::BLOCK / n.max(1)).max(1);
-    let mut out = par_build(m * n, rows * n, None, |_, c| {
-        if let Some(bias) = bias {
-            c.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(bias));
+    let par = parallelism(m, n, k);
+    match bias {
+        // The product overwrites every value (k > 0): no zero-fill first.
+        // SAFETY: `a` holds m × k values, `b` views k × n values of the weight (checked by the
+        // callers' shapes); `mm` writes all m × n values of the output.
+        None if k > 0 => unsafe {
+            crate::graph::written_by(m * n, |out| mm(m, n, k, out, n, View::rows(a, 0, k), b, 1.0, false, par))
+        },
+        _ => {
+            let rows = (crate::graph::BLOCK / n.max(1)).max(1);
+            let mut out = par_build(m * n, rows * n, None, |_, c| {
+                if let Some(bias) = bias {
+                    c.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(bias));
+                }
+            });
+            // SAFETY: as above; here the output starts as the bias rows (or zeros) and the
+            // product is added.
+            unsafe {
+                mm(m, n, k, out.as_mut_ptr(), n, View::rows(a, 0, k), b, 1.0, true, par);
+            }
+            out
         }
-    });
-    // SAFETY: `a` holds m × k values, `b` views k × n values of the weight (checked by the
-    // callers' shapes), `out` m × n.
-    unsafe {
-        mm(m, n, k, out.as_mut_ptr(), n, View::rows(a, 0, k), b, 1.0, bias.is_some(), parallelism(m, n, k));
     }
-    out
 }
 
 impl Dense {

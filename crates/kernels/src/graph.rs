@@ -81,6 +81,19 @@ pub fn zeros(n: usize) -> Vec<f32> {
     par_build(n, BLOCK, None, |_, _| {})
 }
 
+/// `n` values that `fill` writes through the pointer it is given, without zeroing them first
+/// (for results a product overwrites in full).
+///
+/// # Safety
+/// `fill` must write all `n` values, and nothing past them, before it returns.
+pub(crate) unsafe fn written_by(n: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    fill(v.as_mut_ptr());
+    // SAFETY: the caller guarantees that `fill` wrote all `n` values.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// Values per parallel task of the elementwise sweeps: 64 KiB, about what an L2 cache holds
 /// comfortably next to a second operand.
 pub(crate) const BLOCK: usize = 1 << 14;
