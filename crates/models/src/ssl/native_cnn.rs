@@ -53,6 +53,30 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
 }
 
+/// A float32 CPU tensor's values in row-major order, borrowed where its storage already holds
+/// them so (a frozen weight), else copied.
+enum Values {
+    Stored(FlexTensor),
+    Copied(Vec<f32>),
+}
+
+impl Values {
+    fn of<const D: usize>(t: Tensor<D>) -> Self {
+        let plain = if t.device().is_autodiff() { t.clone().inner() } else { t.clone() };
+        match plain.try_into_primitive::<Flex>() {
+            Ok(f) if f.as_slice::<f32>().is_some() => Self::Stored(f),
+            _ => Self::Copied(values(t)),
+        }
+    }
+
+    fn get(&self) -> &[f32] {
+        match self {
+            Self::Stored(t) => t.as_slice::<f32>().unwrap_or_default(),
+            Self::Copied(v) => v,
+        }
+    }
+}
+
 /// A conv weight `W` (`[c_out, c_in, kernel]`) as the matrix `[kernel × c_in, c_out]` whose row
 /// `j × c_in + c` holds `W[:, c, j]`.
 enum Weight {
@@ -321,7 +345,8 @@ fn affine_activate(y: &mut [f32], scale: &[f32], shift: &[f32], act: Activation)
 /// `wg[g][(j·cg + c)·cg + o] = W[g·cg + o, c, j]`. Computed per call, in parallel.
 pub fn pos_conv_weight(g: Tensor<3>, v: Tensor<3>) -> Vec<f32> {
     let [dim, cg, kernel] = v.dims();
-    let (g, v) = (values(g), values(v));
+    let (g, v) = (values(g), Values::of(v));
+    let v = v.get();
     assert_eq!(g.len(), kernel, "weight_g of one value per tap");
     // ‖v‖ per tap j, over (o, c): f64 sums per block of output channels.
     let squares = v
