@@ -78,7 +78,6 @@ pub fn forward_values(
     // Task `task`'s scores go to `p` (t × t values; written before they are read).
     let head = |task: usize, p: *mut f32| {
         let o = s.offset(task);
-        let dst = dst;
         // SAFETY: the views stay inside q, k, v (o + (t - 1)·w + hd ≤ n); each task writes its
         // own head's columns of `out` and its own t × t scores; the scores' slice is made only
         // once the first product has written all of it (hd > 0).
@@ -94,25 +93,13 @@ pub fn forward_values(
         }
         crate::fastmath::softmax_rows(p, t);
         unsafe {
-            mm(
-                t,
-                hd,
-                t,
-                dst.0.add(o),
-                w,
-                View::rows(p, 0, t),
-                View::rows(v, o, w),
-                1.0,
-                false,
-                gemm::Parallelism::None,
-            );
+            mm(t, hd, t, dst.at(o), w, View::rows(p, 0, t), View::rows(v, o, w), 1.0, false, gemm::Parallelism::None);
         }
     };
     match kept {
         Some(kept) => (0..s.tasks()).into_par_iter().for_each(|task| {
-            let kept = kept;
-            // SAFETY: task `task`'s block of t × t values lies inside the kept buffer.
-            head(task, unsafe { kept.0.add(task * t * t) })
+            // Task `task`'s block of t × t values, inside the kept buffer.
+            head(task, kept.at(task * t * t))
         }),
         None => {
             (0..s.tasks()).into_par_iter().for_each_init(|| vec![0.0f32; t * t], |p, task| head(task, p.as_mut_ptr()))
@@ -162,7 +149,7 @@ pub fn backward_values(
             // its own head's columns of the gradients and its own buffer.
             unsafe {
                 if let Some(dv) = dv {
-                    mm(t, hd, t, dv.0.add(o), w, View::cols(p, 0, t), View::rows(d_out, o, w), 1.0, false, none);
+                    mm(t, hd, t, dv.at(o), w, View::cols(p, 0, t), View::rows(d_out, o, w), 1.0, false, none);
                 }
                 if !scores {
                     return;
@@ -175,10 +162,10 @@ pub fn backward_values(
             }
             unsafe {
                 if let Some(dq) = dq {
-                    mm(t, hd, t, dq.0.add(o), w, View::rows(ds, 0, t), View::rows(k, o, w), scale, false, none);
+                    mm(t, hd, t, dq.at(o), w, View::rows(ds, 0, t), View::rows(k, o, w), scale, false, none);
                 }
                 if let Some(dk) = dk {
-                    mm(t, hd, t, dk.0.add(o), w, View::cols(ds, 0, t), View::rows(q, o, w), scale, false, none);
+                    mm(t, hd, t, dk.at(o), w, View::cols(ds, 0, t), View::rows(q, o, w), scale, false, none);
                 }
             }
         },
@@ -365,8 +352,8 @@ mod tests {
         let v = Tensor::<3>::random([2, 7, 8], Distribution::Normal(0.0, 1.0), &device);
         let mut v2 = vals(v.clone());
         // Sequence 1 has 4 valid keys: change the values of keys 4..7.
-        for i in 7 * 8 + 4 * 8..2 * 7 * 8 {
-            v2[i] += 100.0;
+        for v in &mut v2[7 * 8 + 4 * 8..] {
+            *v += 100.0;
         }
         let v2 = Tensor::<3>::from_data(TensorData::new(v2, [2, 7, 8]), &device);
         let a = vals(attention(q.clone(), k.clone(), v, 2, Some(mask(7))));

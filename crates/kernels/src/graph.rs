@@ -188,6 +188,14 @@ pub(crate) struct Shared(pub *mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The pointer `offset` values further (a method, so that closures capture the whole
+    /// `Shared`, which is `Sync`, rather than its raw pointer).
+    pub fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// A matrix view: element `(i, j)` at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
 pub(crate) struct View {
