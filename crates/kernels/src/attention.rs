@@ -269,16 +269,8 @@ impl GraphOp<3> for Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{max_diff, vals};
     use burn::tensor::{Distribution, TensorData, activation};
-
-    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
-    }
-
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-    }
 
     /// Attention composed from burn's operations (the models' former path).
     fn reference(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<&[f32]>) -> Tensor<3> {

@@ -33,7 +33,7 @@ const PARALLEL_WORK: usize = 1 << 18;
 /// Where `x` is not on the CPU backend, `W` or `b` require a gradient, or the sizes disagree.
 pub fn frozen_linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<D> {
     let op = Dense::new(&x, w, b);
-    if x.device().is_autodiff() { on_graph(op, [x]) } else { from_flex(op.forward(&contiguous(&flex(x)))) }
+    if x.device().is_autodiff() { on_graph(op, [x]) } else { from_flex(op.apply(&contiguous(&flex(x)), false)) }
 }
 
 #[derive(Debug, Clone)]
@@ -64,31 +64,28 @@ fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     }
 }
 
+/// `scale · A · B` (`m × k` by `k × n` views) into a new buffer, not zeroed first where the
+/// product overwrites it (k > 0).
+fn new_product(m: usize, n: usize, k: usize, a: View, b: View, scale: f32) -> Vec<f32> {
+    if k == 0 {
+        return crate::zeros(m * n);
+    }
+    // SAFETY: the callers' views cover m × k and k × n values; `mm` writes all m × n values.
+    unsafe { crate::graph::written_by(m * n, |out| mm(m, n, k, out, n, a, b, scale, false, parallelism(m, n, k))) }
+}
+
 /// `a · B` (+ `bias` on every row) with `a` `m × k` row-major and `B` a `k × n` view.
 fn product(a: &[f32], m: usize, k: usize, b: View, n: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    let par = parallelism(m, n, k);
-    match bias {
-        // The product overwrites every value (k > 0): no zero-fill first.
-        // SAFETY: `a` holds m × k values, `b` views k × n values of the weight (checked by the
-        // callers' shapes); `mm` writes all m × n values of the output.
-        None if k > 0 => unsafe {
-            crate::graph::written_by(m * n, |out| mm(m, n, k, out, n, View::rows(a, 0, k), b, 1.0, false, par))
-        },
-        _ => {
-            let rows = (crate::graph::BLOCK / n.max(1)).max(1);
-            let mut out = par_build(m * n, rows * n, None, |_, c| {
-                if let Some(bias) = bias {
-                    c.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(bias));
-                }
-            });
-            // SAFETY: as above; here the output starts as the bias rows (or zeros) and the
-            // product is added.
-            unsafe {
-                mm(m, n, k, out.as_mut_ptr(), n, View::rows(a, 0, k), b, 1.0, true, par);
-            }
-            out
-        }
+    let Some(bias) = bias else { return new_product(m, n, k, View::rows(a, 0, k), b, 1.0) };
+    // The output starts as the bias rows (written in parallel) and the product is added.
+    let rows = (crate::graph::BLOCK / n.max(1)).max(1);
+    let mut out = par_build(m * n, rows * n, None, |_, c| c.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(bias)));
+    // SAFETY: `a` holds m × k values, `b` views k × n values of the weight (checked by the
+    // callers' shapes), `out` m × n.
+    unsafe {
+        mm(m, n, k, out.as_mut_ptr(), n, View::rows(a, 0, k), b, 1.0, true, parallelism(m, n, k));
     }
+    out
 }
 
 impl Dense {
@@ -130,21 +127,15 @@ impl Dense {
         product(g, m, d_out, view, d_in, None)
     }
 
-    fn forward(&self, x: &FlexTensor) -> FlexTensor {
+    /// `x · W + b` over `t`'s last dimension, or with `backward` `dY · Wᵀ` (`t` is `dY`).
+    fn apply(&self, t: &FlexTensor, backward: bool) -> FlexTensor {
         let (d_in, d_out) = self.sizes();
-        let xv = values(x);
-        let out = self.forward_values(xv, xv.len() / d_in.max(1));
-        let mut shape = dims(x);
-        *shape.last_mut().expect("a tensor of rank ≥ 1") = d_out;
-        tensor(out, shape)
-    }
-
-    fn backward_input(&self, g: &FlexTensor) -> FlexTensor {
-        let (d_in, d_out) = self.sizes();
-        let gv = values(g);
-        let out = self.backward_values(gv, gv.len() / d_out.max(1));
-        let mut shape = dims(g);
-        *shape.last_mut().expect("a tensor of rank ≥ 1") = d_in;
+        let (k, n) = if backward { (d_out, d_in) } else { (d_in, d_out) };
+        let v = values(t);
+        let m = v.len() / k.max(1);
+        let out = if backward { self.backward_values(v, m) } else { self.forward_values(v, m) };
+        let mut shape = dims(t);
+        *shape.last_mut().expect("a tensor of rank ≥ 1") = n;
         tensor(out, shape)
     }
 }
@@ -155,14 +146,14 @@ impl Backward<Flex, 1> for Dense {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
         if let [Some(parent)] = ops.parents {
-            grads.register::<Flex>(parent.id, self.backward_input(&g));
+            grads.register::<Flex>(parent.id, self.apply(&g, true));
         }
     }
 }
 
 impl GraphOp<1> for Dense {
     fn run<C: CheckpointStrategy>(self, [x]: [GraphTensor; 1]) -> GraphTensor {
-        let y = self.forward(&contiguous(x.primitive()));
+        let y = self.apply(&contiguous(x.primitive()), false);
         self.prepare::<C>([x.node()]).compute_bound().stateless(y)
     }
 }
@@ -282,39 +273,11 @@ impl Backward<Flex, 3> for DenseLora {
             grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
         }
         if let (Some(node), Some(gb)) = (&pa, &gb) {
-            let mut da = vec![0.0f32; k * r];
-            unsafe {
-                mm(
-                    k,
-                    r,
-                    m,
-                    da.as_mut_ptr(),
-                    r,
-                    View::cols(xv, 0, k),
-                    View::rows(gb, 0, r),
-                    s,
-                    false,
-                    parallelism(k, r, m),
-                );
-            }
+            let da = new_product(k, r, m, View::cols(xv, 0, k), View::rows(gb, 0, r), s);
             grads.register::<Flex>(node.id, tensor(da, vec![k, r]));
         }
         if let Some(node) = &pb {
-            let mut db = vec![0.0f32; r * n];
-            unsafe {
-                mm(
-                    r,
-                    n,
-                    m,
-                    db.as_mut_ptr(),
-                    n,
-                    View::cols(&h, 0, r),
-                    View::rows(gv, 0, n),
-                    s,
-                    false,
-                    parallelism(r, n, m),
-                );
-            }
+            let db = new_product(r, n, m, View::cols(&h, 0, r), View::rows(gv, 0, n), s);
             grads.register::<Flex>(node.id, tensor(db, vec![r, n]));
         }
     }
@@ -323,16 +286,8 @@ impl Backward<Flex, 3> for DenseLora {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{max_diff, vals};
     use burn::tensor::Distribution;
-
-    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
-    }
-
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-    }
 
     /// Value and input gradient equal burn's `matmul + bias` for both storage orders of the
     /// weight, with and without bias, on and off the graph (both checkpointing strategies).

@@ -11,6 +11,8 @@ pub mod fastmath;
 mod graph;
 pub mod linear;
 pub mod rowwise;
+#[cfg(test)]
+mod testing;
 
 pub use attention::attention;
 pub use dense::frozen_linear;

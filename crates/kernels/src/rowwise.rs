@@ -258,16 +258,8 @@ impl GraphOp<3> for LayerNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{max_diff, vals};
     use burn::tensor::{Distribution, activation as act};
-
-    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
-    }
-
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-    }
 
     fn devices() -> [Device; 2] {
         [Device::flex().autodiff(), Device::flex().autodiff().gradient_checkpointing()]
