@@ -32,15 +32,19 @@ fn block(row: usize) -> usize {
 /// (`crate::fastmath::gelu_with_slope`, ...).
 pub type WithSlope = fn(&mut [f32], &mut [f32]);
 
+/// The same function without the slope (`crate::fastmath::gelu`, ...).
+pub type Plain = fn(&mut [f32]);
+
 /// `f(x)` on the autodiff graph, its backward pass `dY ⊙ f'(x)` (the slope kept from the forward
-/// pass). `x` must be a float32 tensor on burn's CPU autodiff backend.
-pub fn activation<const D: usize>(x: Tensor<D>, f: WithSlope) -> Tensor<D> {
+/// pass); `f` alone (no slope) where `x` is not tracked. `x` must be a float32 tensor on burn's
+/// CPU autodiff backend.
+pub fn activation<const D: usize>(x: Tensor<D>, f: Plain, with_slope: WithSlope) -> Tensor<D> {
     assert!(crate::supports(&x) && x.device().is_autodiff(), "a float32 tensor on the CPU's autodiff graph");
-    on_graph(Activation(f), [x])
+    on_graph(Activation(f, with_slope), [x])
 }
 
 #[derive(Clone, Copy)]
-struct Activation(WithSlope);
+struct Activation(Plain, WithSlope);
 
 impl std::fmt::Debug for Activation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,11 +72,11 @@ impl GraphOp<1> for Activation {
         let (shape, v) = (dims(&input), values(&input));
         match self.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (y, slope) = par_build_pair(v, BLOCK, |y, d| (self.0)(y, d));
+                let (y, slope) = par_build_pair(v, BLOCK, |y, d| (self.1)(y, d));
                 prep.finish(tensor(slope, shape.clone()), tensor(y, shape))
             }
             OpsKind::UnTracked(prep) => {
-                let (y, _) = par_build_pair(v, BLOCK, |y, d| (self.0)(y, d));
+                let y = par_build(v.len(), BLOCK, Some(v), |_, y| (self.0)(y));
                 prep.finish(tensor(y, shape))
             }
         }
@@ -279,11 +283,16 @@ mod tests {
             // More values than one task's block, so that several tasks run.
             let x = Tensor::<3>::random([3, 70, 130], Distribution::Normal(0.0, 2.0), &device);
             let r = Tensor::<3>::random([3, 70, 130], Distribution::Normal(0.0, 1.0), &device);
-            let (y, g) = value_and_grad(|x| activation(x, crate::fastmath::gelu_with_slope), &x, &r);
+            let (y, g) =
+                value_and_grad(|x| activation(x, crate::fastmath::gelu, crate::fastmath::gelu_with_slope), &x, &r);
             let (y_ref, g_ref) = value_and_grad(act::gelu, &x, &r);
             assert!(max_diff(&y, &y_ref) < 1e-5, "{}", max_diff(&y, &y_ref));
             assert!(max_diff(&g, &g_ref) < 1e-5, "{}", max_diff(&g, &g_ref));
-            assert!(!activation(x.detach(), crate::fastmath::gelu_with_slope).is_require_grad());
+            let untracked = activation(x.clone().detach(), crate::fastmath::gelu, crate::fastmath::gelu_with_slope);
+            assert!(!untracked.is_require_grad());
+            let mut plain = vals(x.clone());
+            crate::fastmath::gelu(&mut plain);
+            assert_eq!(vals(untracked), plain, "untracked: the plain function's values");
         }
     }
 

@@ -42,15 +42,16 @@ impl Activation {
             return map_values(x, |v| self.apply_slice(v));
         }
         if on_cpu_graph(&x) {
-            let with_slope: Option<speechtune_kernels::rowwise::WithSlope> = match self {
-                Self::Gelu => Some(crate::fastmath::gelu_with_slope),
-                Self::GeluNew => Some(crate::fastmath::gelu_tanh_with_slope),
-                Self::Silu => Some(crate::fastmath::silu_with_slope),
+            use speechtune_kernels::rowwise::{Plain, WithSlope};
+            let fused: Option<(Plain, WithSlope)> = match self {
+                Self::Gelu => Some((crate::fastmath::gelu, crate::fastmath::gelu_with_slope)),
+                Self::GeluNew => Some((crate::fastmath::gelu_tanh, crate::fastmath::gelu_tanh_with_slope)),
+                Self::Silu => Some((crate::fastmath::silu, crate::fastmath::silu_with_slope)),
                 // burn's own ReLU and its backward are single comparisons already.
                 Self::Relu => None,
             };
-            if let Some(f) = with_slope {
-                return speechtune_kernels::rowwise::activation(x, f);
+            if let Some((plain, with_slope)) = fused {
+                return speechtune_kernels::rowwise::activation(x, plain, with_slope);
             }
         }
         match self {

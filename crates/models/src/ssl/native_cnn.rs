@@ -53,44 +53,34 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
 }
 
-/// A float32 CPU tensor's values in row-major order, borrowed where its storage already holds
-/// them so (a frozen weight), else copied.
+/// Values the native products read: a CPU tensor's own storage where it already holds them in
+/// the order needed (a frozen weight), else a vector made for the call.
 enum Values {
     Stored(FlexTensor),
-    Copied(Vec<f32>),
+    Made(Vec<f32>),
+}
+
+/// The CPU tensor behind `t` (through autodiff), where it is float32 on the CPU.
+fn storage<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    let plain = if t.device().is_autodiff() { t.clone().inner() } else { t.clone() };
+    plain.try_into_primitive::<Flex>().ok().filter(|f| f.dtype() == burn::tensor::DType::F32)
 }
 
 impl Values {
+    /// `t`'s values in row-major order.
     fn of<const D: usize>(t: Tensor<D>) -> Self {
-        let plain = if t.device().is_autodiff() { t.clone().inner() } else { t.clone() };
-        match plain.try_into_primitive::<Flex>() {
-            Ok(f) if f.as_slice::<f32>().is_some() => Self::Stored(f),
-            _ => Self::Copied(values(t)),
+        match storage(&t) {
+            Some(f) if f.as_slice::<f32>().is_some() => Self::Stored(f),
+            _ => Self::Made(values(t)),
         }
     }
 
-    fn get(&self) -> &[f32] {
-        match self {
-            Self::Stored(t) => t.as_slice::<f32>().unwrap_or_default(),
-            Self::Copied(v) => v,
-        }
-    }
-}
-
-/// A conv weight `W` (`[c_out, c_in, kernel]`) as the matrix `[kernel × c_in, c_out]` whose row
-/// `j × c_in + c` holds `W[:, c, j]`.
-enum Weight {
-    /// The weight's own storage, already in that order.
-    Stored(FlexTensor),
-    Relaid(Vec<f32>),
-}
-
-impl Weight {
-    fn of(w: Tensor<3>) -> Self {
+    /// A conv weight `W` (`[c_out, c_in, kernel]`) as the matrix `[kernel × c_in, c_out]` whose
+    /// row `j × c_in + c` holds `W[:, c, j]`: the weight's storage where it is stored that way
+    /// (`FeatureEncoder::load` on the CPU), else relaid out in parallel.
+    fn conv_matrix(w: Tensor<3>) -> Self {
         let [c_out, c_in, kernel] = w.dims();
-        let plain = if w.device().is_autodiff() { w.clone().inner() } else { w.clone() };
-        if let Ok(t) = plain.try_into_primitive::<Flex>()
-            && t.dtype() == burn::tensor::DType::F32
+        if let Some(t) = storage(&w)
             && t.layout().strides() == [1, c_out as isize, (c_in * c_out) as isize]
             && t.layout().start_offset() == 0
             && t.storage::<f32>().len() == c_out * c_in * kernel
@@ -106,13 +96,15 @@ impl Weight {
                 }
             }
         });
-        Self::Relaid(out)
+        Self::Made(out)
     }
 
-    fn values(&self) -> &[f32] {
+    fn get(&self) -> &[f32] {
         match self {
-            Self::Stored(t) => t.storage::<f32>(),
-            Self::Relaid(v) => v,
+            // (Stored by `of` only where `as_slice` holds; by `conv_matrix` with offset 0 and the
+            // storage's exact size.)
+            Self::Stored(t) => t.as_slice::<f32>().unwrap_or_else(|| t.storage::<f32>()),
+            Self::Made(v) => v,
         }
     }
 }
@@ -153,9 +145,9 @@ impl FeatureEncoder {
         let waves = values(samples);
         // The f32 weights as `[kernel × c_in, c_out]`: the stored values where the weight is
         // stored that way (FeatureEncoder::load on the CPU), else relaid out for this call.
-        let weights: Vec<Weight> = match self.bf16 {
+        let weights: Vec<Values> = match self.bf16 {
             Some(_) => Vec::new(),
-            None => self.layers.iter().map(|l| Weight::of(l.conv.weight.val())).collect(),
+            None => self.layers.iter().map(|l| Values::conv_matrix(l.conv.weight.val())).collect(),
         };
         let layers: Vec<Layer> = self
             .layers
@@ -164,7 +156,7 @@ impl FeatureEncoder {
             .map(|(i, l)| {
                 let [c_out, c_in, kernel] = l.conv.weight.dims();
                 Layer {
-                    weight: weights.get(i).map_or(&[][..], Weight::values),
+                    weight: weights.get(i).map_or(&[][..], Values::get),
                     packed: self.bf16.as_ref().map(|p| &p[i]),
                     bias: l.conv.bias.as_ref().map(|b| values(b.val())),
                     c_in,
