@@ -16,5 +16,5 @@ mod testing;
 
 pub use attention::attention;
 pub use dense::frozen_linear;
-pub use graph::{supports, zeros};
+pub use graph::{View, mm, supports, zeros};
 pub use linear::{Bf16Weight, linear};

@@ -275,30 +275,12 @@ unsafe fn gemm_rows(
     par: gemm::Parallelism,
 ) {
     debug_assert!(m == 0 || ((m - 1) * a_row + k <= a.len() && k * n <= w.len() && m * n <= y.len()));
+    let (a, w) = (
+        speechtune_kernels::View { ptr: a.as_ptr(), rs: a_row as isize, cs: 1 },
+        speechtune_kernels::View::rows(w, 0, n),
+    );
     // SAFETY: the caller guarantees the sizes above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            a_row as isize,
-            w.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    unsafe { speechtune_kernels::mm(m, n, k, y.as_mut_ptr(), n, a, w, 1.0, false, par) }
 }
 
 /// `Σ_t f(c, y[t, c])` for each channel `c` of `y` (`[frames, channels]`), in f64, in parallel
