@@ -60,6 +60,12 @@ impl Bf16Weight {
         crate::bf16::from_bf16(self.forward.get(i, j))
     }
 
+    /// `W`'s bf16 values as f32, row-major `[d_in, d_out]`.
+    pub fn values(&self) -> Vec<f32> {
+        let (k, n) = (self.d_in(), self.d_out());
+        (0..k * n).map(|o| self.value(o / n.max(1), o % n.max(1))).collect()
+    }
+
     /// Bytes held (one packing, or two once a backward pass has run).
     pub fn bytes(&self) -> usize {
         self.forward.bytes() + self.backward.get().map_or(0, PackedB::bytes)

@@ -405,9 +405,12 @@ fn attach_lora(projs: Vec<&mut Proj>, cfg: &LoraConfig, device: &Device) -> Resu
 fn merge_lora(projs: Vec<&mut Proj>) {
     for p in projs {
         if let Some(lora) = p.lora.take() {
-            let merged = p.weight_f32() + lora.delta();
-            p.base.weight = Param::from_tensor(merged.detach());
-            if p.bf16.is_some() {
+            let merged = (p.weight_f32() + lora.delta()).detach();
+            let bf16 = p.bf16.take().is_some();
+            // Same id, and frozen where the weight was (a fresh `Param` would train).
+            p.base.weight =
+                p.base.weight.clone().map(|w| if w.is_require_grad() { merged.require_grad() } else { merged });
+            if bf16 {
                 p.use_bf16();
             }
         }

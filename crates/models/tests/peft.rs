@@ -95,6 +95,29 @@ fn lora_invariants() {
         fresh.model.load_lora_state(&fresh.prefix.clone(), &map).unwrap();
         assert_eq!(max_diff(&trained, &run(&fresh, &wave, &device)), 0.0, "{name}: save/load round trip");
 
+        // Merging where the frozen products run in bf16: each merged weight is packed anew, its
+        // values the bf16 rounding of weight + update.
+        let mut bf = up.clone();
+        assert!(bf.model.set_precision(speechtune_models::Precision::Bf16) > 0, "{name}: frozen products in bf16");
+        let want: Vec<(Vec<f32>, Vec<f32>)> = bf
+            .model
+            .projections()
+            .iter()
+            .filter_map(|p| p.lora.as_ref().map(|l| (values(&p.weight_f32()), values(&(p.weight_f32() + l.delta())))))
+            .collect();
+        bf.model.merge_lora();
+        let got: Vec<Vec<f32>> =
+            bf.model.projections().iter().filter(|p| p.bf16.is_some()).map(|p| values(&p.weight_f32())).collect();
+        use speechtune_kernels::bf16::{from_bf16, to_bf16};
+        let mut moved = false;
+        for (before, merged) in &want {
+            let rounded: Vec<f32> = merged.iter().map(|&v| from_bf16(to_bf16(v))).collect();
+            assert!(got.contains(&rounded), "{name}: a merged weight's bf16 packing");
+            moved |= rounded != *before;
+        }
+        assert!(moved, "{name}: the merge changed a weight");
+        assert!(bf.model.projections().iter().all(|p| p.lora.is_none() && p.bf16.is_some()), "{name}: all still bf16");
+
         // Merging folds the update into the base weights.
         up.model.merge_lora();
         assert!(up.model.projections().iter().all(|p| p.lora.is_none()));

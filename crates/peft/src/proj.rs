@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::DType;
+use burn::tensor::{DType, TensorData};
 use speechtune_kernels::Bf16Weight;
 
 use crate::lora::LoraLayer;
@@ -46,7 +46,7 @@ impl Proj {
     /// left alone (they are replaced or recomputed each step).
     pub fn relayout_for_backward(&mut self) {
         let w = &self.base.weight;
-        if self.d_out() <= self.d_in() || self.mask.is_some() || w.val().is_require_grad() {
+        if self.d_out() <= self.d_in() || self.mask.is_some() || self.bf16.is_some() || w.val().is_require_grad() {
             return;
         }
         let device = w.device();
@@ -59,31 +59,47 @@ impl Proj {
     /// weight is frozen and unmasked (a trained or masked weight changes every step and stays
     /// f32, as do the method layers and the bias). Returns whether this projection switched.
     ///
-    /// The switched weight keeps only bf16 values: `base.weight` becomes a bf16 tensor (same
-    /// shape, id and values as the packing), so a frozen weight costs 2 bytes plus its packings
-    /// instead of 4 plus them. Readers that need f32 get it with [`Proj::weight_f32`]; a merge
-    /// or [`Proj::use_f32`] afterwards works from the bf16 values. Call it again after changing
-    /// `base.weight`.
+    /// The switched weight's values live only in its bf16 packing: `base.weight` becomes a
+    /// placeholder of the same shape, id and gradient flag, a bf16 zero broadcast to `[d_in,
+    /// d_out]` (no storage of its own), so a frozen weight costs its packings (2 bytes per value
+    /// each; training adds the backward pass's) instead of 4 bytes plus them. Readers of the
+    /// values get them with [`Proj::weight_f32`]; [`Proj::use_f32`] stores them as f32 again, and
+    /// a merge works from them. Call it again after putting a new f32 `base.weight` in place.
     pub fn use_bf16(&mut self) -> bool {
+        if self.bf16.is_some() && self.base.weight.val().is_require_grad() {
+            // Switched, then unfrozen: the values back first.
+            self.use_f32();
+        }
         let w = self.base.weight.val();
-        self.bf16 = (self.mask.is_none() && !w.is_require_grad() && w.device().inner() == Device::flex())
-            .then(|| Arc::new(Bf16Weight::from_tensor(w)));
-        if self.bf16.is_none() {
-            // No longer eligible (unfrozen, masked since): f32 again.
+        let eligible = self.mask.is_none() && !w.is_require_grad() && w.device().inner() == Device::flex();
+        if !eligible {
             self.use_f32();
             return false;
         }
-        if self.base.weight.val().dtype() != DType::BF16 {
-            self.base.weight = self.base.weight.clone().map(|t| t.cast(DType::BF16));
+        // (A float32 `base.weight` beside a packing was put there since: packed anew.)
+        if self.bf16.is_none() || w.dtype() == DType::F32 {
+            let [d_in, d_out] = w.dims();
+            self.bf16 = Some(Arc::new(Bf16Weight::from_tensor(w)));
+            self.base.weight = self
+                .base
+                .weight
+                .clone()
+                .map(|t| Tensor::<2>::zeros([1, 1], &t.device()).cast(DType::BF16).expand([d_in, d_out]));
         }
         true
     }
 
-    /// Back to f32 products. After [`Proj::use_bf16`] the weight's values stay the bf16 ones
-    /// (what was dropped is not recovered), stored as f32 again.
+    /// Back to f32 products, with the weight's values stored as f32 again (after
+    /// [`Proj::use_bf16`] the bf16 ones: what was dropped is not recovered).
     pub fn use_f32(&mut self) {
-        self.bf16 = None;
-        if self.base.weight.val().dtype() != DType::F32 {
+        if self.bf16.is_some() {
+            let w = self.weight_f32();
+            self.base.weight = self.base.weight.clone().map(|t| {
+                let w = Tensor::from_data(w.into_data(), &t.device());
+                if t.is_require_grad() { w.require_grad() } else { w }
+            });
+            self.bf16 = None;
+        } else if self.base.weight.val().dtype() != DType::F32 {
             self.base.weight = self.base.weight.clone().map(|t| t.cast(DType::F32));
         }
     }
@@ -97,10 +113,18 @@ impl Proj {
             && !self.base.bias.as_ref().is_some_and(|b| b.val().is_require_grad())
     }
 
-    /// `base.weight` as f32 whatever it is stored in (bf16 after [`Proj::use_bf16`]).
+    /// The weight's values as f32: `base.weight`, or after [`Proj::use_bf16`] the packing's bf16
+    /// values (`base.weight` is then a placeholder), on `base.weight`'s device.
     pub fn weight_f32(&self) -> Tensor<2> {
         let w = self.base.weight.val();
-        if w.dtype() == DType::F32 { w } else { w.cast(DType::F32) }
+        match &self.bf16 {
+            Some(packed) => {
+                let values = TensorData::new(packed.values(), [packed.d_in(), packed.d_out()]);
+                Tensor::from_data(values, &w.device())
+            }
+            None if w.dtype() == DType::F32 => w,
+            None => w.cast(DType::F32),
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -138,7 +162,7 @@ impl Proj {
             (None, None) => self.base.forward(x.clone()),
             (None, Some(_)) => {
                 // Not the kernel's input (another device or dtype): the bf16 values in x's dtype.
-                let y = x.clone().matmul(self.base.weight.val().cast(x.dtype()).unsqueeze::<D>());
+                let y = x.clone().matmul(self.weight_f32().cast(x.dtype()).unsqueeze::<D>());
                 match &self.base.bias {
                     Some(b) => y + b.val().unsqueeze::<D>(),
                     None => y,
@@ -231,6 +255,9 @@ mod tests {
         assert!(p.use_bf16());
         assert_eq!(p.base.weight.val().dtype(), DType::BF16, "the f32 copy is dropped");
         assert_eq!(p.base.weight.id, id);
+        assert_eq!(p.base.weight.dims(), [24, 40]);
+        let placeholder = p.base.weight.val().inner().try_into_primitive::<burn::backend::Flex>().unwrap();
+        assert_eq!(placeholder.layout().strides(), [0, 0], "no storage beside the packing");
         let rounded: Vec<f32> = w.iter().map(|&v| from_bf16(to_bf16(v))).collect();
         assert_ne!(rounded, w);
         assert_eq!(values(p.weight_f32()), rounded);
