@@ -446,12 +446,13 @@ fn build(device: &Device) -> serde_json::Value {
         "program_features": program,
         "cpu_isa": isa,
         // On the CPU: matrix products by the gemm crate (AVX-512 kernels where avx512f is
-        // listed), called by burn-flex, by the native CNN and by speechtune-kernels' fused
+        // listed), called by burn-flex, and through speechtune-kernels' `mm` (threads split the
+        // output's columns) by the native CNN and by speechtune-kernels' fused
         // operations (attention, frozen linear layers, activations, softmax, layer norm), which
         // carry their own backward passes on the training graph; GELU and softmax by
         // `fastmath`'s vectorised functions.
         "kernels": if cpu {
-            "gemm 0.19 (burn-flex, native CNN, fused attention and frozen linear layers), fastmath GELU/softmax, fused layer norm"
+            "gemm 0.19 (burn-flex; kernels::mm, a block of output columns per thread: native CNN, fused attention and frozen linear layers), fastmath GELU/softmax, fused layer norm, first conv layer's group norm folded"
         } else {
             "cubecl"
         },

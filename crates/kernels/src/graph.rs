@@ -222,6 +222,12 @@ impl View {
         Self { ptr: self.ptr.wrapping_offset(j as isize * self.cs), ..self }
     }
 
+    /// Pointer, column stride and row stride, as `gemm` takes them (a method, so that closures
+    /// capture the whole view).
+    fn parts(self) -> (*const f32, isize, isize) {
+        (self.ptr, self.cs, self.rs)
+    }
+
     /// The transpose of [`View::rows`].
     pub fn cols(v: &[f32], offset: usize, stride: usize) -> Self {
         Self { ptr: v[offset..].as_ptr(), rs: 1, cs: stride as isize }
@@ -249,24 +255,49 @@ pub unsafe fn mm(
     par: gemm::Parallelism,
 ) {
     use rayon::prelude::*;
+    let dst = Shared(dst);
+    // Columns j0..j0 + width of the product as one `gemm` call with its own threading `par`.
+    let columns = |j0: usize, width: usize, par: gemm::Parallelism| {
+        let (a, b) = (a.parts(), b.from_column(j0).parts());
+        // SAFETY: the caller guarantees the extents; columns j0..j0 + width lie inside them.
+        unsafe {
+            gemm::gemm(
+                m,
+                width,
+                k,
+                dst.at(j0),
+                1,
+                dst_rs as isize,
+                accumulate,
+                a.0,
+                a.1,
+                a.2,
+                b.0,
+                b.1,
+                b.2,
+                if accumulate { 1.0 } else { 0.0 },
+                scale,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    };
     let blocks = match par {
         gemm::Parallelism::None => 1,
         _ => column_blocks(n, rayon::current_num_threads()),
     };
     if blocks <= 1 {
-        // SAFETY: the caller guarantees the extents.
-        unsafe { mm_on(m, n, k, dst, dst_rs, a, b, scale, accumulate, par) };
+        columns(0, n, par);
         return;
     }
     let width = n.div_ceil(blocks).next_multiple_of(COLUMN_ALIGN);
-    let dst = Shared(dst);
+    // Each task alone writes its columns of `dst`'s m rows.
     (0..blocks).into_par_iter().for_each(|i| {
         let (j0, j1) = ((i * width).min(n), ((i + 1) * width).min(n));
         if j0 < j1 {
-            let b = b.from_column(j0);
-            // SAFETY: columns j0..j1 of `b` lie inside the caller's k × n view, and this task
-            // alone writes columns j0..j1 of `dst`'s m rows.
-            unsafe { mm_on(m, j1 - j0, k, dst.at(j0), dst_rs, a, b, scale, accumulate, gemm::Parallelism::None) };
+            columns(j0, j1 - j0, gemm::Parallelism::None);
         }
     });
 }
@@ -284,49 +315,6 @@ const COLUMN_ALIGN: usize = 16;
 /// GFLOP/s with `Wᵀ`, 299 → 331 with `W`; the CNN's products 338 → 363.
 fn column_blocks(n: usize, threads: usize) -> usize {
     if threads > 1 && n >= 64 * threads { threads } else { 1 }
-}
-
-/// [`mm`] as one `gemm` call with its own threading `par`.
-///
-/// # Safety
-/// As [`mm`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm_on(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    a: View,
-    b: View,
-    scale: f32,
-    accumulate: bool,
-    par: gemm::Parallelism,
-) {
-    // SAFETY: the caller guarantees the extents above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            accumulate,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
-            if accumulate { 1.0 } else { 0.0 },
-            scale,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
 }
 
 #[cfg(test)]
