@@ -334,7 +334,7 @@ fn folded_group_norm_conv(
     let mut y: Vec<f32> = Vec::with_capacity(t_out * c);
     y.spare_capacity_mut()[..t_out * c].par_chunks_mut(rows * c).enumerate().for_each(|(b, block)| {
         let (t0, m) = (b * rows, block.len() / c);
-        // SAFETY: `gemm_rows` overwrites all m × c values of the block (k = q > 0), and reads
+        // SAFETY: `mm` overwrites all m × c values of the block (k = q > 0), and reads
         // fields t0..t0 + m, which end at (t0 + m - 1)·row + q ≤ x.len() as t0 + m ≤ t_out; the
         // folded weight is [q, c].
         let block = unsafe {
