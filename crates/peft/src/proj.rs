@@ -66,13 +66,10 @@ impl Proj {
     /// values get them with [`Proj::weight_f32`]; [`Proj::use_f32`] stores them as f32 again, and
     /// a merge works from them. Call it again after putting a new f32 `base.weight` in place.
     pub fn use_bf16(&mut self) -> bool {
-        if self.bf16.is_some() && self.base.weight.val().is_require_grad() {
-            // Switched, then unfrozen: the values back first.
-            self.use_f32();
-        }
         let w = self.base.weight.val();
         let eligible = self.mask.is_none() && !w.is_require_grad() && w.device().inner() == Device::flex();
         if !eligible {
+            // (Switched, then unfrozen or masked: the values back from the packing.)
             self.use_f32();
             return false;
         }
@@ -93,11 +90,9 @@ impl Proj {
     /// [`Proj::use_bf16`] the bf16 ones: what was dropped is not recovered).
     pub fn use_f32(&mut self) {
         if self.bf16.is_some() {
+            // (On the placeholder's device, with its gradient flag.)
             let w = self.weight_f32();
-            self.base.weight = self.base.weight.clone().map(|t| {
-                let w = Tensor::from_data(w.into_data(), &t.device());
-                if t.is_require_grad() { w.require_grad() } else { w }
-            });
+            self.base.weight = self.base.weight.clone().map(|t| if t.is_require_grad() { w.require_grad() } else { w });
             self.bf16 = None;
         } else if self.base.weight.val().dtype() != DType::F32 {
             self.base.weight = self.base.weight.clone().map(|t| t.cast(DType::F32));
