@@ -1,11 +1,12 @@
 //! Kernels that burn's CPU backend lacks, run on tensors' values: bf16 matrix products
 //! ([`bf16`], AMX or AVX512_BF16 where the CPU has them), vectorised activations and softmax
 //! ([`fastmath`]), and operations that enter burn's autodiff graph as one node each with their
-//! own backward pass: frozen linear layers in f32 ([`dense`]) and bf16 ([`linear`]), multi-head
+//! own backward pass: channels-last convolutions ([`conv`]), frozen linear layers in f32 ([`dense`]) and bf16 ([`linear`]), multi-head
 //! attention ([`attention`]), activations, softmax and layer norm ([`rowwise`]).
 
 pub mod attention;
 pub mod bf16;
+pub mod conv;
 pub mod dense;
 pub mod fastmath;
 mod graph;
@@ -15,6 +16,7 @@ pub mod rowwise;
 mod testing;
 
 pub use attention::attention;
+pub use conv::conv1d;
 pub use dense::frozen_linear;
 pub use graph::{View, mm, supports, zeros};
 pub use linear::{Bf16Weight, linear};

@@ -91,6 +91,9 @@ impl PosConv {
             let weight = super::native_cnn::pos_conv_weight(c.weight_g.val(), c.weight_v.val());
             return super::native_cnn::pos_conv_native(x, &weight, cg, kernel, c.bias.val(), c.groups, act);
         }
+        if speechtune_kernels::supports(&x) && x.device().is_autodiff() {
+            return self.forward_channels_last(x, act);
+        }
         let x = x.swap_dims(1, 2);
         let y = match self {
             PosConv::WeightNorm(c) => {
@@ -109,6 +112,37 @@ impl PosConv {
             }
         };
         y.swap_dims(1, 2)
+    }
+
+    /// [`PosConv::forward`] with channels-last convolutions that have their own backward pass
+    /// ([`speechtune_kernels::conv1d`]): on burn's CPU autodiff graph (pre-training, or
+    /// fine-tuning that trains the positional convolution).
+    fn forward_channels_last(&self, x: Tensor<3>, act: Activation) -> Tensor<3> {
+        // Drop the extra frame of an even kernel's symmetric padding (`Wav2Vec2SamePadLayer`).
+        let same_pad = |y: Tensor<3>, kernel: usize| {
+            let t = y.dims()[1];
+            if kernel.is_multiple_of(2) { y.narrow(1, 0, t - 1) } else { y }
+        };
+        match self {
+            PosConv::WeightNorm(c) => {
+                let weight = c.weight();
+                let k = weight.dims()[2];
+                act.forward(same_pad(speechtune_kernels::conv1d(x, weight, Some(c.bias.val()), 1, k / 2, c.groups), k))
+            }
+            PosConv::Stacked(s) => {
+                let mut y = x;
+                for conv in &s.layers {
+                    let k = conv.weight.dims()[2];
+                    let bias = conv.bias.as_ref().map(|b| b.val());
+                    y = same_pad(
+                        speechtune_kernels::conv1d(y, conv.weight.val(), bias, conv.stride, conv.padding, conv.groups),
+                        k,
+                    );
+                    y = act.forward(s.norm.forward(y));
+                }
+                y
+            }
+        }
     }
 }
 

@@ -22,6 +22,14 @@ impl ChannelNorm {
         let y = (x - mean) / (var + 1e-5).sqrt();
         y * self.weight.val().reshape([1, c, 1]) + self.bias.val().reshape([1, c, 1])
     }
+
+    /// The same on `[batch, time, channels]`.
+    fn forward_channels_last(&self, x: Tensor<3>) -> Tensor<3> {
+        let c = self.weight.dims()[0];
+        let (var, mean) = x.clone().var_mean_bias(1);
+        let y = (x - mean) / (var + 1e-5).sqrt();
+        y * self.weight.val().reshape([1, 1, c]) + self.bias.val().reshape([1, 1, c])
+    }
 }
 
 // One of Wav2Vec2{NoLayerNorm,LayerNorm,GroupNorm}ConvLayer / Data2VecAudioConvLayer
@@ -85,6 +93,26 @@ impl FeatureEncoder {
             }
             if let Some(norm) = &layer.layer_norm {
                 x = norm.forward(x.swap_dims(1, 2)).swap_dims(1, 2);
+            }
+            x = self.activation.forward(x);
+        }
+        x
+    }
+
+    /// What `forward(..).swap_dims(1, 2)` gives, `[batch, frames, channels]`, computed
+    /// channels-last with convolutions that have their own backward pass
+    /// ([`speechtune_kernels::conv1d`]): for a CNN that trains on burn's CPU backend (pre-training).
+    pub fn forward_channels_last(&self, samples: Tensor<2>) -> Tensor<3> {
+        let mut x = samples.unsqueeze_dim(2);
+        for layer in &self.layers {
+            let c = &layer.conv;
+            let bias = c.bias.as_ref().map(|b| b.val());
+            x = speechtune_kernels::conv1d(x, c.weight.val(), bias, c.stride, c.padding, c.groups);
+            if let Some(norm) = &layer.group_norm {
+                x = norm.forward_channels_last(x);
+            }
+            if let Some(norm) = &layer.layer_norm {
+                x = norm.forward(x);
             }
             x = self.activation.forward(x);
         }

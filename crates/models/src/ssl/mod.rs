@@ -63,10 +63,14 @@ impl SslModel {
 
     /// CNN features `[batch, frames, channels]` (the frozen part in most fine-tuning recipes).
     /// Computed outside burn where nothing in the CNN trains and the device is the CPU
-    /// ([`FeatureEncoder::forward_native`]).
+    /// ([`FeatureEncoder::forward_native`]), channels-last on the CPU's autodiff graph
+    /// ([`FeatureEncoder::forward_channels_last`]).
     pub fn extract_features(&self, samples: Tensor<2>) -> Tensor<3> {
         if self.feature_encoder.native_applies(&samples.device()) {
             return self.feature_encoder.forward_native(samples);
+        }
+        if speechtune_kernels::supports(&samples) && samples.device().is_autodiff() {
+            return self.feature_encoder.forward_channels_last(samples);
         }
         self.feature_encoder.forward(samples).swap_dims(1, 2)
     }
