@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use speechtune_models::burn::prelude::*;
 use speechtune_models::burn::tensor::TensorData;
 use speechtune_models::ssl::pretrain::{PretrainModel, Quantize, compute_mask_indices, sample_negative_indices};
@@ -194,7 +194,7 @@ fn precision_cost(base: &Device) -> Result<serde_json::Value> {
         upstream.set_precision(precision);
         let d = upstream.hidden_size();
         let mut model = StepModel { upstream, featurizer: None, head: LinearHead::new(d, VOCAB, &device) };
-        let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
+        let mut optim = speechtune_train::optim::adamw(1e-8, 1e-4);
         let mut run = Vec::new();
         for _ in 0..5 {
             let loss = model.loss(model.upstream.forward(frontend.prepare(&waves, &device)?)?, &targets)?;
@@ -272,7 +272,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
             };
             let mut weights = Weights::transformers_init(0, cfg.initializer_range);
             let mut model = PretrainModel::load(&cfg, &mut weights, &device)?;
-            let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
+            let mut optim = speechtune_train::optim::adamw(1e-8, 1e-4);
             let waves = noise(2, 10.0, 1);
             let len = waves[0].len();
             let flat: Vec<f32> = waves.concat();
@@ -353,7 +353,7 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
             upstream.set_precision(args.precision);
             let d = upstream.hidden_size();
             let mut model = StepModel { upstream, featurizer, head: LinearHead::new(d, VOCAB, &device) };
-            let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
+            let mut optim = speechtune_train::optim::adamw(1e-8, 1e-4);
             let waves = noise(2, 5.0, 1);
             let mut rng = speechtune_data::Rng::new(2);
             let targets: Vec<Vec<u32>> =

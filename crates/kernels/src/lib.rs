@@ -1,8 +1,9 @@
 //! Kernels that burn's CPU backend lacks, run on tensors' values: bf16 matrix products
 //! ([`bf16`], AMX or AVX512_BF16 where the CPU has them), vectorised activations and softmax
-//! ([`fastmath`]), and operations that enter burn's autodiff graph as one node each with their
-//! own backward pass: channels-last convolutions ([`conv`]), frozen linear layers in f32 ([`dense`]) and bf16 ([`linear`]), multi-head
-//! attention ([`attention`]), activations, softmax and layer norm ([`rowwise`]).
+//! ([`fastmath`]), operations that enter burn's autodiff graph as one node each with their own
+//! backward pass: channels-last convolutions ([`conv`]), frozen linear layers in f32
+//! ([`dense`]) and bf16 ([`linear`]), multi-head attention ([`attention`]), activations, softmax
+//! and layer norm ([`rowwise`]); and AdamW's update as one parallel pass ([`optim`]).
 
 pub mod attention;
 pub mod bf16;
@@ -11,6 +12,7 @@ pub mod dense;
 pub mod fastmath;
 mod graph;
 pub mod linear;
+pub mod optim;
 pub mod rowwise;
 #[cfg(test)]
 mod testing;

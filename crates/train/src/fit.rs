@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -450,7 +450,7 @@ pub fn fit<J: Job>(
     let latest = latest_checkpoint(run_dir);
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut model = model;
-    let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(cfg.weight_decay as f32).init();
+    let mut optim = crate::optim::adamw(1e-8, cfg.weight_decay as f32);
     let mut st = match &latest {
         Some((step, dir)) => {
             job.check_resumable(dir)?;

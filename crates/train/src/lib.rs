@@ -12,6 +12,7 @@ pub mod fit;
 pub mod infer;
 pub mod lur;
 mod model;
+pub mod optim;
 pub mod prepare;
 pub mod pretrain;
 mod run;

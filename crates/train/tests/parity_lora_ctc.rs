@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use burn::module::{Module, Param};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use speechtune_models::{ModelInput, Precision, Upstream, UpstreamModel};
@@ -82,7 +82,7 @@ fn five_steps(precision: Precision) -> (Vec<f64>, Vec<f64>) {
         let logits = model.head.forward(out.hidden_states.last().unwrap().clone());
         ctc_loss(logits, &out.frame_lengths, &targets, 0).mean()
     };
-    let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.01).init();
+    let mut optim = speechtune_train::optim::adamw(1e-8, 0.01);
     let mut got = Vec::new();
     for _ in 0..5 {
         let loss = loss_of(&model);

@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use speechtune_models::whisper::pipeline::Whisper;
@@ -72,7 +72,7 @@ fn five_lora_seq2seq_steps_match_pytorch_and_peft() {
         let enc = m.encode(x, false).unwrap();
         teacher_forced_loss(m, &enc, &sequences, eot).unwrap()
     };
-    let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.01).init();
+    let mut optim = speechtune_train::optim::adamw(1e-8, 0.01);
     let mut got = Vec::new();
     for _ in 0..5 {
         let loss = loss_of(&model);
