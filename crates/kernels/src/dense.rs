@@ -17,6 +17,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
+use rayon::prelude::*;
 
 use crate::graph::{
     GraphOp, GraphTensor, View, contiguous, dims, flex, from_flex, mm, on_graph, par_build, tensor, values,
@@ -155,6 +156,93 @@ impl GraphOp<1> for Dense {
     fn run<C: CheckpointStrategy>(self, [x]: [GraphTensor; 1]) -> GraphTensor {
         let y = self.apply(&contiguous(x.primitive()), false);
         self.prepare::<C>([x.node()]).compute_bound().stateless(y)
+    }
+}
+
+/// `x · W + b` over `x`'s last dimension on burn's CPU autodiff graph, with gradients for
+/// whichever of `x`, `W` (`[d_in, d_out]`, either storage order) and `b` are tracked: `dY · Wᵀ`,
+/// `xᵀ · dY` and `dY`'s column sums. burn's product zero-fills and re-aligns each fresh output
+/// on the calling thread (forward and both backward products); here they are written once, the
+/// bias rows in parallel.
+///
+/// # Panics
+/// Off the CPU's autodiff graph, or where the sizes disagree.
+pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<D> {
+    assert!(crate::supports(&x) && x.device().is_autodiff(), "a float32 tensor on the CPU's autodiff graph");
+    let [d_in, d_out] = w.dims();
+    assert_eq!(x.dims()[D - 1], d_in, "the input's last dimension against the weight's [{d_in}, {d_out}]");
+    assert!(b.as_ref().is_none_or(|b| b.dims() == [d_out]), "a bias of {d_out} values");
+    let dims = x.dims();
+    let x: Tensor<2> = x.reshape([dims[..D - 1].iter().product::<usize>(), d_in]);
+    let op = Linear { d_in, d_out };
+    let y: Tensor<2> = match b {
+        // Every input of one rank: the bias as `[1, d_out]`.
+        Some(b) => on_graph(op, [x, w, b.reshape([1, d_out])]),
+        None => on_graph(op, [x, w]),
+    };
+    let mut out = dims;
+    out[D - 1] = d_out;
+    y.reshape(out)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Linear {
+    d_in: usize,
+    d_out: usize,
+}
+
+/// What [`linear`]'s backward pass reads: the input and the weight.
+#[derive(Debug, Clone)]
+struct LinearSaved {
+    x: FlexTensor,
+    w: FlexTensor,
+}
+
+impl<const N: usize> GraphOp<N> for Linear {
+    fn run<C: CheckpointStrategy>(self, inputs: [GraphTensor; N]) -> GraphTensor {
+        let x = contiguous(inputs[0].primitive());
+        let w = inputs[1].primitive().clone();
+        let b = (N == 3).then(|| contiguous(inputs[2].primitive()));
+        let xv = values(&x);
+        let m = xv.len() / self.d_in.max(1);
+        let y = product(xv, m, self.d_in, weight_view(&w, false), self.d_out, b.as_ref().map(values));
+        let y = tensor(y, vec![m, self.d_out]);
+        match self.prepare::<C>(inputs.each_ref().map(|t| t.node())).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(LinearSaved { x, w }, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+}
+
+impl<const N: usize> Backward<Flex, N> for Linear {
+    type State = LinearSaved;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let LinearSaved { x, w } = ops.state;
+        let (gv, xv) = (values(&g), values(&x));
+        let (k, n) = (self.d_in, self.d_out);
+        let m = gv.len() / n.max(1);
+        if let Some(Some(node)) = ops.parents.get(2) {
+            let rows = (crate::graph::BLOCK / n.max(1)).max(1);
+            let db = gv
+                .par_chunks(rows * n)
+                .map(|c| {
+                    let mut s = vec![0.0f32; n];
+                    c.chunks_exact(n).for_each(|r| s.iter_mut().zip(r).for_each(|(s, v)| *s += v));
+                    s
+                })
+                .reduce(|| vec![0.0f32; n], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect());
+            grads.register::<Flex>(node.id, tensor(db, vec![1, n]));
+        }
+        if let Some(node) = &ops.parents[1] {
+            let dw = new_product(k, n, m, View::cols(xv, 0, k), View::rows(gv, 0, n), 1.0);
+            grads.register::<Flex>(node.id, tensor(dw, vec![k, n]));
+        }
+        if let Some(node) = &ops.parents[0] {
+            let dx = product(gv, m, n, weight_view(&w, true), k, None);
+            grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
+        }
     }
 }
 
@@ -322,6 +410,55 @@ mod tests {
             }
             let frozen = frozen_linear(x.clone(), w.clone(), None);
             assert!(!frozen.is_require_grad());
+        }
+    }
+
+    /// The trainable layer against burn's `matmul + bias`: value and the gradients of x, W and b
+    /// (W in both storage orders; with and without bias; x untracked), both checkpointing
+    /// strategies.
+    #[test]
+    fn trainable_linear_equals_burns() {
+        for device in [Device::flex().autodiff(), Device::flex().autodiff().gradient_checkpointing()] {
+            let w0 = Tensor::<2>::random([70, 130], Distribution::Normal(0.0, 0.3), &device);
+            let wt0 = Tensor::<2>::from_data(w0.clone().transpose().into_data(), &device).transpose();
+            let b0 = Tensor::<1>::random([130], Distribution::Normal(0.0, 1.0), &device);
+            let x0 = Tensor::<3>::random([2, 45, 70], Distribution::Normal(0.0, 1.0), &device);
+            let r = Tensor::<3>::random([2, 45, 130], Distribution::Normal(0.0, 1.0), &device);
+            for (weight, with_bias, track_x) in
+                [(&w0, true, true), (&wt0, true, true), (&w0, false, true), (&w0, true, false)]
+            {
+                let run = |ours: bool| {
+                    let x = if track_x { x0.clone().require_grad() } else { x0.clone() };
+                    let w = weight.clone().require_grad();
+                    let b = with_bias.then(|| b0.clone().require_grad());
+                    let y = if ours {
+                        linear(x.clone(), w.clone(), b.clone())
+                    } else {
+                        let y = x.clone().matmul(w.clone().unsqueeze());
+                        match &b {
+                            Some(b) => y + b.clone().unsqueeze(),
+                            None => y,
+                        }
+                    };
+                    let grads = (y.clone() * r.clone()).sum().backward();
+                    let mut out = vec![vals(y), vals(w.grad(&grads).unwrap())];
+                    if let Some(b) = b {
+                        out.push(vals(b.grad(&grads).unwrap()));
+                    }
+                    match x.grad(&grads) {
+                        Some(g) => out.push(vals(g)),
+                        None => assert!(!track_x, "x is tracked but got no gradient"),
+                    }
+                    out
+                };
+                let (got, want) = (run(true), run(false));
+                assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let (diff, scale) = (max_diff(g, w), w.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+                    assert!(diff <= 2e-6 * scale.max(1.0), "output {i}: {diff} (largest value {scale})");
+                    assert!(w.iter().any(|v| v.abs() > 1e-2), "output {i}: values that can fail");
+                }
+            }
         }
     }
 

@@ -22,15 +22,20 @@ pub fn supports<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && x.device().inner() == Device::flex()
 }
 
-/// `op` on autodiff tensors of the CPU backend; all inputs on the same autodiff device.
+/// `op` on autodiff tensors of the CPU backend, with the first input's checkpointing strategy;
+/// an input without autodiff (a parameter left on the plain device) enters as a constant.
 pub(crate) fn on_graph<const D: usize, const E: usize, const N: usize>(
     op: impl GraphOp<N>,
     inputs: [Tensor<D>; N],
 ) -> Tensor<E> {
-    let device = inputs[0].device();
+    let strategy = inputs[0].gradient_checkpointing_strategy();
+    let inputs = inputs.map(|t| match strategy {
+        Some(s) if !t.is_autodiff() => t.autodiff().with_gradient_checkpointing_strategy(s),
+        _ => t,
+    });
     // One arm per strategy: burn's conversion to `Autodiff<Flex, C>` is bounded by a private
     // trait, so it cannot be generic over `C`.
-    match device.gradient_checkpointing_strategy() {
+    match strategy {
         Some(GradientCheckpointingStrategy::Balanced) => {
             type B = Autodiff<Flex, BalancedCheckpointing>;
             let inputs =

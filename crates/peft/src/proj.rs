@@ -154,6 +154,13 @@ impl Proj {
                 self.base.weight.val(),
                 self.base.bias.as_ref().map(|b| b.val()),
             ),
+            (None, None) if speechtune_kernels::supports(&x) && x.device().is_autodiff() => {
+                speechtune_kernels::dense::linear(
+                    x.clone(),
+                    self.base.weight.val(),
+                    self.base.bias.as_ref().map(|b| b.val()),
+                )
+            }
             (None, None) => self.base.forward(x.clone()),
             (None, Some(_)) => {
                 // Not the kernel's input (another device or dtype): the bf16 values in x's dtype.

@@ -342,8 +342,8 @@ mod tests {
     }
 
     /// The positional convolution outside burn (inference, or no gradient through it) gives
-    /// burn's grouped convolution's values, for even and odd kernels; a tracked input keeps
-    /// burn's graph.
+    /// the graph's values (a tracked input: the channels-last convolution with its own backward
+    /// pass, `speechtune_kernels::conv1d`), for even and odd kernels.
     #[test]
     fn native_positional_conv_equals_burns() {
         let normal = Distribution::Normal(0.0, 1.0);
@@ -365,11 +365,11 @@ mod tests {
             let conv = conv.fork(&ad);
             let tracked = Tensor::<3>::from_data(x.into_data(), &ad).require_grad();
             let PosConv::WeightNorm(c) = &conv else { unreachable!() };
-            assert!(!c.runs_natively(&tracked), "a tracked input takes burn's graph");
+            assert!(!c.runs_natively(&tracked), "a tracked input takes the autodiff graph");
             let graph = values(conv.forward(tracked, Activation::Gelu));
             assert_eq!(native.len(), graph.len());
             for (i, (a, b)) in native.iter().zip(&graph).enumerate() {
-                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "kernel {kernel}, [{i}]: {a} vs burn's {b}");
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "kernel {kernel}, [{i}]: {a} vs the graph's {b}");
             }
         }
     }
