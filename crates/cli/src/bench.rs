@@ -452,7 +452,7 @@ fn build(device: &Device) -> serde_json::Value {
         // carry their own backward passes on the training graph; GELU and softmax by
         // `fastmath`'s vectorised functions.
         "kernels": if cpu {
-            "gemm 0.19 (burn-flex; kernels::mm, a block of output columns per thread: native CNN, fused attention and frozen linear layers), fastmath GELU/softmax, fused layer norm, first conv layer's group norm folded"
+            "gemm 0.19 (burn-flex; kernels::mm, a block of output columns per thread: native CNN, fused attention and frozen linear layers), fastmath GELU/softmax, fused layer norm, first conv layer's group norm folded; training: channels-last conv and trainable linear layers with their own backward (kernels::mm), AdamW fused"
         } else {
             "cubecl"
         },

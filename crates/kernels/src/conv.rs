@@ -379,18 +379,7 @@ impl<const N: usize> Backward<Flex, N> for Conv {
         let xv = values(&x);
         if let Some(Some(node)) = ops.parents.get(2) {
             let n = self.c_out;
-            let rows = (crate::graph::BLOCK / n.max(1)).max(1);
-            let db = gy
-                .par_chunks(rows * n)
-                .map(|c| {
-                    let mut s = vec![0.0f64; n];
-                    for r in c.chunks_exact(n) {
-                        s.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64);
-                    }
-                    s
-                })
-                .reduce(|| vec![0.0f64; n], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect());
-            grads.register::<Flex>(node.id, tensor(db.into_iter().map(|v| v as f32).collect(), vec![1, 1, n]));
+            grads.register::<Flex>(node.id, tensor(crate::column_sums(gy, n), vec![1, 1, n]));
         }
         if let Some(node) = &ops.parents[1] {
             let dw = self.weight_from_matrices(&self.weight_grad(xv, gy));

@@ -17,7 +17,6 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
-use rayon::prelude::*;
 
 use crate::graph::{
     GraphOp, GraphTensor, View, contiguous, dims, flex, from_flex, mm, on_graph, par_build, tensor, values,
@@ -224,16 +223,7 @@ impl<const N: usize> Backward<Flex, N> for Linear {
         let (k, n) = (self.d_in, self.d_out);
         let m = gv.len() / n.max(1);
         if let Some(Some(node)) = ops.parents.get(2) {
-            let rows = (crate::graph::BLOCK / n.max(1)).max(1);
-            let db = gv
-                .par_chunks(rows * n)
-                .map(|c| {
-                    let mut s = vec![0.0f32; n];
-                    c.chunks_exact(n).for_each(|r| s.iter_mut().zip(r).for_each(|(s, v)| *s += v));
-                    s
-                })
-                .reduce(|| vec![0.0f32; n], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect());
-            grads.register::<Flex>(node.id, tensor(db, vec![1, n]));
+            grads.register::<Flex>(node.id, tensor(crate::column_sums(gv, n), vec![1, n]));
         }
         if let Some(node) = &ops.parents[1] {
             let dw = new_product(k, n, m, View::cols(xv, 0, k), View::rows(gv, 0, n), 1.0);

@@ -172,6 +172,38 @@ pub(crate) fn par_build_pair(
     (a, b)
 }
 
+/// Element-wise sums of equally long vectors, added in their order: with partial sums computed
+/// in parallel over fixed blocks and collected, the result does not depend on the pool's
+/// scheduling (rayon's `reduce` combines in whatever order its tasks split), so training stays
+/// bitwise reproducible.
+pub fn add_in_order(parts: Vec<Vec<f64>>) -> Vec<f64> {
+    let mut parts = parts.into_iter();
+    let mut total = parts.next().unwrap_or_default();
+    for p in parts {
+        total.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    total
+}
+
+/// Column sums of `v` read as rows of `n` values: f64 per block of rows in parallel, the blocks
+/// added in order ([`add_in_order`]).
+pub fn column_sums(v: &[f32], n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let n = n.max(1);
+    let rows = (BLOCK / n).max(1);
+    let parts = v
+        .par_chunks(rows * n)
+        .map(|c| {
+            let mut s = vec![0.0f64; n];
+            c.chunks_exact(n).for_each(|r| s.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64));
+            s
+        })
+        .collect();
+    let mut total = add_in_order(parts);
+    total.resize(n, 0.0);
+    total.into_iter().map(|s| s as f32).collect()
+}
+
 /// `Σ f(a[i], b[i])` in 16 lanes, so that it vectorises.
 #[inline(always)]
 pub(crate) fn sum_by(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {

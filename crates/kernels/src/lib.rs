@@ -3,7 +3,8 @@
 //! ([`fastmath`]), operations that enter burn's autodiff graph as one node each with their own
 //! backward pass: channels-last convolutions ([`conv`]), frozen linear layers in f32
 //! ([`dense`]) and bf16 ([`linear`]), multi-head attention ([`attention`]), activations, softmax
-//! and layer norm ([`rowwise`]); and AdamW's update as one parallel pass ([`optim`]).
+//! and layer norm ([`rowwise`]), group norm over time ([`groupnorm`]); and AdamW's update as one
+//! parallel pass ([`optim`]).
 
 pub mod attention;
 pub mod bf16;
@@ -11,6 +12,7 @@ pub mod conv;
 pub mod dense;
 pub mod fastmath;
 mod graph;
+pub mod groupnorm;
 pub mod linear;
 pub mod optim;
 pub mod rowwise;
@@ -20,5 +22,5 @@ mod testing;
 pub use attention::attention;
 pub use conv::conv1d;
 pub use dense::frozen_linear;
-pub use graph::{View, mm, supports, zeros};
+pub use graph::{View, add_in_order, column_sums, mm, supports, zeros};
 pub use linear::{Bf16Weight, linear};

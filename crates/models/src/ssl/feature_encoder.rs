@@ -23,8 +23,12 @@ impl ChannelNorm {
         y * self.weight.val().reshape([1, c, 1]) + self.bias.val().reshape([1, c, 1])
     }
 
-    /// The same on `[batch, time, channels]`.
+    /// The same on `[batch, time, channels]` (on the CPU's autodiff graph as one operation,
+    /// [`speechtune_kernels::groupnorm`]).
     fn forward_channels_last(&self, x: Tensor<3>) -> Tensor<3> {
+        if speechtune_kernels::supports(&x) && x.device().is_autodiff() {
+            return speechtune_kernels::groupnorm::channel_norm(x, self.weight.val(), self.bias.val(), 1e-5);
+        }
         let c = self.weight.dims()[0];
         let (var, mean) = x.clone().var_mean_bias(1);
         let y = (x - mean) / (var + 1e-5).sqrt();

@@ -288,12 +288,15 @@ fn folded_group_norm_conv(
 ) -> Vec<f32> {
     let (q, row, c) = (l.kernel * l.c_in, l.stride * l.c_in, l.c_out);
     let field = |t: usize| &x[t * row..t * row + q];
-    // Σ f_t and Σ f_t f_tᵀ (upper triangle), f64, in parallel over blocks of frames.
-    let (sum, cross) = (0..t_out)
+    // Σ f_t and Σ f_t f_tᵀ (upper triangle) in one vector, f64, in parallel over fixed blocks of
+    // frames added in order (the same sums whatever the pool's scheduling).
+    let frames_per_task = 1024;
+    let parts = (0..t_out.div_ceil(frames_per_task))
         .into_par_iter()
-        .fold(
-            || (vec![0.0f64; q], vec![0.0f64; q * q]),
-            |(mut s, mut xx), t| {
+        .map(|task| {
+            let mut acc = vec![0.0f64; q + q * q];
+            let (s, xx) = acc.split_at_mut(q);
+            for t in task * frames_per_task..((task + 1) * frames_per_task).min(t_out) {
                 let f = field(t);
                 for i in 0..q {
                     let fi = f[i] as f64;
@@ -302,15 +305,13 @@ fn folded_group_norm_conv(
                         xx[i * q + j] += fi * f[j] as f64;
                     }
                 }
-                (s, xx)
-            },
-        )
-        .reduce(
-            || (vec![0.0f64; q], vec![0.0f64; q * q]),
-            |(a, b), (c, d)| {
-                (a.iter().zip(&c).map(|(x, y)| x + y).collect(), b.iter().zip(&d).map(|(x, y)| x + y).collect())
-            },
-        );
+            }
+            acc
+        })
+        .collect();
+    let mut sums = speechtune_kernels::add_in_order(parts);
+    sums.resize(q + q * q, 0.0);
+    let (sum, cross) = sums.split_at(q);
     let n = t_out as f64;
     let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
     let cov = |i: usize, j: usize| {
@@ -390,10 +391,11 @@ unsafe fn gemm_rows(
 }
 
 /// `Σ_t f(c, y[t, c])` for each channel `c` of `y` (`[frames, channels]`), in f64, in parallel
-/// over blocks of frames.
+/// over blocks of frames added in order.
 fn channel_sums(y: &[f32], channels: usize, f: impl Fn(usize, f32) -> f64 + Sync) -> Vec<f64> {
     let c = channels.max(1);
-    y.par_chunks(c * (CHUNK / c).max(1))
+    let parts = y
+        .par_chunks(c * (CHUNK / c).max(1))
         .map(|rows| {
             let mut s = vec![0.0f64; c];
             for row in rows.chunks_exact(c) {
@@ -403,7 +405,10 @@ fn channel_sums(y: &[f32], channels: usize, f: impl Fn(usize, f32) -> f64 + Sync
             }
             s
         })
-        .reduce(|| vec![0.0f64; c], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect())
+        .collect::<Vec<_>>();
+    let mut total = speechtune_kernels::add_in_order(parts);
+    total.resize(c, 0.0);
+    total
 }
 
 /// `y[t, c] ← act(y[t, c] · scale[c] + shift[c])`, in parallel over blocks of rows.
@@ -429,7 +434,7 @@ pub fn pos_conv_weight(g: Tensor<3>, v: Tensor<3>) -> Vec<f32> {
     let v = v.get();
     assert_eq!(g.len(), kernel, "weight_g of one value per tap");
     // ‖v‖ per tap j, over (o, c): f64 sums per block of output channels.
-    let squares = v
+    let squares: Vec<Vec<f64>> = v
         .par_chunks((cg * kernel).max(1) * 64)
         .map(|block| {
             let mut s = vec![0.0f64; kernel];
@@ -438,7 +443,9 @@ pub fn pos_conv_weight(g: Tensor<3>, v: Tensor<3>) -> Vec<f32> {
             }
             s
         })
-        .reduce(|| vec![0.0f64; kernel], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect());
+        .collect();
+    let mut squares = speechtune_kernels::add_in_order(squares);
+    squares.resize(kernel, 0.0);
     let scale: Vec<f32> = squares.iter().zip(&g).map(|(s, &g)| g / s.sqrt() as f32).collect();
     let mut wg = vec![0.0f32; v.len()];
     let groups = dim / cg.max(1);
