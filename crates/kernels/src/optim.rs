@@ -87,12 +87,25 @@ pub fn adamw<const D: usize>(
         .zip(vs.par_chunks_mut(BLOCK))
         .zip(gv.par_chunks(BLOCK))
         .for_each(|(((p, m), v), g)| {
-            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                (*m, *v) =
-                    if first { (g * f1, (g * g) * f2) } else { (*m * c.beta_1 + g * f1, *v * c.beta_2 + (g * g) * f2) };
-                let delta = (*m / c1) / ((*v / c2).sqrt() + c.epsilon);
-                let decayed = if decay == 0.0 { *p } else { *p * keep };
-                *p = decayed - delta * lr;
+            // Branch-free loops over equally long slices, so that they vectorise: the moments,
+            // then the step (burn multiplies by 1 − lr·wd only where it is not 0; `x · 1 = x`).
+            let n = p.len();
+            let (m, v, g) = (&mut m[..n], &mut v[..n], &g[..n]);
+            if first {
+                for i in 0..n {
+                    m[i] = g[i] * f1;
+                    v[i] = (g[i] * g[i]) * f2;
+                }
+            } else {
+                for i in 0..n {
+                    m[i] = m[i] * c.beta_1 + g[i] * f1;
+                    v[i] = v[i] * c.beta_2 + (g[i] * g[i]) * f2;
+                }
+            }
+            let keep = if decay == 0.0 { 1.0 } else { keep };
+            for i in 0..n {
+                let delta = (m[i] / c1) / ((v[i] / c2).sqrt() + c.epsilon);
+                p[i] = p[i] * keep - delta * lr;
             }
         });
     (from_flex(p), from_flex(m), from_flex(v))
