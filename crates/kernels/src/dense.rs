@@ -364,7 +364,7 @@ impl Backward<Flex, 3> for DenseLora {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{max_diff, vals};
+    use crate::testing::{assert_close, max_diff, vals};
     use burn::tensor::Distribution;
 
     /// Value and input gradient equal burn's `matmul + bias` for both storage orders of the
@@ -444,9 +444,7 @@ mod tests {
                 let (got, want) = (run(true), run(false));
                 assert_eq!(got.len(), want.len());
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let (diff, scale) = (max_diff(g, w), w.iter().fold(0.0f32, |m, v| m.max(v.abs())));
-                    assert!(diff <= 2e-6 * scale.max(1.0), "output {i}: {diff} (largest value {scale})");
-                    assert!(w.iter().any(|v| v.abs() > 1e-2), "output {i}: values that can fail");
+                    assert_close(&format!("output {i}"), g, w, 2e-6);
                 }
             }
         }
@@ -477,9 +475,7 @@ mod tests {
             };
             let (got, want) = (run(true), run(false));
             for (what, (g, w)) in ["value", "dx", "dA", "dB"].iter().zip(got.iter().zip(&want)) {
-                let (diff, scale) = (max_diff(g, w), w.iter().fold(0.0f32, |m, v| m.max(v.abs())));
-                assert!(diff <= 2e-6 * scale.max(1.0), "{what}: {diff} (largest value {scale})");
-                assert!(w.iter().any(|v| v.abs() > 1e-2), "{what}: values that can fail");
+                assert_close(what, g, w, 2e-6);
             }
         }
     }

@@ -12,3 +12,11 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// `got` within `rel` of `want`'s largest value (at least 1), where `want` holds values that can
+/// fail the check (some above 1e-2); `what` names the compared output in the message.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    let (diff, scale) = (max_diff(got, want), want.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+    assert!(diff <= rel * scale.max(1.0), "{what}: {diff} (largest value {scale})");
+    assert!(want.iter().any(|v| v.abs() > 1e-2), "{what}: values that can fail");
+}

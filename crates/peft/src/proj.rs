@@ -154,7 +154,11 @@ impl Proj {
                 self.base.weight.val(),
                 self.base.bias.as_ref().map(|b| b.val()),
             ),
-            (None, None) if speechtune_kernels::supports(&x) && x.device().is_autodiff() => {
+            (None, None)
+                if speechtune_kernels::supports(&x)
+                    && speechtune_kernels::supports(&self.base.weight.val())
+                    && x.device().is_autodiff() =>
+            {
                 speechtune_kernels::dense::linear(
                     x.clone(),
                     self.base.weight.val(),

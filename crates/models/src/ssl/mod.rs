@@ -69,7 +69,9 @@ impl SslModel {
         if self.feature_encoder.native_applies(&samples.device()) {
             return self.feature_encoder.forward_native(samples);
         }
-        if speechtune_kernels::supports(&samples) && samples.device().is_autodiff() {
+        let f32_weights =
+            self.feature_encoder.layers.iter().all(|l| speechtune_kernels::supports(&l.conv.weight.val()));
+        if speechtune_kernels::supports(&samples) && samples.device().is_autodiff() && f32_weights {
             return self.feature_encoder.forward_channels_last(samples);
         }
         self.feature_encoder.forward(samples).swap_dims(1, 2)
