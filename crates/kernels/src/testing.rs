@@ -20,3 +20,17 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
     assert!(diff <= rel * scale.max(1.0), "{what}: {diff} (largest value {scale})");
     assert!(want.iter().any(|v| v.abs() > 1e-2), "{what}: values that can fail");
 }
+
+/// `out` with the input's gradient appended where the input is tracked; an untracked input must
+/// have got none.
+pub fn with_input_grad<const D: usize>(
+    mut out: Vec<Vec<f32>>,
+    grad: Option<Tensor<D>>,
+    tracked: bool,
+) -> Vec<Vec<f32>> {
+    match grad {
+        Some(g) => out.push(vals(g)),
+        None => assert!(!tracked, "the input is tracked but got no gradient"),
+    }
+    out
+}
