@@ -31,7 +31,8 @@ use burn::prelude::*;
 use rayon::prelude::*;
 
 use crate::graph::{
-    GraphOp, GraphTensor, Shared, View, contiguous, flex, from_flex, mm, on_graph, par_build, tensor, values,
+    GraphOp, GraphTensor, Shared, View, contiguous, flex, from_flex, mm, on_graph, par_build, parallelism, tensor,
+    values,
 };
 
 /// `conv1d` of `x` (`[batch, time, c_in]`, channels-last) with `weight` (`[c_out, c_in / groups,
@@ -85,17 +86,6 @@ struct Conv {
     stride: usize,
     padding: usize,
     groups: usize,
-}
-
-/// Products smaller than this (`m · n · k`) run on one thread.
-const PARALLEL_WORK: usize = 1 << 18;
-
-fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
-    if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    }
 }
 
 impl Conv {

@@ -19,11 +19,8 @@ use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 
 use crate::graph::{
-    GraphOp, GraphTensor, View, contiguous, dims, flex, from_flex, mm, on_graph, par_build, tensor, values,
+    GraphOp, GraphTensor, View, contiguous, dims, flex, from_flex, mm, on_graph, par_build, parallelism, tensor, values,
 };
-
-/// Products smaller than this (`m · n · k`) run on one thread.
-const PARALLEL_WORK: usize = 1 << 18;
 
 /// `x · W + b` over `x`'s last dimension (`[..., d_in]` → `[..., d_out]`), for a float32 `x` on
 /// burn's CPU backend (see [`crate::supports`]) and a `W` (`[d_in, d_out]`) and `b` that get no
@@ -54,14 +51,6 @@ fn weight_view(w: &FlexTensor, transpose: bool) -> View {
     let last = (d_in.max(1) - 1) as isize * rs + (d_out.max(1) - 1) as isize * cs;
     assert!((last as usize) < v.len().max(1), "the weight's strides stay inside its storage");
     if transpose { View { ptr: v.as_ptr(), rs: cs, cs: rs } } else { View { ptr: v.as_ptr(), rs, cs } }
-}
-
-fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
-    if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    }
 }
 
 /// `scale · A · B` (`m × k` by `k × n` views) into a new buffer, not zeroed first where the

@@ -233,6 +233,18 @@ impl Shared {
     }
 }
 
+/// Products smaller than this (`m · n · k`) run on one thread.
+pub(crate) const PARALLEL_WORK: usize = 1 << 18;
+
+/// `gemm`'s threading for an `m × k` by `k × n` product: the pool from [`PARALLEL_WORK`] on.
+pub(crate) fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
 /// A matrix view: element `(i, j)` at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
 pub struct View {
