@@ -7,9 +7,14 @@
 //! elementwise steps (scale, mask, the softmax's backward) run on one thread. Here each
 //! (sequence, head) pair is one task on the thread pool: two products through strided views of
 //! Q, K and V, the mask and the softmax in place between them, and the output written straight
-//! into its columns. The graph keeps the probabilities `P` (as the composed graph does) and
-//! the backward pass is, per head, `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`,
-//! `dQ = scale · dS K`, `dK = scale · dSᵀ Q`.
+//! into its columns.
+//!
+//! The graph does not keep the probabilities `P` (`batch × heads × time²` values: for 2 × 20 s
+//! through wav2vec2-base, 1.15 GB over the 12 layers), only each row's softmax statistics (its
+//! maximum and `1 / Σ`); the backward pass recomputes `P` from Q, K and those, bit for bit, at the
+//! cost of one more `Q Kᵀ` product per head (as flash attention does). Then, per head,
+//! `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = scale · dS K`,
+//! `dK = scale · dSᵀ Q`.
 
 use std::sync::Arc;
 
@@ -22,6 +27,7 @@ use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
+use crate::fastmath::{softmax_rows, softmax_rows_again, softmax_rows_stats};
 use crate::graph::{GraphOp, GraphTensor, Shared, View, contiguous, dims, mm, on_graph, sum_by, tensor, values};
 
 /// Sizes of one call: `batch` sequences of `time` steps, `heads` heads of `head_dim` values.
@@ -49,10 +55,41 @@ impl Shape {
     }
 }
 
+/// Task `task`'s scores `scale · Q Kᵀ + mask` (t × t), written to `p`.
+///
+/// # Safety
+/// `p` valid for `t · t` writes; `q`, `k` and `mask` of the sizes [`forward_values`] checks.
+unsafe fn scores<'a>(
+    q: &[f32],
+    k: &[f32],
+    mask: Option<&[f32]>,
+    s: Shape,
+    scale: f32,
+    task: usize,
+    p: *mut f32,
+) -> &'a mut [f32] {
+    let (t, w, hd) = (s.time, s.width(), s.head_dim);
+    let o = s.offset(task);
+    // SAFETY: the views stay inside q and k (o + (t - 1)·w + hd ≤ n); the slice is made once
+    // the product has written all of it (hd > 0).
+    let p = unsafe {
+        mm(t, t, hd, p, t, View::rows(q, o, w), View::cols(k, o, w), scale, false, gemm::Parallelism::None);
+        std::slice::from_raw_parts_mut(p, t * t)
+    };
+    if let Some(m) = mask {
+        let m = &m[(task / s.heads) * t..][..t];
+        for row in p.chunks_exact_mut(t) {
+            row.iter_mut().zip(m).for_each(|(a, b)| *a += b);
+        }
+    }
+    p
+}
+
 /// `softmax(scale · Q Kᵀ + mask) V` per head on values: `q`, `k`, `v` are `[batch, time,
 /// heads × head_dim]` row-major, `mask` (optional) adds `mask[b · time + s]` to every score of
-/// key `s` in sequence `b`. Returns the output (same layout) and, with `keep`, the
-/// probabilities `[batch, heads, time, time]`.
+/// key `s` in sequence `b`. Returns the output (same layout) and, with `keep`, the softmax
+/// statistics [`backward_values`] reads (`[batch, heads, time, 2]`: each row's maximum score
+/// and `1 / Σ`).
 pub fn forward_values(
     q: &[f32],
     k: &[f32],
@@ -69,61 +106,48 @@ pub fn forward_values(
         assert_eq!(m.len(), s.batch * t, "a key mask of batch × time values");
     }
     assert!(hd > 0 || n == 0, "heads of at least one value");
-    // The output and the probabilities are written in full by the products below (each head's
-    // columns of every row, each task's t × t scores), so neither is zeroed first.
+    // The output is written in full by the products below (each head's columns of every row),
+    // so it is not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(n);
-    let mut probs: Option<Vec<f32>> = keep.then(|| Vec::with_capacity(s.tasks() * t * t));
+    let mut stats = vec![0.0f32; if keep { s.tasks() * t * 2 } else { 0 }];
     let dst = Shared(out.as_mut_ptr());
-    let kept = probs.as_mut().map(|p| Shared(p.as_mut_ptr()));
-    // Task `task`'s scores go to `p` (t × t values; written before they are read).
-    let head = |task: usize, p: *mut f32| {
-        let o = s.offset(task);
-        // SAFETY: the views stay inside q, k, v (o + (t - 1)·w + hd ≤ n); each task writes its
-        // own head's columns of `out` and its own t × t scores; the scores' slice is made only
-        // once the first product has written all of it (hd > 0).
-        let p = unsafe {
-            mm(t, t, hd, p, t, View::rows(q, o, w), View::cols(k, o, w), scale, false, gemm::Parallelism::None);
-            std::slice::from_raw_parts_mut(p, t * t)
-        };
-        if let Some(m) = mask {
-            let m = &m[(task / s.heads) * t..][..t];
-            for row in p.chunks_exact_mut(t) {
-                row.iter_mut().zip(m).for_each(|(a, b)| *a += b);
-            }
+    // Task `task`'s probabilities in `p` (t × t values), its statistics to `stats` with `keep`.
+    let head = |task: usize, p: &mut [f32], stats: &mut [f32]| {
+        // SAFETY: p holds t × t values.
+        let p = unsafe { scores(q, k, mask, s, scale, task, p.as_mut_ptr()) };
+        if keep {
+            softmax_rows_stats(p, t, stats)
+        } else {
+            softmax_rows(p, t)
         }
-        crate::fastmath::softmax_rows(p, t);
+        // SAFETY: the view stays inside v; each task writes its own head's columns of `out`.
         unsafe {
+            let o = s.offset(task);
             mm(t, hd, t, dst.at(o), w, View::rows(p, 0, t), View::rows(v, o, w), 1.0, false, gemm::Parallelism::None);
         }
     };
-    match kept {
-        Some(kept) => (0..s.tasks()).into_par_iter().for_each(|task| {
-            // Task `task`'s block of t × t values, inside the kept buffer.
-            head(task, kept.at(task * t * t))
-        }),
-        None => {
-            (0..s.tasks()).into_par_iter().for_each_init(|| vec![0.0f32; t * t], |p, task| head(task, p.as_mut_ptr()))
-        }
+    let per_task = if keep { 2 * t } else { 0 };
+    let scratch = || vec![0.0f32; t * t];
+    if keep && t > 0 {
+        stats.par_chunks_mut(per_task).enumerate().for_each_init(scratch, |p, (task, st)| head(task, p, st));
+    } else {
+        (0..s.tasks()).into_par_iter().for_each_init(scratch, |p, task| head(task, p, &mut []));
     }
     // SAFETY: every task wrote its head's columns of all rows of `out` (heads × head_dim =
-    // width), and its whole block of `probs`.
-    unsafe {
-        out.set_len(n);
-        if let Some(p) = probs.as_mut() {
-            p.set_len(s.tasks() * t * t);
-        }
-    }
-    (out, probs)
+    // width).
+    unsafe { out.set_len(n) };
+    (out, keep.then_some(stats))
 }
 
 /// The gradients of [`forward_values`]'s inputs from the output's gradient `d_out`, for those
-/// asked for (`need` = [q, k, v]), given the kept probabilities `p`.
+/// asked for (`need` = [q, k, v]), given its `mask` and the softmax statistics it kept.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_values(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    p: &[f32],
+    mask: Option<&[f32]>,
+    stats: &[f32],
     d_out: &[f32],
     s: Shape,
     scale: f32,
@@ -132,18 +156,22 @@ pub fn backward_values(
     let (t, w, hd) = (s.time, s.width(), s.head_dim);
     let n = s.batch * t * w;
     assert!(q.len() == n && k.len() == n && v.len() == n && d_out.len() == n);
-    assert_eq!(p.len(), s.tasks() * t * t);
+    assert_eq!(stats.len(), s.tasks() * t * 2, "softmax statistics of {} heads × {t} rows", s.tasks());
     // Each asked-for gradient is written in full by its per-head products (k = time > 0 where
     // n > 0), so none is zeroed first.
     let mut grads: [Option<Vec<f32>>; 3] = need.map(|on| on.then(|| Vec::with_capacity(n)));
     let ptr = |g: &mut Option<Vec<f32>>| g.as_mut().map(|g| Shared(g.as_mut_ptr()));
     let [dq, dk, dv] = [ptr(&mut grads[0]), ptr(&mut grads[1]), ptr(&mut grads[2])];
-    let scores = need[0] || need[1];
+    let need_ds = need[0] || need[1];
     (0..s.tasks()).into_par_iter().for_each_init(
-        || vec![0.0; if scores { t * t } else { 0 }],
-        |ds, task| {
+        || (vec![0.0; t * t], vec![0.0; if need_ds { t * t } else { 0 }]),
+        |(p, ds), task| {
             let o = s.offset(task);
-            let p = &p[task * t * t..][..t * t];
+            // The forward pass's probabilities again.
+            // SAFETY: p holds t × t values.
+            let p = unsafe { scores(q, k, mask, s, scale, task, p.as_mut_ptr()) };
+            softmax_rows_again(p, t, &stats[task * 2 * t..][..2 * t]);
+            let p = &*p;
             let none = gemm::Parallelism::None;
             // SAFETY: all views stay inside their slices (see forward_values); each task writes
             // its own head's columns of the gradients and its own buffer.
@@ -151,7 +179,7 @@ pub fn backward_values(
                 if let Some(dv) = dv {
                     mm(t, hd, t, dv.at(o), w, View::cols(p, 0, t), View::rows(d_out, o, w), 1.0, false, none);
                 }
-                if !scores {
+                if !need_ds {
                     return;
                 }
                 mm(t, t, hd, ds.as_mut_ptr(), t, View::rows(d_out, o, w), View::cols(v, o, w), 1.0, false, none);
@@ -210,20 +238,23 @@ struct Attention {
 
 impl Attention {
     fn compute(&self, q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, keep: bool) -> (FlexTensor, Option<Vec<f32>>) {
-        let mask = self.mask.as_ref().map(|m| m.as_slice());
-        let (out, p) = forward_values(values(q), values(k), values(v), mask, self.shape, self.scale, keep);
-        (tensor(out, dims(q)), p)
+        let (out, stats) = forward_values(values(q), values(k), values(v), self.mask(), self.shape, self.scale, keep);
+        (tensor(out, dims(q)), stats)
+    }
+
+    fn mask(&self) -> Option<&[f32]> {
+        self.mask.as_ref().map(|m| m.as_slice())
     }
 }
 
-/// What the backward pass reads: the inputs and the probabilities.
+/// What the backward pass reads: the inputs and the softmax statistics.
 #[derive(Debug, Clone)]
 struct Saved {
     op: Attention,
     q: FlexTensor,
     k: FlexTensor,
     v: FlexTensor,
-    p: Arc<Vec<f32>>,
+    stats: Arc<Vec<f32>>,
 }
 
 impl Backward<Flex, 3> for Attention {
@@ -237,7 +268,8 @@ impl Backward<Flex, 3> for Attention {
             values(&s.q),
             values(&s.k),
             values(&s.v),
-            &s.p,
+            s.op.mask(),
+            &s.stats,
             values(&d_out),
             s.op.shape,
             s.op.scale,
@@ -257,9 +289,9 @@ impl GraphOp<3> for Attention {
         let prep = self.clone().prepare::<C>(inputs.each_ref().map(|t| t.node())).compute_bound().stateful();
         match prep {
             OpsKind::Tracked(prep) => {
-                let (out, p) = self.compute(&q, &k, &v, true);
-                let p = Arc::new(p.expect("kept probabilities"));
-                prep.finish(Saved { op: self, q, k, v, p }, out)
+                let (out, stats) = self.compute(&q, &k, &v, true);
+                let stats = Arc::new(stats.expect("kept statistics"));
+                prep.finish(Saved { op: self, q, k, v, stats }, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(self.compute(&q, &k, &v, false).0),
         }
@@ -351,5 +383,44 @@ mod tests {
         let a = vals(attention(q.clone(), k.clone(), v, 2, Some(mask(7))));
         let b = vals(attention(q, k, v2, 2, Some(mask(7))));
         assert_eq!(a, b);
+    }
+
+    /// The kept statistics are each row's maximum score and `1 / Σ exp(score − max)` (checked
+    /// against f64 from the scores), two values per row and nothing of size time².
+    #[test]
+    fn only_softmax_statistics_are_kept() {
+        let device = Device::flex();
+        let (b, t, heads, hd) = (2, 7, 2, 4);
+        let x = || vals(Tensor::<3>::random([b, t, heads * hd], Distribution::Normal(0.0, 1.0), &device));
+        let (q, k, v) = (x(), x(), x());
+        let m = mask(t);
+        let s = Shape { batch: b, time: t, heads, head_dim: hd };
+        let scale = (hd as f32).powf(-0.5);
+        let (out, stats) = forward_values(&q, &k, &v, Some(&m), s, scale, true);
+        let stats = stats.expect("statistics");
+        assert_eq!(stats.len(), b * heads * t * 2);
+        assert_eq!(forward_values(&q, &k, &v, Some(&m), s, scale, false), (out, None));
+        for task in 0..b * heads {
+            let (bi, h) = (task / heads, task % heads);
+            for i in 0..t {
+                let score = |j: usize| {
+                    let dot: f64 = (0..hd)
+                        .map(|d| {
+                            q[(bi * t + i) * heads * hd + h * hd + d] as f64
+                                * k[(bi * t + j) * heads * hd + h * hd + d] as f64
+                        })
+                        .sum();
+                    dot * scale as f64 + m[bi * t + j] as f64
+                };
+                let max = (0..t).map(score).fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = (0..t).map(|j| (score(j) - max).exp()).sum();
+                let (got_max, got_inv) = (stats[(task * t + i) * 2] as f64, stats[(task * t + i) * 2 + 1] as f64);
+                assert!(
+                    (got_max - max).abs() < 1e-5 * max.abs().max(1.0),
+                    "row {i} of head {task}: max {got_max} vs {max}"
+                );
+                assert!((got_inv - 1.0 / sum).abs() < 1e-5, "row {i} of head {task}: 1/Σ {got_inv} vs {}", 1.0 / sum);
+            }
+        }
     }
 }

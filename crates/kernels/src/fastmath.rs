@@ -177,12 +177,39 @@ with_slope_slice!(
 /// `x / Σx` after `exp(x − max)` over each row of `row` values, in place (softmax over the
 /// last dimension). Max and sum use 16 lanes so that they vectorise.
 pub fn softmax_rows(x: &mut [f32], row: usize) {
+    softmax(x, row, None)
+}
+
+/// [`softmax_rows`], also writing each row's `max` and `1 / Σ` to `stats` (two values per row),
+/// from which [`softmax_rows_again`] recomputes the same values.
+pub fn softmax_rows_stats(x: &mut [f32], row: usize, stats: &mut [f32]) {
+    assert_eq!(stats.len(), 2 * x.len() / row.max(1), "two values per row");
+    softmax(x, row, Some(stats))
+}
+
+/// The softmax of each row of the scores `x` (in place) from the `stats` that
+/// [`softmax_rows_stats`] wrote for the same scores: `exp(x − max) · (1 / Σ)`, bit for bit the
+/// values it gave.
+pub fn softmax_rows_again(x: &mut [f32], row: usize, stats: &[f32]) {
+    if row == 0 {
+        return;
+    }
+    assert_eq!(stats.len(), 2 * x.len() / row, "two values per row");
+    best_isa!((x: &mut [f32], row: usize, stats: &[f32]) {
+        for (r, st) in x.chunks_exact_mut(row).zip(stats.chunks_exact(2)) {
+            let (max, inv) = (st[0], st[1]);
+            r.iter_mut().for_each(|v| *v = exp(*v - max) * inv);
+        }
+    })
+}
+
+fn softmax(x: &mut [f32], row: usize, stats: Option<&mut [f32]>) {
     if row == 0 {
         return;
     }
     #[inline(always)]
-    fn body(x: &mut [f32], row: usize) {
-        for r in x.chunks_exact_mut(row) {
+    fn body(x: &mut [f32], row: usize, mut stats: Option<&mut [f32]>) {
+        for (i, r) in x.chunks_exact_mut(row).enumerate() {
             let mut m = [f32::NEG_INFINITY; 16];
             let mut chunks = r.chunks_exact(16);
             for c in &mut chunks {
@@ -207,13 +234,36 @@ pub fn softmax_rows(x: &mut [f32], row: usize) {
             }
             let inv = 1.0 / sum;
             r.iter_mut().for_each(|v| *v *= inv);
+            if let Some(st) = stats.as_deref_mut() {
+                st[2 * i] = max;
+                st[2 * i + 1] = inv;
+            }
         }
     }
-    best_isa!((x: &mut [f32], row: usize) { body(x, row) })
+    best_isa!((x: &mut [f32], row: usize, stats: Option<&mut [f32]>) { body(x, row, stats) })
 }
 
 #[cfg(test)]
 mod tests {
+    /// The stats path gives softmax_rows's values, and recomputing from its stats gives them
+    /// again bit for bit (rows with a remainder, a masked key).
+    #[test]
+    fn softmax_recomputed_from_its_stats_is_exact() {
+        let row = 37;
+        let scores: Vec<f32> = (0..row * 4).map(|i| ((i * 7919) % 103) as f32 * 0.29 - 15.0 - (i % 5) as f32).collect();
+        let mut scores = scores;
+        scores[40] = -1e9;
+        let mut plain = scores.clone();
+        super::softmax_rows(&mut plain, row);
+        let (mut kept, mut stats) = (scores.clone(), vec![0.0f32; 8]);
+        super::softmax_rows_stats(&mut kept, row, &mut stats);
+        assert_eq!(kept, plain);
+        let mut again = scores;
+        super::softmax_rows_again(&mut again, row, &stats);
+        assert_eq!(again, plain);
+        assert!(stats.chunks(2).all(|s| s[1] > 0.0 && s[1] < 1.0), "{stats:?}");
+    }
+
     #[test]
     fn softmax_rows_match_the_definition() {
         let row = 37; // not a multiple of 16: the remainder path runs
