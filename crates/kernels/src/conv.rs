@@ -34,6 +34,7 @@ use crate::graph::{
     GraphOp, GraphTensor, Shared, View, contiguous, flex, from_flex, mm, on_graph, par_build, parallelism, tensor,
     values,
 };
+use crate::rowwise::{Act, Plain, WithSlope};
 
 /// `conv1d` of `x` (`[batch, time, c_in]`, channels-last) with `weight` (`[c_out, c_in / groups,
 /// kernel]`, torch's layout) and `bias` (`[c_out]`): `[batch, frames, c_out]` with `frames =
@@ -51,6 +52,36 @@ pub fn conv1d(
     padding: usize,
     groups: usize,
 ) -> Tensor<3> {
+    conv_op(x, None, weight, bias, [stride, padding, groups])
+}
+
+/// [`conv1d`] of `f(z)` as one operation that keeps only `z` for the backward pass, where it
+/// makes `f(z)` and `f'(z)` again for the weight's gradient and `dz = dX ⊙ f'(z)` (as
+/// [`crate::dense::linear_after`]): a CNN layer's activation fused into the next layer's
+/// convolution keeps one tensor of the activation's size where the composition keeps two (the
+/// activation's slope and the convolution's input). `act`: `f` and `f` with its slope.
+///
+/// # Panics
+/// As [`conv1d`].
+pub fn conv1d_after(
+    z: Tensor<3>,
+    (f, with_slope): (Plain, WithSlope),
+    weight: Tensor<3>,
+    bias: Option<Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Tensor<3> {
+    conv_op(z, Some(Act(f, with_slope)), weight, bias, [stride, padding, groups])
+}
+
+fn conv_op(
+    x: Tensor<3>,
+    act: Option<Act>,
+    weight: Tensor<3>,
+    bias: Option<Tensor<1>>,
+    [stride, padding, groups]: [usize; 3],
+) -> Tensor<3> {
     assert!(crate::supports(&x) && crate::supports(&weight), "float32 tensors on the CPU backend");
     let [batch, t_in, c_in] = x.dims();
     let [c_out, cg_in, kernel] = weight.dims();
@@ -61,7 +92,7 @@ pub fn conv1d(
     );
     assert!(bias.as_ref().is_none_or(|b| b.dims() == [c_out]), "a bias of {c_out} values");
     assert!(t_in + 2 * padding >= kernel, "{t_in} frames (padded by {padding} each side) against a kernel of {kernel}");
-    let op = Conv { batch, t_in, c_in, c_out, kernel, stride, padding, groups };
+    let op = Conv { batch, t_in, c_in, c_out, kernel, stride, padding, groups, act };
     if x.device().is_autodiff() {
         match bias {
             // Every input of one rank: the bias as `[1, 1, c_out]`.
@@ -72,7 +103,9 @@ pub fn conv1d(
         let (x, w) = (contiguous(&flex(x)), contiguous(&flex(weight)));
         let b = bias.map(|b| contiguous(&flex(b)));
         let wg = op.weight_matrices(values(&w));
-        from_flex(tensor(op.forward(values(&x), &wg, b.as_ref().map(values)), op.output_dims()))
+        let activated = act.map(|act| act.apply(values(&x)));
+        let input = activated.as_deref().unwrap_or(values(&x));
+        from_flex(tensor(op.forward(input, &wg, b.as_ref().map(values)), op.output_dims()))
     }
 }
 
@@ -86,6 +119,8 @@ struct Conv {
     stride: usize,
     padding: usize,
     groups: usize,
+    /// An activation applied to the input first ([`conv1d_after`]).
+    act: Option<Act>,
 }
 
 impl Conv {
@@ -338,7 +373,8 @@ impl Conv {
     }
 }
 
-/// What the backward pass reads: the input and the weight's group matrices.
+/// What the backward pass reads: the input (before the activation, with one) and the weight's
+/// group matrices.
 #[derive(Debug, Clone)]
 struct Saved {
     x: FlexTensor,
@@ -351,7 +387,11 @@ impl<const N: usize> GraphOp<N> for Conv {
         let w = contiguous(inputs[1].primitive());
         let b = (N == 3).then(|| contiguous(inputs[2].primitive()));
         let wg = self.weight_matrices(values(&w));
-        let y = tensor(self.forward(values(&x), &wg, b.as_ref().map(values)), self.output_dims());
+        // With an activation, its values exist only for this product.
+        let activated = self.act.map(|act| act.apply(values(&x)));
+        let input = activated.as_deref().unwrap_or(values(&x));
+        let y = tensor(self.forward(input, &wg, b.as_ref().map(values)), self.output_dims());
+        drop(activated);
         match self.prepare::<C>(inputs.each_ref().map(|t| t.node())).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(Saved { x, wg: Arc::new(wg) }, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
@@ -372,12 +412,18 @@ impl<const N: usize> Backward<Flex, N> for Conv {
             grads.register::<Flex>(node.id, tensor(crate::column_sums(gy, n), vec![1, 1, n]));
         }
         if let Some(node) = &ops.parents[1] {
-            let dw = self.weight_from_matrices(&self.weight_grad(xv, gy));
+            // With an activation, its values again, only for this product.
+            let activated = self.act.map(|act| act.apply(xv));
+            let input = activated.as_deref().unwrap_or(xv);
+            let dw = self.weight_from_matrices(&self.weight_grad(input, gy));
             let (ci, _) = self.group_sizes();
             grads.register::<Flex>(node.id, tensor(dw, vec![self.c_out, ci, self.kernel]));
         }
         if let Some(node) = &ops.parents[0] {
-            let dx = self.input_grad(&wg, gy);
+            let mut dx = self.input_grad(&wg, gy);
+            if let Some(act) = self.act {
+                act.chain(&mut dx, xv);
+            }
             grads.register::<Flex>(node.id, tensor(dx, vec![self.batch, self.t_in, self.c_in]));
         }
     }
@@ -453,6 +499,66 @@ mod tests {
                 assert_eq!(got.len(), want.len());
                 for (what, (g, w)) in ["value", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
                     assert_close(&format!("{case} {what}"), g, w, 2e-5);
+                }
+            }
+        }
+    }
+
+    /// `conv1d(f(z))` as one operation against the activation and the convolution composed
+    /// (`rowwise::activation`, then [`conv1d`]): value and the gradients of z, the weight and the
+    /// bias, for a CNN layer's shape and a grouped padded one, both checkpointing strategies, and
+    /// off the graph.
+    #[test]
+    fn conv_after_an_activation_equals_the_composition() {
+        use crate::fastmath::{gelu, gelu_with_slope};
+        // (batch, time, c_in, c_out, kernel, stride, padding, groups)
+        for (batch, time, c_in, c_out, kernel, stride, padding, groups) in
+            [(2, 40, 20, 24, 3, 2, 0, 1), (2, 30, 24, 24, 8, 1, 4, 4)]
+        {
+            for device in
+                [Device::flex(), Device::flex().autodiff(), Device::flex().autodiff().gradient_checkpointing()]
+            {
+                let w0 = Tensor::<3>::random([c_out, c_in / groups, kernel], Distribution::Normal(0.0, 0.3), &device);
+                let b0 = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &device);
+                let z0 = Tensor::<3>::random([batch, time, c_in], Distribution::Normal(0.0, 1.5), &device);
+                let frames = (time + 2 * padding - kernel) / stride + 1;
+                let r = Tensor::<3>::random([batch, frames, c_out], Distribution::Normal(0.0, 1.0), &device);
+                let run = |ours: bool| {
+                    let track = |t: Tensor<3>| if device.is_autodiff() { t.require_grad() } else { t };
+                    let (z, w) = (track(z0.clone()), track(w0.clone()));
+                    let b = if device.is_autodiff() { b0.clone().require_grad() } else { b0.clone() };
+                    let y = if ours {
+                        conv1d_after(
+                            z.clone(),
+                            (gelu, gelu_with_slope),
+                            w.clone(),
+                            Some(b.clone()),
+                            stride,
+                            padding,
+                            groups,
+                        )
+                    } else {
+                        let a = if device.is_autodiff() {
+                            crate::rowwise::activation(z.clone(), gelu, gelu_with_slope)
+                        } else {
+                            let mut v = vals(z.clone());
+                            gelu(&mut v);
+                            Tensor::from_data(burn::tensor::TensorData::new(v, [batch, time, c_in]), &device)
+                        };
+                        conv1d(a, w.clone(), Some(b.clone()), stride, padding, groups)
+                    };
+                    let mut out = vec![vals(y.clone())];
+                    if device.is_autodiff() {
+                        let grads = (y * r.clone()).sum().backward();
+                        out.extend([z.grad(&grads), w.grad(&grads)].map(|g| vals(g.unwrap())));
+                        out.push(vals(b.grad(&grads).unwrap()));
+                    }
+                    out
+                };
+                let (got, want) = (run(true), run(false));
+                assert_eq!(got.len(), if device.is_autodiff() { 4 } else { 1 });
+                for (what, (g, w)) in ["value", "dz", "dw", "db"].iter().zip(got.iter().zip(&want)) {
+                    assert_close(&format!("{:?} {what}", (time, kernel, groups)), g, w, 2e-6);
                 }
             }
         }

@@ -21,6 +21,7 @@ use burn::prelude::*;
 use crate::graph::{
     GraphOp, GraphTensor, View, contiguous, dims, flex, from_flex, mm, on_graph, par_build, parallelism, tensor, values,
 };
+use crate::rowwise::{Act, Plain, WithSlope};
 
 /// `x · W + b` over `x`'s last dimension (`[..., d_in]` → `[..., d_out]`), for a float32 `x` on
 /// burn's CPU backend (see [`crate::supports`]) and a `W` (`[d_in, d_out]`) and `b` that get no
@@ -156,13 +157,34 @@ impl GraphOp<1> for Dense {
 /// # Panics
 /// Off the CPU's autodiff graph, or where the sizes disagree.
 pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<D> {
+    linear_op(x, None, w, b)
+}
+
+/// [`linear`] of `f(z)`: `f(z) · W + b` as one operation that keeps only `z` for the backward
+/// pass, where it makes `f(z)` and `f'(z)` again (one elementwise sweep) for `dW = f(z)ᵀ · dY`
+/// and `dz = (dY · Wᵀ) ⊙ f'(z)`. Composed, the activation keeps its slope and the product its
+/// input — two tensors of `z`'s size (a feed-forward block's 3,072-wide one) — where this keeps
+/// one. `act`: `f` and `f` with its slope, as [`crate::rowwise::activation`] takes them.
+///
+/// # Panics
+/// As [`linear`].
+pub fn linear_after<const D: usize>(
+    z: Tensor<D>,
+    (f, with_slope): (Plain, WithSlope),
+    w: Tensor<2>,
+    b: Option<Tensor<1>>,
+) -> Tensor<D> {
+    linear_op(z, Some(Act(f, with_slope)), w, b)
+}
+
+fn linear_op<const D: usize>(x: Tensor<D>, act: Option<Act>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<D> {
     assert!(crate::supports(&x) && x.device().is_autodiff(), "a float32 tensor on the CPU's autodiff graph");
     let [d_in, d_out] = w.dims();
     assert_eq!(x.dims()[D - 1], d_in, "the input's last dimension against the weight's [{d_in}, {d_out}]");
     assert!(b.as_ref().is_none_or(|b| b.dims() == [d_out]), "a bias of {d_out} values");
     let dims = x.dims();
     let x: Tensor<2> = x.reshape([dims[..D - 1].iter().product::<usize>(), d_in]);
-    let op = Linear { d_in, d_out };
+    let op = Linear { d_in, d_out, act };
     let y: Tensor<2> = match b {
         // Every input of one rank: the bias as `[1, d_out]`.
         Some(b) => on_graph(op, [x, w, b.reshape([1, d_out])]),
@@ -177,9 +199,11 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Option<Tensor<1>>) 
 struct Linear {
     d_in: usize,
     d_out: usize,
+    act: Option<Act>,
 }
 
-/// What [`linear`]'s backward pass reads: the input and the weight.
+/// What [`linear`]'s backward pass reads: the input (before the activation, with one) and the
+/// weight.
 #[derive(Debug, Clone)]
 struct LinearSaved {
     x: FlexTensor,
@@ -193,7 +217,11 @@ impl<const N: usize> GraphOp<N> for Linear {
         let b = (N == 3).then(|| contiguous(inputs[2].primitive()));
         let xv = values(&x);
         let m = xv.len() / self.d_in.max(1);
-        let y = product(xv, m, self.d_in, weight_view(&w, false), self.d_out, b.as_ref().map(values));
+        // With an activation, its values exist only for this product.
+        let activated = self.act.map(|act| act.apply(xv));
+        let a = activated.as_deref().unwrap_or(xv);
+        let y = product(a, m, self.d_in, weight_view(&w, false), self.d_out, b.as_ref().map(values));
+        drop(activated);
         let y = tensor(y, vec![m, self.d_out]);
         match self.prepare::<C>(inputs.each_ref().map(|t| t.node())).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(LinearSaved { x, w }, y),
@@ -215,11 +243,17 @@ impl<const N: usize> Backward<Flex, N> for Linear {
             grads.register::<Flex>(node.id, tensor(crate::column_sums(gv, n), vec![1, n]));
         }
         if let Some(node) = &ops.parents[1] {
-            let dw = new_product(k, n, m, View::cols(xv, 0, k), View::rows(gv, 0, n), 1.0);
+            // With an activation, its values again, only for this product.
+            let activated = self.act.map(|act| act.apply(xv));
+            let a = activated.as_deref().unwrap_or(xv);
+            let dw = new_product(k, n, m, View::cols(a, 0, k), View::rows(gv, 0, n), 1.0);
             grads.register::<Flex>(node.id, tensor(dw, vec![k, n]));
         }
         if let Some(node) = &ops.parents[0] {
-            let dx = product(gv, m, n, weight_view(&w, true), k, None);
+            let mut dx = product(gv, m, n, weight_view(&w, true), k, None);
+            if let Some(act) = self.act {
+                act.chain(&mut dx, xv);
+            }
             grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
         }
     }
@@ -425,6 +459,40 @@ mod tests {
                         out.push(vals(b.grad(&grads).unwrap()));
                     }
                     with_input_grad(out, x.grad(&grads), track_x)
+                };
+                let (got, want) = (run(true), run(false));
+                assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_close(&format!("output {i}"), g, w, 2e-6);
+                }
+            }
+        }
+    }
+
+    /// `f(z) W + b` as one operation against the activation and the product composed
+    /// (`rowwise::activation`, then burn's product): value and the gradients of z, W and b,
+    /// with z tracked or not, for both checkpointing strategies.
+    #[test]
+    fn linear_after_an_activation_equals_the_composition() {
+        use crate::fastmath::{gelu, gelu_with_slope};
+        for device in [Device::flex().autodiff(), Device::flex().autodiff().gradient_checkpointing()] {
+            let w0 = Tensor::<2>::random([70, 130], Distribution::Normal(0.0, 0.3), &device);
+            let b0 = Tensor::<1>::random([130], Distribution::Normal(0.0, 1.0), &device);
+            let z0 = Tensor::<3>::random([2, 45, 70], Distribution::Normal(0.0, 1.5), &device);
+            let r = Tensor::<3>::random([2, 45, 130], Distribution::Normal(0.0, 1.0), &device);
+            for track_z in [true, false] {
+                let run = |ours: bool| {
+                    let z = if track_z { z0.clone().require_grad() } else { z0.clone() };
+                    let (w, b) = (w0.clone().require_grad(), b0.clone().require_grad());
+                    let y = if ours {
+                        linear_after(z.clone(), (gelu, gelu_with_slope), w.clone(), Some(b.clone()))
+                    } else {
+                        let a = crate::rowwise::activation(z.clone(), gelu, gelu_with_slope);
+                        a.matmul(w.clone().unsqueeze()) + b.clone().unsqueeze()
+                    };
+                    let grads = (y.clone() * r.clone()).sum().backward();
+                    let out = vec![vals(y), vals(w.grad(&grads).unwrap()), vals(b.grad(&grads).unwrap())];
+                    with_input_grad(out, z.grad(&grads), track_z)
                 };
                 let (got, want) = (run(true), run(false));
                 assert_eq!(got.len(), want.len());

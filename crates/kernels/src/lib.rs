@@ -20,7 +20,7 @@ pub mod rowwise;
 mod testing;
 
 pub use attention::attention;
-pub use conv::conv1d;
+pub use conv::{conv1d, conv1d_after};
 pub use dense::frozen_linear;
 pub use graph::{View, add_in_order, column_sums, mm, supports, zeros};
 pub use linear::{Bf16Weight, linear};

@@ -35,6 +35,40 @@ pub type WithSlope = fn(&mut [f32], &mut [f32]);
 /// The same function without the slope (`crate::fastmath::gelu`, ...).
 pub type Plain = fn(&mut [f32]);
 
+/// An activation fused into the input of the operation after it ([`crate::dense::linear_after`],
+/// [`crate::conv::conv1d_after`]): that operation keeps only the activation's input and makes
+/// its values and slopes again in the backward pass.
+#[derive(Clone, Copy)]
+pub(crate) struct Act(pub Plain, pub WithSlope);
+
+impl std::fmt::Debug for Act {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Act")
+    }
+}
+
+impl Act {
+    /// `f(z)`, in parallel. (The same values as `with_slope` gives.)
+    pub fn apply(self, z: &[f32]) -> Vec<f32> {
+        par_build(z.len(), BLOCK, Some(z), |_, v| (self.0)(v))
+    }
+
+    /// `d ← d ⊙ f'(z)`, a gradient through the activation: the slopes made again block by block
+    /// (no tensor of them).
+    pub fn chain(self, d: &mut [f32], z: &[f32]) {
+        assert_eq!(d.len(), z.len(), "a gradient of the activation's input size");
+        d.par_chunks_mut(BLOCK).zip(z.par_chunks(BLOCK)).for_each_init(
+            || (vec![0.0f32; BLOCK], vec![0.0f32; BLOCK]),
+            |(v, slope), (d, z)| {
+                let (v, slope) = (&mut v[..z.len()], &mut slope[..z.len()]);
+                v.copy_from_slice(z);
+                (self.1)(v, slope);
+                d.iter_mut().zip(slope.iter()).for_each(|(d, s)| *d *= s);
+            },
+        );
+    }
+}
+
 /// `f(x)` on the autodiff graph, its backward pass `dY ⊙ f'(x)` (the slope kept from the forward
 /// pass); `f` alone (no slope) where `x` is not tracked. `x` must be a float32 tensor on burn's
 /// CPU autodiff backend.

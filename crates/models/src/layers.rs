@@ -41,24 +41,28 @@ impl Activation {
         if computes_natively(&x) {
             return map_values(x, |v| self.apply_slice(v));
         }
-        if on_cpu_graph(&x) {
-            use speechtune_kernels::rowwise::{Plain, WithSlope};
-            let fused: Option<(Plain, WithSlope)> = match self {
-                Self::Gelu => Some((crate::fastmath::gelu, crate::fastmath::gelu_with_slope)),
-                Self::GeluNew => Some((crate::fastmath::gelu_tanh, crate::fastmath::gelu_tanh_with_slope)),
-                Self::Silu => Some((crate::fastmath::silu, crate::fastmath::silu_with_slope)),
-                // burn's own ReLU and its backward are single comparisons already.
-                Self::Relu => None,
-            };
-            if let Some((plain, with_slope)) = fused {
-                return speechtune_kernels::rowwise::activation(x, plain, with_slope);
-            }
+        if on_cpu_graph(&x)
+            && let Some((plain, with_slope)) = self.fused()
+        {
+            return speechtune_kernels::rowwise::activation(x, plain, with_slope);
         }
         match self {
             Self::Gelu => activation::gelu(x),
             Self::GeluNew => activation::gelu_approximate(x),
             Self::Relu => activation::relu(x),
             Self::Silu => activation::silu(x),
+        }
+    }
+
+    /// The function and the function with its slope as the CPU graph's fused operations take
+    /// them ([`speechtune_kernels::rowwise::activation`], `dense::linear_after`,
+    /// `conv1d_after`); none for ReLU (burn's own ReLU and its backward are single comparisons).
+    pub fn fused(&self) -> Option<(speechtune_kernels::rowwise::Plain, speechtune_kernels::rowwise::WithSlope)> {
+        match self {
+            Self::Gelu => Some((crate::fastmath::gelu, crate::fastmath::gelu_with_slope)),
+            Self::GeluNew => Some((crate::fastmath::gelu_tanh, crate::fastmath::gelu_tanh_with_slope)),
+            Self::Silu => Some((crate::fastmath::silu, crate::fastmath::silu_with_slope)),
+            Self::Relu => None,
         }
     }
 

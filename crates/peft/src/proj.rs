@@ -108,6 +108,36 @@ impl Proj {
             && !self.base.bias.as_ref().is_some_and(|b| b.val().is_require_grad())
     }
 
+    /// True where [`Proj::forward`] of `x` runs its base product as
+    /// [`speechtune_kernels::dense::linear`]: a float32 weight that trains, on the CPU's autodiff
+    /// graph, with no mask or bf16 packing.
+    fn dense_on_graph<const D: usize>(&self, x: &Tensor<D>) -> bool {
+        self.mask.is_none()
+            && self.bf16.is_none()
+            && !self.frozen_f32()
+            && speechtune_kernels::supports(x)
+            && speechtune_kernels::supports(&self.base.weight.val())
+            && x.device().is_autodiff()
+    }
+
+    /// `forward(f(z))` for an activation `f` (`act`: `f` and `f` with its slope, see
+    /// [`speechtune_kernels::rowwise::activation`]): where the product is
+    /// [`speechtune_kernels::dense::linear`] and no LoRA update reads the activation, one
+    /// operation that keeps only `z` ([`speechtune_kernels::dense::linear_after`]); else
+    /// `forward(activate(z))`.
+    pub fn forward_after<const D: usize>(
+        &self,
+        z: Tensor<D>,
+        act: (speechtune_kernels::rowwise::Plain, speechtune_kernels::rowwise::WithSlope),
+        activate: impl FnOnce(Tensor<D>) -> Tensor<D>,
+    ) -> Tensor<D> {
+        if self.lora.is_none() && self.dense_on_graph(&z) {
+            let b = self.base.bias.as_ref().map(|b| b.val());
+            return speechtune_kernels::dense::linear_after(z, act, self.base.weight.val(), b);
+        }
+        self.forward(activate(z))
+    }
+
     /// The weight's values as f32: `base.weight`, or after [`Proj::use_bf16`] the packing's bf16
     /// values (`base.weight` is then a placeholder), on `base.weight`'s device.
     pub fn weight_f32(&self) -> Tensor<2> {
@@ -154,17 +184,11 @@ impl Proj {
                 self.base.weight.val(),
                 self.base.bias.as_ref().map(|b| b.val()),
             ),
-            (None, None)
-                if speechtune_kernels::supports(&x)
-                    && speechtune_kernels::supports(&self.base.weight.val())
-                    && x.device().is_autodiff() =>
-            {
-                speechtune_kernels::dense::linear(
-                    x.clone(),
-                    self.base.weight.val(),
-                    self.base.bias.as_ref().map(|b| b.val()),
-                )
-            }
+            (None, None) if self.dense_on_graph(&x) => speechtune_kernels::dense::linear(
+                x.clone(),
+                self.base.weight.val(),
+                self.base.bias.as_ref().map(|b| b.val()),
+            ),
             (None, None) => self.base.forward(x.clone()),
             (None, Some(_)) => {
                 // Not the kernel's input (another device or dtype): the bf16 values in x's dtype.

@@ -164,7 +164,13 @@ pub struct EncoderLayer {
 
 impl EncoderLayer {
     fn feed_forward(&self, x: Tensor<3>, act: Activation) -> Tensor<3> {
-        let y = self.output_dense.forward(act.forward(self.intermediate_dense.forward(x)));
+        let z = self.intermediate_dense.forward(x);
+        // Training the feed-forward block on the CPU, the activation is part of the second
+        // product (one tensor of the 3,072-wide activations kept instead of two).
+        let y = match act.fused() {
+            Some(fused) => self.output_dense.forward_after(z, fused, |z| act.forward(z)),
+            None => self.output_dense.forward(act.forward(z)),
+        };
         conv_adapt(&self.conv_adapter, adapt(&self.adapter_ffn, y))
     }
 

@@ -108,17 +108,27 @@ impl FeatureEncoder {
     /// ([`speechtune_kernels::conv1d`]): for a CNN that trains on burn's CPU backend (pre-training).
     pub fn forward_channels_last(&self, samples: Tensor<2>) -> Tensor<3> {
         let mut x = samples.unsqueeze_dim(2);
-        for layer in &self.layers {
+        // Each layer's activation (where it has a fused form) is applied by the next layer's
+        // convolution, which then keeps one tensor of that size for the backward pass instead of
+        // two (the activation's slope and the convolution's input); the last layer's here.
+        let fused = self.activation.fused();
+        for (i, layer) in self.layers.iter().enumerate() {
             let c = &layer.conv;
             let bias = c.bias.as_ref().map(|b| b.val());
-            x = speechtune_kernels::conv1d(x, c.weight.val(), bias, c.stride, c.padding, c.groups);
+            let (w, (stride, padding, groups)) = (c.weight.val(), (c.stride, c.padding, c.groups));
+            x = match fused {
+                Some(act) if i > 0 => speechtune_kernels::conv1d_after(x, act, w, bias, stride, padding, groups),
+                _ => speechtune_kernels::conv1d(x, w, bias, stride, padding, groups),
+            };
             if let Some(norm) = &layer.group_norm {
                 x = norm.forward_channels_last(x);
             }
             if let Some(norm) = &layer.layer_norm {
                 x = norm.forward(x);
             }
-            x = self.activation.forward(x);
+            if fused.is_none() || i + 1 == self.layers.len() {
+                x = self.activation.forward(x);
+            }
         }
         x
     }
