@@ -161,8 +161,8 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Option<Tensor<1>>) 
 }
 
 /// [`linear`] of `f(z)`: `f(z) · W + b` as one operation that keeps only `z` for the backward
-/// pass, where it makes `f(z)` and `f'(z)` again (one elementwise sweep) for `dW = f(z)ᵀ · dY`
-/// and `dz = (dY · Wᵀ) ⊙ f'(z)`. Composed, the activation keeps its slope and the product its
+/// pass, where it makes `f(z)` again for `dW = f(z)ᵀ · dY`, and `f'(z)` block by block for
+/// `dz = (dY · Wᵀ) ⊙ f'(z)`. Composed, the activation keeps its slope and the product its
 /// input — two tensors of `z`'s size (a feed-forward block's 3,072-wide one) — where this keeps
 /// one. `act`: `f` and `f` with its slope, as [`crate::rowwise::activation`] takes them.
 ///
