@@ -432,7 +432,7 @@ impl<const N: usize> Backward<Flex, N> for Conv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, vals};
+    use crate::testing::{assert_outputs_close, vals};
     use burn::tensor::Distribution;
     use burn::tensor::module::conv1d as burn_conv1d;
     use burn::tensor::ops::ConvOptions;
@@ -495,11 +495,7 @@ mod tests {
                     }
                     out
                 };
-                let (got, want) = (run(true), run(false));
-                assert_eq!(got.len(), want.len());
-                for (what, (g, w)) in ["value", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
-                    assert_close(&format!("{case} {what}"), g, w, 2e-5);
-                }
+                assert_outputs_close(&case, &["value", "dx", "dw", "db"], &run(true), &run(false), 2e-5);
             }
         }
     }
@@ -557,9 +553,8 @@ mod tests {
                 };
                 let (got, want) = (run(true), run(false));
                 assert_eq!(got.len(), if device.is_autodiff() { 4 } else { 1 });
-                for (what, (g, w)) in ["value", "dz", "dw", "db"].iter().zip(got.iter().zip(&want)) {
-                    assert_close(&format!("{:?} {what}", (time, kernel, groups)), g, w, 2e-6);
-                }
+                let case = format!("{:?}", (time, kernel, groups));
+                assert_outputs_close(&case, &["value", "dz", "dw", "db"], &got, &want, 2e-6);
             }
         }
     }

@@ -387,7 +387,7 @@ impl Backward<Flex, 3> for DenseLora {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, max_diff, vals, with_input_grad};
+    use crate::testing::{assert_close, assert_outputs_close, max_diff, vals, with_input_grad};
     use burn::tensor::Distribution;
 
     /// Value and input gradient equal burn's `matmul + bias` for both storage orders of the
@@ -460,11 +460,7 @@ mod tests {
                     }
                     with_input_grad(out, x.grad(&grads), track_x)
                 };
-                let (got, want) = (run(true), run(false));
-                assert_eq!(got.len(), want.len());
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert_close(&format!("output {i}"), g, w, 2e-6);
-                }
+                assert_outputs_close("linear", &[], &run(true), &run(false), 2e-6);
             }
         }
     }
@@ -494,11 +490,7 @@ mod tests {
                     let out = vec![vals(y), vals(w.grad(&grads).unwrap()), vals(b.grad(&grads).unwrap())];
                     with_input_grad(out, z.grad(&grads), track_z)
                 };
-                let (got, want) = (run(true), run(false));
-                assert_eq!(got.len(), want.len());
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert_close(&format!("output {i}"), g, w, 2e-6);
-                }
+                assert_outputs_close("linear_after", &["value", "dW", "db", "dz"], &run(true), &run(false), 2e-6);
             }
         }
     }

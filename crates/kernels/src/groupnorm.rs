@@ -181,7 +181,7 @@ impl Backward<Flex, 3> for ChannelNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, vals, with_input_grad};
+    use crate::testing::{assert_outputs_close, vals, with_input_grad};
     use burn::tensor::Distribution;
 
     /// Value and the gradients of x, weight and bias against burn's composition (as
@@ -212,11 +212,13 @@ mod tests {
                     let out = vec![vals(y), vals(w.grad(&grads).unwrap()), vals(b.grad(&grads).unwrap())];
                     with_input_grad(out, x.grad(&grads), track_x)
                 };
-                let (got, want) = (run(true), run(false));
-                assert_eq!(got.len(), want.len());
-                for (what, (g, w)) in ["value", "dweight", "dbias", "dx"].iter().zip(got.iter().zip(&want)) {
-                    assert_close(what, g, w, 1e-4);
-                }
+                assert_outputs_close(
+                    "channel_norm",
+                    &["value", "dweight", "dbias", "dx"],
+                    &run(true),
+                    &run(false),
+                    1e-4,
+                );
             }
         }
     }

@@ -21,6 +21,16 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
     assert!(want.iter().any(|v| v.abs() > 1e-2), "{what}: values that can fail");
 }
 
+/// Each of `got`'s outputs within `rel` of `want`'s ([`assert_close`]), both sides with as many
+/// outputs; an output is named by `names` (else by its index) after `what` in the message.
+pub fn assert_outputs_close(what: &str, names: &[&str], got: &[Vec<f32>], want: &[Vec<f32>], rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: outputs on both sides");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let name = names.get(i).map_or_else(|| format!("output {i}"), |n| n.to_string());
+        assert_close(&format!("{what} {name}"), g, w, rel);
+    }
+}
+
 /// `out` with the input's gradient appended where the input is tracked; an untracked input must
 /// have got none.
 pub fn with_input_grad<const D: usize>(
