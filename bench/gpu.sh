@@ -49,7 +49,7 @@ PY
 echo "== speed"
 results="$OUT/results.jsonl"
 : >"$results"
-for task in ${TASKS:-forward_1x10 lora_ctc_2x5 forward_4x10 frozen_ws_2x5 pretrain_2x10}; do
+for task in ${TASKS:-forward_1x10 lora_ctc_2x5 forward_4x10 frozen_ws_2x5 pretrain_2x10 whisper_encoder_1x30}; do
   for round in $(seq "${ROUNDS:-2}"); do
     timeout "${TASK_TIMEOUT:-150}" "$ST" bench --task "$task" --repeats "$REPEATS" --device vulkan | sed 's/^/speechtune /' >>"$results" \
       || echo "speechtune $task failed"

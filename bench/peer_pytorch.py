@@ -31,7 +31,7 @@ import sys
 import time
 
 TASKS = ["forward_1x10", "forward_4x10", "lora_ctc_2x5", "lora_ctc_2x5_nodropout", "frozen_ws_2x5", "gemm",
-         "pretrain_2x10", "precision_cost"]
+         "pretrain_2x10", "whisper_encoder_1x30", "precision_cost"]
 VOCAB = 32
 # [name, times per forward, batch, m, k, n]: the matrix products of one wav2vec2-base forward over
 # 1 × 10 s, convolutions as the products they amount to; speechtune's bench reads the same file.
@@ -139,6 +139,22 @@ def run_task(task: str, repeats: int, warmup: int, device: str, profile: str = "
         return {"task": task, "median_s": total, "runs_s": [total], "shapes": shapes, **about(threads, device)}
     def audio(batch: int, seconds: float):
         return torch.randn(batch, int(seconds * 16000)).to(device)
+
+    if task == "whisper_encoder_1x30":
+        # whisper-base's encoder, random weights, one 30-s window of (random) log-mel features.
+        from transformers import WhisperConfig
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        config = WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
+                               num_mel_bins=80)
+        encoder = WhisperEncoder(config).to(device).eval()
+        features = torch.randn(1, 80, 3000).to(device)
+
+        def step():
+            with torch.inference_mode(), amp():
+                encoder(features, output_hidden_states=True)
+
+        return {**timed_runs(task, step, repeats, warmup, sync, profile, threads, device), "precision": precision}
 
     if task == "pretrain_2x10":
         from transformers import Wav2Vec2ForPreTraining

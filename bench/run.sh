@@ -2,7 +2,8 @@
 # speechtune against PyTorch + transformers + peft on the same work (issue 7), in one run:
 # wav2vec2-base with random weights; forward 1 × 10 s and 4 × 10 s; one LoRA (r = 8, q, v) + CTC
 # training step on 2 × 5 s; one frozen-upstream weighted-sum + CTC step on 2 × 5 s; one wav2vec 2.0
-# pre-training step (Wav2Vec2ForPreTraining, 2 × 10 s, masks 0.65 × 10, 100 distractors). Each task
+# pre-training step (Wav2Vec2ForPreTraining, 2 × 10 s, masks 0.65 × 10, 100 distractors); and
+# whisper-base's encoder on one 30-s window (random weights on both sides). Each task
 # runs in its own process (peak RSS is its own), threads = cores, REPEATS timed runs after one
 # warm-up, twice per side in alternation (A B A B); the median of the pooled runs. Prints a
 # Markdown table with the ratios speechtune / PyTorch (bench/table.py; ~15 minutes on 2 cores),
@@ -44,14 +45,14 @@ results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 # This machine's speed drifts (a shared VM: the same PyTorch run took 1.0 s and 1.7 s an hour
 # apart), so the two sides alternate, task by task, twice.
-for task in ${TASKS:-forward_1x10 forward_4x10 lora_ctc_2x5 lora_ctc_2x5_nodropout frozen_ws_2x5 gemm pretrain_2x10}; do
+for task in ${TASKS:-forward_1x10 forward_4x10 lora_ctc_2x5 lora_ctc_2x5_nodropout frozen_ws_2x5 gemm pretrain_2x10 whisper_encoder_1x30}; do
   for round in 1 2; do
     echo "$task, round $round ..." >&2
     "$ST" bench --task "$task" --repeats "$REPEATS" --device "$DEVICE" | sed 's/^/speechtune /' >>"$results"
     "$PYTHON" bench/peer_pytorch.py --task "$task" --repeats "$REPEATS" --device "$DEVICE" | sed 's/^/pytorch /' >>"$results"
   done
 done
-for task in ${BF16_TASKS-forward_1x10 forward_4x10 lora_ctc_2x5 lora_ctc_2x5_nodropout frozen_ws_2x5}; do
+for task in ${BF16_TASKS-forward_1x10 forward_4x10 lora_ctc_2x5 lora_ctc_2x5_nodropout frozen_ws_2x5 whisper_encoder_1x30}; do
   for round in 1 2; do
     echo "$task in bf16, round $round ..." >&2
     "$ST" bench --task "$task" --repeats "$REPEATS" --device "$DEVICE" --precision bf16 | sed 's/^/speechtune /' >>"$results"

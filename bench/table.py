@@ -16,6 +16,7 @@ NAMES = {
     "frozen_ws_2x5_cached": "the same step on cached hidden states (later epochs)",
     "forward_1x10_lora": "forward 1 × 10 s, LoRA attached, not merged",
     "pretrain_2x10": "wav2vec 2.0 pre-training step, 2 × 10 s (masks 0.65 × 10, 100 distractors)",
+    "whisper_encoder_1x30": "whisper-base encoder, one 30-s window (every hidden state)",
 }
 
 

@@ -18,6 +18,10 @@ use speechtune_train::feature_cache::{CacheKind, FeatureCache};
 
 /// The configuration of `Wav2Vec2Config()` in transformers: wav2vec2-base's shape.
 const WAV2VEC2_BASE: &[u8] = br#"{"model_type": "wav2vec2"}"#;
+/// whisper-base's encoder (transformers' `WhisperConfig` with the base model's sizes).
+const WHISPER_BASE: &[u8] = br#"{"model_type": "whisper", "d_model": 512, "encoder_layers": 6,
+    "encoder_attention_heads": 8, "encoder_ffn_dim": 2048, "num_mel_bins": 80, "decoder_layers": 6,
+    "decoder_attention_heads": 8, "decoder_ffn_dim": 2048}"#;
 const VOCAB: usize = 32;
 const TARGET_LEN: usize = 40;
 
@@ -51,6 +55,10 @@ pub enum Task {
     /// merging saves (merged, the model is `forward_1x10`'s).
     #[value(name = "forward_1x10_lora")]
     Forward1x10Lora,
+    /// Inference, whisper-base's encoder (random weights) on one 30-s window (3,000 log-mel
+    /// frames, computed before the timed runs; the peer's are random), every hidden state.
+    #[value(name = "whisper_encoder_1x30")]
+    WhisperEncoder1x30,
     /// Matrix products alone, in the shapes of a wav2vec2-base forward over 1 × 10 s
     /// (`bench/gemm_shapes.json`): the throughput the rest is built on.
     #[value(name = "gemm")]
@@ -98,6 +106,7 @@ impl Task {
             Task::FrozenWs2x5 => "frozen_ws_2x5",
             Task::FrozenWs2x5Cached => "frozen_ws_2x5_cached",
             Task::Forward1x10Lora => "forward_1x10_lora",
+            Task::WhisperEncoder1x30 => "whisper_encoder_1x30",
             Task::Gemm => "gemm",
             Task::Pretrain2x10 => "pretrain_2x10",
             Task::PrecisionCost => "precision_cost",
@@ -317,6 +326,23 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
                 let t = Instant::now();
                 let out = up.model.forward(frontend.prepare(&waves, &base)?)?;
                 // Wait for the result (asynchronous backends), as the peer's call returns it.
+                let _ = out.hidden_states.last().context("no hidden state")?.clone().sum().into_scalar::<f32>();
+                if i >= args.warmup {
+                    runs.push(t.elapsed().as_secs_f64());
+                }
+            }
+            perf_control("disable");
+        }
+        Task::WhisperEncoder1x30 => {
+            let mut up = Upstream::random(WHISPER_BASE, "whisper-base (random)", 0, &base)?;
+            up.model.set_precision(args.precision);
+            let input = up.frontend.prepare(&noise(1, 30.0, 1), &base)?;
+            for i in 0..args.warmup + args.repeats {
+                if i == args.warmup {
+                    perf_control("enable");
+                }
+                let t = Instant::now();
+                let out = up.model.forward(input.clone())?;
                 let _ = out.hidden_states.last().context("no hidden state")?.clone().sum().into_scalar::<f32>();
                 if i >= args.warmup {
                     runs.push(t.elapsed().as_secs_f64());

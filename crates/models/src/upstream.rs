@@ -6,6 +6,7 @@ use std::path::Path;
 use burn::module::Module;
 use burn::prelude::*;
 
+use crate::Result;
 use crate::augment::Perturb;
 use crate::builtin;
 use crate::config::ModelConfig;
@@ -13,7 +14,6 @@ use crate::frontend::{FrontEnd, ModelInput};
 use crate::ssl::{self, SslModel};
 use crate::weights::Weights;
 use crate::whisper::{self, WhisperEncoder};
-use crate::{Error, Result};
 
 /// The upstream network, one variant per architecture family.
 #[derive(Module, Debug)]
@@ -225,9 +225,11 @@ impl Upstream {
         Self::random_with_weights(TINY_CONFIG.as_bytes(), "<built-in tiny upstream>", seed, device)
     }
 
-    /// A wav2vec2-family model of the architecture `config_json` describes (a `config.json`'s
-    /// text), with seeded random weights (see [`Weights::random`]) and a waveform front-end that
-    /// normalises: benchmarks use `{"model_type": "wav2vec2"}`, the shape of wav2vec2-base.
+    /// A model of the architecture `config_json` describes (a `config.json`'s text), with seeded
+    /// random weights (see [`Weights::random`]): a wav2vec2-family model with a waveform
+    /// front-end that normalises, or a Whisper encoder with Whisper's default log-mel front-end
+    /// (30-s windows). Benchmarks use `{"model_type": "wav2vec2"}`, the shape of wav2vec2-base,
+    /// and whisper-base's configuration.
     pub fn random(config_json: &[u8], name: &str, seed: u64, device: &Device) -> Result<Self> {
         Ok(Self::random_with_weights(config_json, name, seed, device)?.0)
     }
@@ -235,19 +237,52 @@ impl Upstream {
     fn random_with_weights(config_json: &[u8], name: &str, seed: u64, device: &Device) -> Result<(Self, Weights)> {
         let config = ModelConfig::from_json(config_json, Path::new(name))?;
         let weights = Weights::random(seed);
-        let ModelConfig::Ssl(c) = &config else {
-            return Err(Error::Unsupported {
-                path: name.into(),
-                what: "random weights for Whisper (only wav2vec2-family configurations)".into(),
-            });
+        let (model, frontend) = match &config {
+            ModelConfig::Ssl(c) => {
+                (UpstreamModel::Ssl(SslModel::load(c, &weights, device)?), FrontEnd::Waveform { normalize: true })
+            }
+            ModelConfig::Whisper(c) => (
+                UpstreamModel::Whisper(WhisperEncoder::load(c, &weights, device)?),
+                FrontEnd::from_json(None, Path::new(name), &config)?,
+            ),
         };
-        let model = UpstreamModel::Ssl(SslModel::load(c, &weights, device)?);
-        let frontend = FrontEnd::Waveform { normalize: true };
         Ok((Self { model, frontend, config, prefix: String::new() }, weights))
     }
 
     /// Prepare a batch of 16-kHz waveforms and run the model.
     pub fn forward_waves(&self, waves: &[Vec<f32>], device: &Device) -> Result<UpstreamOutput> {
         self.model.forward(self.frontend.prepare(waves, device)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random weights for a Whisper configuration: an encoder of its sizes behind Whisper's
+    /// log-mel front-end (windows of `max_source_positions` frames), seeded.
+    #[test]
+    fn random_whisper_encoder_has_the_configured_shape() {
+        let config = br#"{"model_type": "whisper", "d_model": 16, "encoder_layers": 2,
+            "encoder_attention_heads": 2, "encoder_ffn_dim": 32, "num_mel_bins": 8,
+            "max_source_positions": 10, "decoder_layers": 1, "decoder_attention_heads": 2,
+            "decoder_ffn_dim": 32}"#;
+        let device = Device::flex();
+        let wave = vec![(0..1000).map(|i| (i as f32 * 0.05).sin()).collect::<Vec<f32>>()];
+        let run = |seed| {
+            let up = Upstream::random(config, "tiny whisper", seed, &device).unwrap();
+            assert!(matches!(up.model, UpstreamModel::Whisper(_)));
+            up.forward_waves(&wave, &device).unwrap().hidden_states
+        };
+        let (a, b, c) = (run(0), run(0), run(1));
+        assert_eq!(a.len(), 3, "the input and two layers");
+        let vals = |t: &Tensor<3>| t.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            // 3,200 samples (10 positions × 2 × hop 160) of log-mel, padded, then the stride-2 conv.
+            assert_eq!(x.dims(), [1, 10, 16]);
+            assert_eq!(vals(x), vals(y), "the same seed, the same model");
+        }
+        assert_ne!(vals(&a[2]), vals(&c[2]), "another seed, other weights");
+        assert!(vals(&a[2]).iter().all(|v| v.is_finite()));
     }
 }

@@ -46,6 +46,12 @@ impl WhisperLayer {
     fn attention(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.heads, d / self.heads);
+        if self.prefix.is_none() && speechtune_kernels::supports(&x) {
+            // On the CPU: one fused operation (speechtune_kernels::attention), no mask (the
+            // encoder attends to all 1,500 frames of its 30-s window).
+            let (q, k, v) = (self.q_proj.forward(x.clone()), self.k_proj.forward(x.clone()), self.v_proj.forward(x));
+            return self.out_proj.forward(speechtune_kernels::attention(q, k, v, h, None));
+        }
         let split = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(x.clone())) * (hd as f64).powf(-0.5);
         let k = split(self.k_proj.forward(x.clone()));
