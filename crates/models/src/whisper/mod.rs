@@ -47,8 +47,8 @@ impl WhisperLayer {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.heads, d / self.heads);
         if self.prefix.is_none() && speechtune_kernels::supports(&x) {
-            // On the CPU: one fused operation (speechtune_kernels::attention), no mask (the
-            // encoder attends to all 1,500 frames of its 30-s window).
+            // On the CPU: one fused operation (speechtune_kernels::attention), no mask (as in
+            // transformers, the encoder attends to every frame of its window, padding included).
             let (q, k, v) = (self.q_proj.forward(x.clone()), self.k_proj.forward(x.clone()), self.v_proj.forward(x));
             return self.out_proj.forward(speechtune_kernels::attention(q, k, v, h, None));
         }
