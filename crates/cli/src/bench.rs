@@ -319,36 +319,13 @@ fn run_task(task: Task, args: &Args) -> Result<serde_json::Value> {
             }
             up.model.set_precision(args.precision);
             let waves = noise(if task == Task::Forward4x10 { 4 } else { 1 }, 10.0, 1);
-            for i in 0..args.warmup + args.repeats {
-                if i == args.warmup {
-                    perf_control("enable");
-                }
-                let t = Instant::now();
-                let out = up.model.forward(frontend.prepare(&waves, &base)?)?;
-                // Wait for the result (asynchronous backends), as the peer's call returns it.
-                let _ = out.hidden_states.last().context("no hidden state")?.clone().sum().into_scalar::<f32>();
-                if i >= args.warmup {
-                    runs.push(t.elapsed().as_secs_f64());
-                }
-            }
-            perf_control("disable");
+            runs = time_inference(args, || Ok(up.model.forward(frontend.prepare(&waves, &base)?)?))?;
         }
         Task::WhisperEncoder1x30 => {
             let mut up = Upstream::random(WHISPER_BASE, "whisper-base (random)", 0, &base)?;
             up.model.set_precision(args.precision);
             let input = up.frontend.prepare(&noise(1, 30.0, 1), &base)?;
-            for i in 0..args.warmup + args.repeats {
-                if i == args.warmup {
-                    perf_control("enable");
-                }
-                let t = Instant::now();
-                let out = up.model.forward(input.clone())?;
-                let _ = out.hidden_states.last().context("no hidden state")?.clone().sum().into_scalar::<f32>();
-                if i >= args.warmup {
-                    runs.push(t.elapsed().as_secs_f64());
-                }
-            }
-            perf_control("disable");
+            runs = time_inference(args, || Ok(up.model.forward(input.clone())?))?;
         }
         Task::LoraCtc2x5
         | Task::LoraCtc2x5NoDropout
@@ -490,6 +467,25 @@ fn build(device: &Device) -> serde_json::Value {
 /// `bench/profile.sh` records the timed runs only: it starts `perf record --delay=-1 --control
 /// fifo:CTL,ACK` and names the two FIFOs in `SPEECHTUNE_PERF_CTL` / `SPEECHTUNE_PERF_ACK`; this
 /// switches recording on or off and waits for perf's acknowledgement. Without them, nothing.
+/// The inference tasks' timed runs of `forward` (after `args.warmup` untimed ones), each until
+/// its last hidden state is there (asynchronous backends), as the peer's call returns it.
+fn time_inference(args: &Args, mut forward: impl FnMut() -> Result<UpstreamOutput>) -> Result<Vec<f64>> {
+    let mut runs = Vec::new();
+    for i in 0..args.warmup + args.repeats {
+        if i == args.warmup {
+            perf_control("enable");
+        }
+        let t = Instant::now();
+        let out = forward()?;
+        let _ = out.hidden_states.last().context("no hidden state")?.clone().sum().into_scalar::<f32>();
+        if i >= args.warmup {
+            runs.push(t.elapsed().as_secs_f64());
+        }
+    }
+    perf_control("disable");
+    Ok(runs)
+}
+
 fn perf_control(command: &str) {
     use std::io::{Read, Write};
     let (Some(ctl), Some(ack)) = (std::env::var_os("SPEECHTUNE_PERF_CTL"), std::env::var_os("SPEECHTUNE_PERF_ACK"))
