@@ -27,7 +27,7 @@ use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use crate::fastmath::{softmax_rows, softmax_rows_again, softmax_rows_stats};
+use crate::fastmath::{exp_rows, softmax_rows, softmax_rows_again, softmax_rows_stats};
 use crate::graph::{GraphOp, GraphTensor, Shared, View, contiguous, dims, mm, on_graph, sum_by, tensor, values};
 
 /// Sizes of one call: `batch` sequences of `time` steps, `heads` heads of `head_dim` values.
@@ -142,6 +142,59 @@ pub fn forward_values(
     (out, keep.then_some(stats))
 }
 
+/// Rows of queries per block of [`forward_values_bf16`]: their scores (rows × time f32 and as
+/// many bf16) stay in L2 between the two products (t = 1,500: 384 + 192 KiB).
+const QUERY_BLOCK: usize = 64;
+
+/// [`forward_values`] (without statistics: for inference) with its products in bf16, as
+/// PyTorch's autocast runs attention: Q, K, V and the probabilities rounded to bf16 ([`crate::bf16`],
+/// AMX or AVX512_BF16), scores, sums and outputs in f32. Per head, Kᵀ (scaled) and V are packed
+/// once; then per block of [`QUERY_BLOCK`] queries the scores' product, one pass that writes
+/// `exp(s − max)` rounded to bf16 (unnormalised), the product with V, and its rows scaled by
+/// `1 / Σ` on their way into the output.
+pub fn forward_values_bf16(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, s: Shape, scale: f32) -> Vec<f32> {
+    use crate::bf16::{PackedB, matmul};
+    let (t, w, hd) = (s.time, s.width(), s.head_dim);
+    let n = s.batch * t * w;
+    assert!(q.len() == n && k.len() == n && v.len() == n, "attention inputs of {n} values each");
+    if let Some(m) = mask {
+        assert_eq!(m.len(), s.batch * t, "a key mask of batch × time values");
+    }
+    // Written in full below (each head's columns of every row), so not zeroed first.
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let dst = Shared(out.as_mut_ptr());
+    let rows = QUERY_BLOCK.min(t);
+    (0..s.tasks()).into_par_iter().for_each_init(
+        || (vec![0.0f32; rows * t], vec![0.0f32; rows * hd], vec![0.0f32; 2 * rows]),
+        |(scores, o, stats), task| {
+            let at = s.offset(task);
+            let kt = PackedB::from_strided_transposed(&k[at..], w, hd, t, scale);
+            let vp = PackedB::from_strided_rows(&v[at..], w, t, hd, 1.0);
+            let mask = mask.map(|m| &m[(task / s.heads) * t..][..t]);
+            for r0 in (0..t).step_by(rows) {
+                let m = rows.min(t - r0);
+                let (scores, o, stats) = (&mut scores[..m * t], &mut o[..m * hd], &mut stats[..2 * m]);
+                matmul(&q[at + r0 * w..], m, w, &kt, scores, false);
+                if let Some(mask) = mask {
+                    for row in scores.chunks_exact_mut(t) {
+                        row.iter_mut().zip(mask).for_each(|(a, b)| *a += b);
+                    }
+                }
+                exp_rows(scores, t, stats);
+                matmul(scores, m, t, &vp, o, false);
+                for (i, (row, st)) in o.chunks_exact(hd).zip(stats.chunks_exact(2)).enumerate() {
+                    // SAFETY: row r0 + i < t of this task's head: its own hd columns of `out`.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(dst.at(at + (r0 + i) * w), hd) };
+                    dst.iter_mut().zip(row).for_each(|(d, &x)| *d = x * st[1]);
+                }
+            }
+        },
+    );
+    // SAFETY: every task wrote its head's columns of all rows of `out`.
+    unsafe { out.set_len(n) };
+    out
+}
+
 /// The gradients of [`forward_values`]'s inputs from the output's gradient `d_out`, for those
 /// asked for (`need` = [q, k, v]), given its `mask` and the softmax statistics it kept.
 #[allow(clippy::too_many_arguments)]
@@ -216,10 +269,22 @@ pub fn backward_values(
 /// (`batch × time` values, added to the scores of each key) where given. On the autodiff graph
 /// it is one operation whose backward pass gives all three inputs their gradients.
 ///
+/// With `bf16`, off the autodiff graph and where the CPU has bf16 instructions
+/// ([`crate::bf16::native`]), the products run in bf16 ([`forward_values_bf16`]: mixed
+/// precision, as autocast's attention); on the graph they stay f32, so that the backward pass's
+/// recomputed probabilities are the forward's.
+///
 /// # Panics
 /// Where the inputs are not on the CPU backend, their shapes differ, or `heads` does not divide
 /// their width.
-pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<Vec<f32>>) -> Tensor<3> {
+pub fn attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    heads: usize,
+    mask: Option<Vec<f32>>,
+    bf16: bool,
+) -> Tensor<3> {
     assert!(crate::supports(&q), "fused attention runs on the CPU backend's float32 tensors");
     let [batch, time, width] = q.dims();
     assert!(k.dims() == q.dims() && v.dims() == q.dims(), "q, k and v of one shape");
@@ -230,6 +295,10 @@ pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: O
         on_graph(op, [q, k, v])
     } else {
         let [q, k, v] = [q, k, v].map(|t| contiguous(&crate::graph::flex(t)));
+        if bf16 && crate::bf16::native() {
+            let out = forward_values_bf16(values(&q), values(&k), values(&v), op.mask(), shape, op.scale);
+            return crate::graph::from_flex(tensor(out, dims(&q)));
+        }
         let (out, _) = op.compute(&q, &k, &v, false);
         crate::graph::from_flex(out)
     }
@@ -335,7 +404,7 @@ mod tests {
         let x = || Tensor::<3>::random([2, 7, 24], Distribution::Normal(0.0, 1.0), &device);
         let (q, k, v) = (x(), x(), x());
         for m in [None, Some(mask(7))] {
-            let got = vals(attention(q.clone(), k.clone(), v.clone(), 3, m.clone()));
+            let got = vals(attention(q.clone(), k.clone(), v.clone(), 3, m.clone(), false));
             let want = vals(reference(q.clone(), k.clone(), v.clone(), 3, m.as_deref()));
             let diff = max_diff(&got, &want);
             assert!(diff < 2e-6, "{diff}");
@@ -350,7 +419,7 @@ mod tests {
             let x = || Tensor::<3>::random([2, 7, 24], Distribution::Normal(0.0, 1.0), &device);
             let (q, k, v, r) = (x().require_grad(), x().require_grad(), x().require_grad(), x());
             let m = mask(7);
-            let y = attention(q.clone(), k.clone(), v.clone(), 4, Some(m.clone()));
+            let y = attention(q.clone(), k.clone(), v.clone(), 4, Some(m.clone()), false);
             let grads = (y.clone() * r.clone()).sum().backward();
             let y_ref = reference(q.clone(), k.clone(), v.clone(), 4, Some(&m));
             let grads_ref = (y_ref.clone() * r.clone()).sum().backward();
@@ -364,11 +433,11 @@ mod tests {
             }
             // Only k tracked: q and v get none, k the same gradient as before.
             let k2 = k.clone().detach().require_grad();
-            let y = attention(q.clone().detach(), k2.clone(), v.clone().detach(), 4, Some(m.clone()));
+            let y = attention(q.clone().detach(), k2.clone(), v.clone().detach(), 4, Some(m.clone()), false);
             let grads2 = (y * r).sum().backward();
             let diff = max_diff(&vals(k2.grad(&grads2).unwrap()), &vals(k.grad(&grads).unwrap()));
             assert!(diff < 1e-6, "{diff}");
-            let frozen = attention(q.detach(), k.detach(), v.detach(), 4, None);
+            let frozen = attention(q.detach(), k.detach(), v.detach(), 4, None, false);
             assert!(!frozen.is_require_grad());
         }
     }
@@ -386,9 +455,86 @@ mod tests {
             *v += 100.0;
         }
         let v2 = Tensor::<3>::from_data(TensorData::new(v2, [2, 7, 8]), &device);
-        let a = vals(attention(q.clone(), k.clone(), v, 2, Some(mask(7))));
-        let b = vals(attention(q, k, v2, 2, Some(mask(7))));
-        assert_eq!(a, b);
+        for bf16 in [false, true] {
+            let a = vals(attention(q.clone(), k.clone(), v.clone(), 2, Some(mask(7)), bf16));
+            let b = vals(attention(q.clone(), k.clone(), v2.clone(), 2, Some(mask(7)), bf16));
+            assert_eq!(a, b);
+        }
+    }
+
+    /// The bf16 products follow their definition, computed here in f64: scores from Q and
+    /// `scale · K` rounded to bf16, `exp(s − max)` rounded to bf16 times V rounded, divided by
+    /// `Σ exp(s − max)`. Lengths past one block of queries and not a multiple of it, an odd
+    /// head size (a half-filled pair of the packed keys), masked keys, two sequences.
+    #[test]
+    fn bf16_products_follow_their_definition() {
+        let r = |x: f32| crate::bf16::from_bf16(crate::bf16::to_bf16(x));
+        for (t, heads, hd) in [(77, 3, 5), (QUERY_BLOCK + 1, 2, 8)] {
+            let (b, w) = (2, heads * 5.max(hd));
+            let hd = w / heads;
+            let mut seed = 0x9e37_79b9_u64;
+            let mut x = || {
+                (0..b * t * w)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+                    })
+                    .collect::<Vec<f32>>()
+            };
+            let (q, k, v) = (x(), x(), x());
+            let m: Vec<f32> = (0..b * t).map(|i| if i % t < [t, t / 2][i / t] { 0.0 } else { -1e9 }).collect();
+            let s = Shape { batch: b, time: t, heads, head_dim: hd };
+            let scale = (hd as f32).powf(-0.5);
+            let got = forward_values_bf16(&q, &k, &v, Some(&m), s, scale);
+            let at = |x: &[f32], bi: usize, i: usize, h: usize, d: usize| x[(bi * t + i) * w + h * hd + d];
+            let mut worst = 0.0f64;
+            for task in 0..b * heads {
+                let (bi, h) = (task / heads, task % heads);
+                for i in 0..t {
+                    let scores: Vec<f64> = (0..t)
+                        .map(|j| {
+                            let dot: f64 = (0..hd)
+                                .map(|d| r(at(&q, bi, i, h, d)) as f64 * r(at(&k, bi, j, h, d) * scale) as f64)
+                                .sum();
+                            dot + m[bi * t + j] as f64
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        let want: f64 =
+                            (0..t).map(|j| r(e[j] as f32) as f64 * r(at(&v, bi, j, h, d)) as f64).sum::<f64>() / sum;
+                        worst = worst.max((at(&got, bi, i, h, d) as f64 - want).abs());
+                    }
+                }
+            }
+            // Sums in f32 (2.5e-7 here on each kernel); a wrong scale, mask, rounding or
+            // normalisation is off by far more.
+            assert!(worst < 5e-6, "t = {t}, head size {hd}: {worst}");
+            // And within bf16's error of the f32 attention.
+            let (f32_out, _) = forward_values(&q, &k, &v, Some(&m), s, scale, false);
+            let diff = f32_out.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff > 0.0 && diff < 2e-2, "{diff}");
+        }
+    }
+
+    /// `bf16` runs the bf16 products off the graph where the CPU has bf16 instructions, the f32
+    /// ones elsewhere and on the graph (whose backward pass recomputes the f32 probabilities).
+    #[test]
+    fn bf16_products_run_off_the_graph_only() {
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let x = || Tensor::<3>::random([2, 7, 24], Distribution::Normal(0.0, 1.0), &device);
+            let (q, k, v) = (x(), x(), x());
+            let f32_out = vals(attention(q.clone(), k.clone(), v.clone(), 3, Some(mask(7)), false));
+            let got = vals(attention(q.clone(), k.clone(), v.clone(), 3, Some(mask(7)), true));
+            let s = Shape { batch: 2, time: 7, heads: 3, head_dim: 8 };
+            let bf16_out = forward_values_bf16(&vals(q), &vals(k), &vals(v), Some(&mask(7)), s, 8f32.powf(-0.5));
+            let want = if crate::bf16::native() && !device.is_autodiff() { bf16_out } else { f32_out };
+            assert_eq!(got, want);
+        }
     }
 
     /// The kept statistics are each row's maximum score and `1 / Σ exp(score − max)` (checked

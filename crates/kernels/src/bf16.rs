@@ -148,20 +148,15 @@ impl PackedB {
     /// `rows_first`: visit `B` row by row within a panel (for sources laid out by rows of `B`),
     /// else column by column (sources laid out by columns), so that the reads are sequential.
     fn pack(k: usize, n: usize, rows_first: bool, get: impl Fn(usize, usize) -> u16 + Sync) -> Self {
-        let pairs = k.div_ceil(2);
-        let stride = pairs.next_multiple_of(TILE);
-        let panel_len = stride * NR * 2;
-        let mut data = vec![0u16; n.div_ceil(NR) * panel_len];
-        data.par_chunks_mut(panel_len.max(1)).enumerate().for_each(|(q, panel)| {
-            let cols = NR.min(n.saturating_sub(q * NR));
+        Self::pack_with(k, n, |panel, q, _| {
+            let cols = NR.min(n - q * NR);
             let mut put = |i: usize, c: usize| panel[((i / 2) * NR + c) * 2 + i % 2] = get(i, q * NR + c);
             if rows_first {
                 (0..k).for_each(|i| (0..cols).for_each(|c| put(i, c)));
             } else {
                 (0..cols).for_each(|c| (0..k).for_each(|i| put(i, c)));
             }
-        });
-        PackedB { k, n, pairs, stride, data }
+        })
     }
 
     /// `B[i, j] = value(i, j)`.
@@ -172,13 +167,66 @@ impl PackedB {
     /// `B` given row-major, `b[i * n + j] = B[i, j]` (burn's `[in, out]` linear weight).
     pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(b.len(), k * n, "B of {k} × {n} needs {} values, got {}", k * n, b.len());
-        Self::pack(k, n, true, |i, j| to_bf16(b[i * n + j]))
+        Self::from_strided_rows(b, n, k, n, 1.0)
     }
 
     /// `B` given as its transpose, `bt[j * k + i] = B[i, j]` (a PyTorch `[out, in]` weight).
     pub fn from_transposed(bt: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(bt.len(), k * n, "Bᵀ of {n} × {k} needs {} values, got {}", k * n, bt.len());
-        Self::pack(k, n, false, |i, j| to_bf16(bt[j * k + i]))
+        Self::from_strided_transposed(bt, k, k, n, 1.0)
+    }
+
+    /// `B[i, j] = scale · b[i · stride + j]`: `k` rows of `n` values inside wider rows (one
+    /// head's values in attention's `[time, heads × head_dim]`).
+    pub fn from_strided_rows(b: &[f32], stride: usize, k: usize, n: usize, scale: f32) -> Self {
+        assert!(k == 0 || n == 0 || b.len() >= (k - 1) * stride + n, "B of {k} rows of {n} values, stride {stride}");
+        Self::pack_with(k, n, |panel, q, pairs| {
+            let cols = NR.min(n - q * NR);
+            let (mut x, mut r) = ([0.0f32; NR], [[0u16; NR]; 2]);
+            for p in 0..pairs {
+                for (h, r) in r.iter_mut().enumerate() {
+                    let i = 2 * p + h;
+                    if i < k {
+                        let row = &b[i * stride + q * NR..][..cols];
+                        x[..cols].iter_mut().zip(row).for_each(|(x, &v)| *x = v * scale);
+                        round_row(&x[..cols], &mut r[..cols]);
+                    } else {
+                        r.fill(0);
+                    }
+                }
+                for (c, pair) in panel[p * NR * 2..][..cols * 2].chunks_exact_mut(2).enumerate() {
+                    pair.copy_from_slice(&[r[0][c], r[1][c]]);
+                }
+            }
+        })
+    }
+
+    /// `B[i, j] = scale · bt[j · stride + i]`: `Bᵀ`'s `n` rows of `k` values inside wider rows
+    /// (one head's keys in attention's `[time, heads × head_dim]`, for `Kᵀ`).
+    pub fn from_strided_transposed(bt: &[f32], stride: usize, k: usize, n: usize, scale: f32) -> Self {
+        assert!(k == 0 || n == 0 || bt.len() >= (n - 1) * stride + k, "Bᵀ of {n} rows of {k} values, stride {stride}");
+        Self::pack_with(k, n, |panel, q, pairs| {
+            let (mut x, mut r) = (vec![0.0f32; k], vec![0u16; 2 * pairs]);
+            for c in 0..NR.min(n - q * NR) {
+                let row = &bt[(q * NR + c) * stride..][..k];
+                x.iter_mut().zip(row).for_each(|(x, &v)| *x = v * scale);
+                round_row(&x, &mut r[..k]);
+                for (p, pair) in r.chunks_exact(2).enumerate() {
+                    panel[(p * NR + c) * 2..][..2].copy_from_slice(pair);
+                }
+            }
+        })
+    }
+
+    /// Panels zeroed, then `fill(panel, q, pairs)` writes panel `q`'s values (its `pairs` k-pairs
+    /// of up to `NR` columns), panels in parallel.
+    fn pack_with(k: usize, n: usize, fill: impl Fn(&mut [u16], usize, usize) + Sync) -> Self {
+        let pairs = k.div_ceil(2);
+        let stride = pairs.next_multiple_of(TILE);
+        let panel_len = stride * NR * 2;
+        let mut data = vec![0u16; n.div_ceil(NR) * panel_len];
+        data.par_chunks_mut(panel_len.max(1)).enumerate().for_each(|(q, panel)| fill(panel, q, pairs));
+        PackedB { k, n, pairs, stride, data }
     }
 
     /// The bf16 bits of `B[i, j]`.
@@ -798,6 +846,30 @@ mod tests {
                 assert_eq!(t.get(j, i), to_bf16(w[i * n + j]));
             }
         }
+    }
+
+    /// The strided packings hold `scale · value` rounded, as `from_fn` packs it, zeros past `k`
+    /// (odd here: a half-filled last pair) and `n` (not a whole panel); the rows and transposed
+    /// ones agree with each other.
+    #[test]
+    fn strided_packings_equal_the_general_one() {
+        let mut seed = 5;
+        let (k, n, stride, scale) = (37, 45, 50, 0.3);
+        let src = values(n.max(k) * stride + stride, &mut seed);
+        let rows = PackedB::from_strided_rows(&src[3..], stride, k, n, scale);
+        let want = PackedB::from_fn(k, n, |i, j| src[3 + i * stride + j] * scale);
+        assert_eq!(rows.data, want.data);
+        let cols = PackedB::from_strided_transposed(&src[3..], stride, k, n, scale);
+        let want = PackedB::from_fn(k, n, |i, j| src[3 + j * stride + i] * scale);
+        assert_eq!(cols.data, want.data);
+        assert!(
+            want.data.iter().any(|&h| h != 0)
+                && want.get(k - 1, n - 1) == to_bf16(src[3 + (n - 1) * stride + k - 1] * scale)
+        );
+        // The dense ones are the strided ones with the row length as stride.
+        let w = values(k * n, &mut seed);
+        assert_eq!(PackedB::from_rows(&w, k, n).data, PackedB::from_fn(k, n, |i, j| w[i * n + j]).data);
+        assert_eq!(PackedB::from_transposed(&w, k, n).data, PackedB::from_fn(k, n, |i, j| w[j * k + i]).data);
     }
 
     #[test]

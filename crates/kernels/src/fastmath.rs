@@ -177,14 +177,14 @@ with_slope_slice!(
 /// `x / Σx` after `exp(x − max)` over each row of `row` values, in place (softmax over the
 /// last dimension). Max and sum use 16 lanes so that they vectorise.
 pub fn softmax_rows(x: &mut [f32], row: usize) {
-    softmax(x, row, None)
+    softmax(x, row, None, true)
 }
 
 /// [`softmax_rows`], also writing each row's `max` and `1 / Σ` to `stats` (two values per row),
 /// from which [`softmax_rows_again`] recomputes the same values.
 pub fn softmax_rows_stats(x: &mut [f32], row: usize, stats: &mut [f32]) {
     assert_eq!(stats.len(), 2 * x.len() / row.max(1), "two values per row");
-    softmax(x, row, Some(stats))
+    softmax(x, row, Some(stats), true)
 }
 
 /// The softmax of each row of the scores `x` (in place) from the `stats` that
@@ -203,22 +203,39 @@ pub fn softmax_rows_again(x: &mut [f32], row: usize, stats: &[f32]) {
     })
 }
 
-fn softmax(x: &mut [f32], row: usize, stats: Option<&mut [f32]>) {
+/// Each row of scores `x` (`row` values) becomes `exp(x − max)` in place, and `stats` gets the
+/// row's maximum and `1 / Σ` (two values per row): the softmax unnormalised, for a product that
+/// scales its result's rows instead (as flash attention does).
+pub fn exp_rows(x: &mut [f32], row: usize, stats: &mut [f32]) {
+    assert_eq!(stats.len(), 2 * x.len() / row.max(1), "two values per row");
+    softmax(x, row, Some(stats), false)
+}
+
+/// The largest of `r`'s values (−∞ for none), over 16 lanes so that it vectorises.
+#[inline(always)]
+fn row_max(r: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = r.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &v) in m.iter_mut().zip(c) {
+            // (Not `f32::max`, whose NaN rule costs two more instructions per vector.)
+            if v > *a {
+                *a = v;
+            }
+        }
+    }
+    chunks.remainder().iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b))
+}
+
+/// Softmax over rows of `row` values, or with `normalise` false only `exp(x − max)`.
+fn softmax(x: &mut [f32], row: usize, stats: Option<&mut [f32]>, normalise: bool) {
     if row == 0 {
         return;
     }
     #[inline(always)]
-    fn body(x: &mut [f32], row: usize, mut stats: Option<&mut [f32]>) {
+    fn body(x: &mut [f32], row: usize, mut stats: Option<&mut [f32]>, normalise: bool) {
         for (i, r) in x.chunks_exact_mut(row).enumerate() {
-            let mut m = [f32::NEG_INFINITY; 16];
-            let mut chunks = r.chunks_exact(16);
-            for c in &mut chunks {
-                for (a, &v) in m.iter_mut().zip(c) {
-                    *a = a.max(v);
-                }
-            }
-            let max =
-                chunks.remainder().iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
+            let max = row_max(r);
             let mut s = [0.0f32; 16];
             let mut chunks = r.chunks_exact_mut(16);
             for c in &mut chunks {
@@ -233,14 +250,16 @@ fn softmax(x: &mut [f32], row: usize, stats: Option<&mut [f32]>) {
                 sum += *v;
             }
             let inv = 1.0 / sum;
-            r.iter_mut().for_each(|v| *v *= inv);
+            if normalise {
+                r.iter_mut().for_each(|v| *v *= inv);
+            }
             if let Some(st) = stats.as_deref_mut() {
                 st[2 * i] = max;
                 st[2 * i + 1] = inv;
             }
         }
     }
-    best_isa!((x: &mut [f32], row: usize, stats: Option<&mut [f32]>) { body(x, row, stats) })
+    best_isa!((x: &mut [f32], row: usize, stats: Option<&mut [f32]>, normalise: bool) { body(x, row, stats, normalise) })
 }
 
 #[cfg(test)]

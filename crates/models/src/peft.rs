@@ -100,9 +100,15 @@ impl UpstreamModel {
     }
 
     /// Every frozen, unmasked projection's products in `precision` ([`Proj::use_bf16`]), and a
-    /// frozen CNN's ([`FeatureEncoder::use_bf16`](crate::ssl::FeatureEncoder::use_bf16));
+    /// frozen CNN's ([`FeatureEncoder::use_bf16`](crate::ssl::FeatureEncoder::use_bf16)), and
+    /// the fused self-attention's off the autodiff graph (see [`speechtune_kernels::attention`]);
     /// returns how many projections and CNNs run in bf16.
     pub fn set_precision(&mut self, precision: Precision) -> usize {
+        let bf16 = precision == Precision::Bf16;
+        match self {
+            UpstreamModel::Ssl(m) => m.encoder.layers.iter_mut().for_each(|l| l.attention.bf16_attention = bf16),
+            UpstreamModel::Whisper(m) => m.layers.iter_mut().for_each(|l| l.bf16_attention = bf16),
+        }
         let projections = set_precision(self.projections_mut(), precision);
         let cnn = match (self, precision) {
             (UpstreamModel::Ssl(m), Precision::Bf16) => usize::from(m.feature_encoder.use_bf16()),
@@ -311,6 +317,7 @@ impl WhisperSeq2Seq {
     /// As [`UpstreamModel::set_precision`], in both halves, and the decoder's output projection
     /// ([`WhisperDecoder::set_precision`](crate::whisper::decoder::WhisperDecoder::set_precision)).
     pub fn set_precision(&mut self, precision: Precision) -> usize {
+        self.encoder.layers.iter_mut().for_each(|l| l.bf16_attention = precision == Precision::Bf16);
         set_precision(self.projections_mut(), precision) + usize::from(self.decoder.set_precision(precision))
     }
 

@@ -228,6 +228,7 @@ fn bf16_hidden_states_stay_near_the_f32_reference() {
         let projections = up.model.projections_mut().len();
         let cnn = usize::from(matches!(up.model, UpstreamModel::Ssl(_)));
         assert_eq!(up.model.set_precision(speechtune_models::Precision::Bf16), projections + cnn, "{name}");
+        assert_eq!(attention_in_bf16(&up.model), [true], "{name}: every layer's attention in bf16");
         let out = up.forward_waves(&[r["single.raw"].1.clone()], &dev).unwrap();
         let mut worst = 0.0f32;
         for (i, h) in out.hidden_states.iter().enumerate() {
@@ -240,5 +241,17 @@ fn bf16_hidden_states_stay_near_the_f32_reference() {
         }
         assert!(worst > 1e-4, "{name}: bf16 gave f32's values ({worst})");
         println!("bf16    {name:<17} max diff {worst:.2e} of the state's scale");
+        up.model.set_precision(speechtune_models::Precision::F32);
+        assert_eq!(attention_in_bf16(&up.model), [false], "{name}: back to f32");
     }
+}
+
+/// The distinct values of the layers' `bf16_attention` flags.
+fn attention_in_bf16(model: &UpstreamModel) -> Vec<bool> {
+    let mut flags: Vec<bool> = match model {
+        UpstreamModel::Ssl(m) => m.encoder.layers.iter().map(|l| l.attention.bf16_attention).collect(),
+        UpstreamModel::Whisper(m) => m.layers.iter().map(|l| l.bf16_attention).collect(),
+    };
+    flags.dedup();
+    flags
 }

@@ -74,6 +74,7 @@ fn bf16_decoder_logits_stay_near_transformers() {
     let (mut model, _, device) = load();
     let projections = model.projections_mut().len();
     assert_eq!(model.set_precision(speechtune_models::Precision::Bf16), projections + 1);
+    assert!(model.encoder.layers.iter().all(|l| l.bf16_attention), "the encoder's attention in bf16");
     let r = reference(&fixtures().join("whisper-seq2seq/reference.safetensors"));
     let (shape, feats) = r["input_features"].clone();
     let features = Tensor::<3>::from_data(TensorData::new(feats, [shape[0], shape[1], shape[2]]), &device);

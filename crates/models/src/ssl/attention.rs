@@ -81,6 +81,9 @@ pub struct Attention {
     /// Learned key/value prefix (PEFT prefix tuning; None when loaded).
     pub prefix: Option<Prefix>,
     pub heads: usize,
+    /// The fused attention's products in bf16 off the autodiff graph (mixed precision, as
+    /// autocast; [`crate::UpstreamModel::set_precision`]).
+    pub bf16_attention: bool,
 }
 
 impl Attention {
@@ -131,6 +134,7 @@ impl Attention {
             rel,
             prefix: None,
             heads,
+            bf16_attention: false,
         })
     }
 
@@ -144,7 +148,7 @@ impl Attention {
             // On the CPU: one fused operation (speechtune_kernels::attention), same values.
             let mask = mask.map(crate::layers::copy_values);
             let (q, k, v) = (self.q_proj.forward(x.clone()), self.k_proj.forward(x.clone()), self.v_proj.forward(x));
-            return self.out_proj.forward(speechtune_kernels::attention(q, k, v, h, mask));
+            return self.out_proj.forward(speechtune_kernels::attention(q, k, v, h, mask, self.bf16_attention));
         }
         let split = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(x.clone())) * (hd as f64).powf(-0.5);

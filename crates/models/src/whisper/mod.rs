@@ -40,6 +40,9 @@ pub struct WhisperLayer {
     pub conv_adapter: Option<ConvAdapter>,
     /// Learned key/value prefix (PEFT prefix tuning; None when loaded).
     pub prefix: Option<Prefix>,
+    /// Self-attention's products in bf16 off the autodiff graph (mixed precision, as autocast;
+    /// [`crate::UpstreamModel::set_precision`]).
+    pub bf16_attention: bool,
 }
 
 impl WhisperLayer {
@@ -50,7 +53,7 @@ impl WhisperLayer {
             // On the CPU: one fused operation (speechtune_kernels::attention), no mask (as in
             // transformers, the encoder attends to every frame of its window, padding included).
             let (q, k, v) = (self.q_proj.forward(x.clone()), self.k_proj.forward(x.clone()), self.v_proj.forward(x));
-            return self.out_proj.forward(speechtune_kernels::attention(q, k, v, h, None));
+            return self.out_proj.forward(speechtune_kernels::attention(q, k, v, h, None, self.bf16_attention));
         }
         let split = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(x.clone())) * (hd as f64).powf(-0.5);
@@ -106,6 +109,7 @@ impl WhisperEncoder {
                 adapter_ffn: None,
                 conv_adapter: None,
                 prefix: None,
+                bf16_attention: false,
             });
         }
         let embed = w.tensor("embed_positions.weight", [cfg.max_source_positions, d], device)?;
