@@ -64,6 +64,7 @@ def main(path: str) -> None:
             f"speechtune build: backend {b['backend']}, burn features {b['burn_features']}{extra}; "
             f"CPU instruction sets {', '.join(b['cpu_isa']) or 'baseline'}; kernels: {b['kernels']}"
             + (f"; bf16 products: {b['bf16_kernel']}" if "bf16_kernel" in b else "")
+            + (f" ({b['bf16_ops']})" if "bf16_ops" in b else "")
         )
     if "build" in pt:
         b = pt["build"]

@@ -459,8 +459,15 @@ fn build(device: &Device) -> serde_json::Value {
         } else {
             "cubecl"
         },
-        // Mixed precision's products: AMX tiles, `vdpbf16ps` (AVX512_BF16) or a portable loop.
+        // Mixed precision's products: AMX tiles, `vdpbf16ps` (AVX512_BF16) or a portable loop;
+        // which operations run on them: frozen linear layers and the frozen CNN, and (off the
+        // training graph, where the kernel is native) the fused attention's products.
         "bf16_kernel": speechtune_kernels::bf16::kernel_name(),
+        "bf16_ops": if speechtune_kernels::bf16::native() {
+            "frozen linear layers, frozen CNN, attention off the training graph"
+        } else {
+            "frozen linear layers, frozen CNN"
+        },
     })
 }
 
