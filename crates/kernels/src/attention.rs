@@ -142,16 +142,16 @@ pub fn forward_values(
     (out, keep.then_some(stats))
 }
 
-/// Rows of queries per block of [`forward_values_bf16`]: their scores (rows × time f32 and as
-/// many bf16) stay in L2 between the two products (t = 1,500: 384 + 192 KiB).
+/// Rows of queries per block of [`forward_values_bf16`]: their scores (rows × time f32, and the
+/// product's bf16 copy of them) stay in L2 between the two products (t = 1,500: 384 + 192 KiB).
 const QUERY_BLOCK: usize = 64;
 
 /// [`forward_values`] (without statistics: for inference) with its products in bf16, as
 /// PyTorch's autocast runs attention: Q, K, V and the probabilities rounded to bf16 ([`crate::bf16`],
 /// AMX or AVX512_BF16), scores, sums and outputs in f32. Per head, Kᵀ (scaled) and V are packed
-/// once; then per block of [`QUERY_BLOCK`] queries the scores' product, one pass that writes
-/// `exp(s − max)` rounded to bf16 (unnormalised), the product with V, and its rows scaled by
-/// `1 / Σ` on their way into the output.
+/// once; then per block of [`QUERY_BLOCK`] queries the scores' product, one pass that turns the
+/// scores into `exp(s − max)` (unnormalised, with each row's Σ), the product with V (which rounds
+/// them to bf16 on the way in), and its rows scaled by `1 / Σ` on their way into the output.
 pub fn forward_values_bf16(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, s: Shape, scale: f32) -> Vec<f32> {
     use crate::bf16::{PackedB, matmul};
     let (t, w, hd) = (s.time, s.width(), s.head_dim);
@@ -159,6 +159,9 @@ pub fn forward_values_bf16(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>
     assert!(q.len() == n && k.len() == n && v.len() == n, "attention inputs of {n} values each");
     if let Some(m) = mask {
         assert_eq!(m.len(), s.batch * t, "a key mask of batch × time values");
+    }
+    if n == 0 {
+        return Vec::new();
     }
     // Written in full below (each head's columns of every row), so not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(n);
@@ -470,8 +473,7 @@ mod tests {
     fn bf16_products_follow_their_definition() {
         let r = |x: f32| crate::bf16::from_bf16(crate::bf16::to_bf16(x));
         for (t, heads, hd) in [(77, 3, 5), (QUERY_BLOCK + 1, 2, 8)] {
-            let (b, w) = (2, heads * 5.max(hd));
-            let hd = w / heads;
+            let (b, w) = (2, heads * hd);
             let mut seed = 0x9e37_79b9_u64;
             let mut x = || {
                 (0..b * t * w)
@@ -519,6 +521,9 @@ mod tests {
             let diff = f32_out.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(diff > 0.0 && diff < 2e-2, "{diff}");
         }
+        // No frames: no output (and no block of zero queries).
+        let empty = Shape { batch: 1, time: 0, heads: 2, head_dim: 4 };
+        assert!(forward_values_bf16(&[], &[], &[], None, empty, 0.5).is_empty());
     }
 
     /// `bf16` runs the bf16 products off the graph where the CPU has bf16 instructions, the f32
