@@ -283,6 +283,25 @@ mod tests {
         assert!(stats.chunks(2).all(|s| s[1] > 0.0 && s[1] < 1.0), "{stats:?}");
     }
 
+    /// `exp_rows` is the softmax before its normalising pass: the same statistics, and its values
+    /// times `1 / Σ` are softmax_rows's bit for bit (a masked key exactly 0).
+    #[test]
+    fn exp_rows_are_the_unnormalised_softmax() {
+        let row = 37;
+        let mut scores: Vec<f32> = (0..row * 4).map(|i| ((i * 7919) % 103) as f32 * 0.29 - 15.0).collect();
+        scores[40] = -1e9;
+        let (mut plain, mut want) = (scores.clone(), vec![0.0f32; 8]);
+        super::softmax_rows_stats(&mut plain, row, &mut want);
+        let mut stats = vec![0.0f32; 8];
+        super::exp_rows(&mut scores, row, &mut stats);
+        assert_eq!(stats, want);
+        assert_eq!(scores[40], 0.0);
+        assert!(scores.chunks(row).all(|r| r.contains(&1.0)), "each row's maximum gives exp(0)");
+        let scaled: Vec<f32> =
+            scores.chunks(row).zip(stats.chunks(2)).flat_map(|(r, s)| r.iter().map(move |e| e * s[1])).collect();
+        assert_eq!(scaled, plain);
+    }
+
     #[test]
     fn softmax_rows_match_the_definition() {
         let row = 37; // not a multiple of 16: the remainder path runs
