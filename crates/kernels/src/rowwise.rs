@@ -330,6 +330,9 @@ mod tests {
         }
     }
 
+    /// Values and input gradients equal burn's softmax to f32 rounding: the gradient's row sums
+    /// `Σ y·r` (130 terms, summed in another order) differ by up to ~2e-6 on unseeded random
+    /// inputs (1.0e-6 in release and 1.4e-6 in the dev profile over 300 draws, 1.9e-6 once in CI).
     #[test]
     fn softmax_equals_burns() {
         for device in devices() {
@@ -338,8 +341,7 @@ mod tests {
             let (y, g) = value_and_grad(softmax_last, &x, &r);
             let (y_ref, g_ref) = value_and_grad(|x| act::softmax(x, 2), &x, &r);
             assert!(max_diff(&y, &y_ref) < 1e-6, "{}", max_diff(&y, &y_ref));
-            assert!(max_diff(&g, &g_ref) < 1e-6, "{}", max_diff(&g, &g_ref));
-            assert!(g_ref.iter().any(|g| g.abs() > 1e-2));
+            crate::testing::assert_close("softmax's input gradient", &g, &g_ref, 4e-6);
         }
     }
 
