@@ -160,8 +160,57 @@ def main():
     print()
     print(f"time: transformers encoder + generate {t_pt:.1f} s, speechtune transcribe {t_st:.1f} s (process included)")
     json.dump({"speechtune": st_texts, "transformers": pt_texts, "reference": refs}, sys.stderr, ensure_ascii=False, indent=1)
+    mixed_precision(a, model, processor, english, utts, st_texts, t_st, acc_six)
     if not a.no_train:
         fine_tune(a)
+
+
+def mixed_precision(a, model, processor, english, utts, f32_texts, f32_seconds, f32_lid):
+    """The same checks with `--precision bf16` against speechtune's f32, and the encoder's change
+    under mixed precision on both sides (transformers: `torch.autocast("cpu", torch.bfloat16)`),
+    over the frames that cover each recording."""
+    import torch
+    from safetensors.numpy import load_file
+
+    t0 = time.time()
+    out = run(a.speechtune, "transcribe", a.model, "--language", "en", "--precision", "bf16", *[u[0] for u in english])
+    seconds = time.time() - t0
+    texts = [line.split("\t")[1] for line in out.splitlines()]
+    out = run(a.speechtune, "identify", a.model, "--precision", "bf16", "--languages", ",".join(WHISPER_CODE),
+              *[u[0] for u in utts])
+    got = [line.split("\t")[1] for line in out.splitlines()]
+    lid = sum(g == WHISPER_CODE[u[1]] for g, u in zip(got, utts)) / len(utts)
+    # Largest change of the last hidden state against each side's own f32, and the largest value.
+    change = {"speechtune": [0.0, 0.0], "transformers": [0.0, 0.0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in ["f32", "bf16"]:
+            os.makedirs(os.path.join(tmp, p))
+            run(a.speechtune, "features", a.model, *[u[0] for u in english], "--out-dir", os.path.join(tmp, p),
+                "--precision", p)
+        for path, _, _ in english:
+            stem = os.path.splitext(os.path.basename(path))[0]
+            ours = [load_file(os.path.join(tmp, p, stem + ".safetensors")) for p in ["f32", "bf16"]]
+            last = max(ours[0], key=lambda k: int(k.rsplit(".", 1)[1]))
+            o32, o16 = (o[last].reshape(-1, o[last].shape[-1]) for o in ours)
+            feats = processor(load(path), sampling_rate=16000, return_tensors="pt").input_features
+            with torch.no_grad():
+                t32 = model.model.encoder(feats).last_hidden_state[0].float().numpy()[: o32.shape[0]]
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    t16 = model.model.encoder(feats).last_hidden_state[0].float().numpy()[: o32.shape[0]]
+            for side, (x, y) in {"speechtune": (o16, o32), "transformers": (t16, t32)}.items():
+                change[side][0] = max(change[side][0], float(np.abs(x - y).max()))
+                change[side][1] = max(change[side][1], float(np.abs(y).max()))
+    same = sum(x == y for x, y in zip(texts, f32_texts))
+    refs = [u[2] for u in english]
+    (sd, sl), (td, tl) = change["speechtune"], change["transformers"]
+    print()
+    print("| mixed precision (`--precision bf16`) | result |")
+    print("|---|---|")
+    print(f"| greedy transcripts identical to speechtune's f32 ones | {same} of {len(english)} (WER {100 * wer(texts, refs):.1f}%) |")
+    print(f"| zero-shot LID accuracy, the demo's 6 languages | {100 * lid:.1f}% (f32 {100 * f32_lid:.1f}%) |")
+    print(f"| encoder last hidden state, max change from f32 / largest value | speechtune {sd:.2f} / {sl:.1f} ({100 * sd / sl:.1f}%), "
+          f"transformers under autocast {td:.2f} / {tl:.1f} ({100 * td / tl:.1f}%) |")
+    print(f"| transcribe, the {len(english)} recordings (process included) | {seconds:.1f} s (f32 {f32_seconds:.1f} s) |")
 
 
 def fine_tune(a):
