@@ -471,9 +471,6 @@ fn build(device: &Device) -> serde_json::Value {
     })
 }
 
-/// `bench/profile.sh` records the timed runs only: it starts `perf record --delay=-1 --control
-/// fifo:CTL,ACK` and names the two FIFOs in `SPEECHTUNE_PERF_CTL` / `SPEECHTUNE_PERF_ACK`; this
-/// switches recording on or off and waits for perf's acknowledgement. Without them, nothing.
 /// The inference tasks' timed runs of `forward` (after `args.warmup` untimed ones), each until
 /// its last hidden state is there (asynchronous backends), as the peer's call returns it.
 fn time_inference(args: &Args, mut forward: impl FnMut() -> Result<UpstreamOutput>) -> Result<Vec<f64>> {
@@ -493,6 +490,9 @@ fn time_inference(args: &Args, mut forward: impl FnMut() -> Result<UpstreamOutpu
     Ok(runs)
 }
 
+/// `bench/profile.sh` records the timed runs only: it starts `perf record --delay=-1 --control
+/// fifo:CTL,ACK` and names the two FIFOs in `SPEECHTUNE_PERF_CTL` / `SPEECHTUNE_PERF_ACK`; this
+/// switches recording on or off and waits for perf's acknowledgement. Without them, nothing.
 fn perf_control(command: &str) {
     use std::io::{Read, Write};
     let (Some(ctl), Some(ack)) = (std::env::var_os("SPEECHTUNE_PERF_CTL"), std::env::var_os("SPEECHTUNE_PERF_ACK"))

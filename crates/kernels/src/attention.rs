@@ -53,6 +53,28 @@ impl Shape {
     fn tasks(&self) -> usize {
         self.batch * self.heads
     }
+
+    /// Values in each of q, k, v (`[batch, time, width]`), after checking them and the mask's.
+    fn check(&self, q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>) -> usize {
+        let n = self.batch * self.time * self.width();
+        assert!(q.len() == n && k.len() == n && v.len() == n, "attention inputs of {n} values each");
+        if let Some(m) = mask {
+            assert_eq!(m.len(), self.batch * self.time, "a key mask of batch × time values");
+        }
+        assert!(self.head_dim > 0 || n == 0, "heads of at least one value");
+        n
+    }
+
+    /// Task `task`'s key mask (its sequence's `time` values), added to each row of its scores.
+    fn add_mask(&self, scores: &mut [f32], mask: Option<&[f32]>, task: usize) {
+        let t = self.time;
+        if let Some(m) = mask {
+            let m = &m[(task / self.heads) * t..][..t];
+            for row in scores.chunks_exact_mut(t) {
+                row.iter_mut().zip(m).for_each(|(a, b)| *a += b);
+            }
+        }
+    }
 }
 
 /// Task `task`'s scores `scale · Q Kᵀ + mask` (t × t), written to `p`.
@@ -76,12 +98,7 @@ unsafe fn scores<'a>(
         mm(t, t, hd, p, t, View::rows(q, o, w), View::cols(k, o, w), scale, false, gemm::Parallelism::None);
         std::slice::from_raw_parts_mut(p, t * t)
     };
-    if let Some(m) = mask {
-        let m = &m[(task / s.heads) * t..][..t];
-        for row in p.chunks_exact_mut(t) {
-            row.iter_mut().zip(m).for_each(|(a, b)| *a += b);
-        }
-    }
+    s.add_mask(p, mask, task);
     p
 }
 
@@ -100,12 +117,7 @@ pub fn forward_values(
     keep: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let (t, w, hd) = (s.time, s.width(), s.head_dim);
-    let n = s.batch * t * w;
-    assert!(q.len() == n && k.len() == n && v.len() == n, "attention inputs of {n} values each");
-    if let Some(m) = mask {
-        assert_eq!(m.len(), s.batch * t, "a key mask of batch × time values");
-    }
-    assert!(hd > 0 || n == 0, "heads of at least one value");
+    let n = s.check(q, k, v, mask);
     // The output is written in full by the products below (each head's columns of every row),
     // so it is not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(n);
@@ -155,11 +167,7 @@ const QUERY_BLOCK: usize = 64;
 pub fn forward_values_bf16(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, s: Shape, scale: f32) -> Vec<f32> {
     use crate::bf16::{PackedB, matmul};
     let (t, w, hd) = (s.time, s.width(), s.head_dim);
-    let n = s.batch * t * w;
-    assert!(q.len() == n && k.len() == n && v.len() == n, "attention inputs of {n} values each");
-    if let Some(m) = mask {
-        assert_eq!(m.len(), s.batch * t, "a key mask of batch × time values");
-    }
+    let n = s.check(q, k, v, mask);
     if n == 0 {
         return Vec::new();
     }
@@ -173,16 +181,11 @@ pub fn forward_values_bf16(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>
             let at = s.offset(task);
             let kt = PackedB::from_strided_transposed(&k[at..], w, hd, t, scale);
             let vp = PackedB::from_strided_rows(&v[at..], w, t, hd, 1.0);
-            let mask = mask.map(|m| &m[(task / s.heads) * t..][..t]);
             for r0 in (0..t).step_by(rows) {
                 let m = rows.min(t - r0);
                 let (scores, o, stats) = (&mut scores[..m * t], &mut o[..m * hd], &mut stats[..2 * m]);
                 matmul(&q[at + r0 * w..], m, w, &kt, scores, false);
-                if let Some(mask) = mask {
-                    for row in scores.chunks_exact_mut(t) {
-                        row.iter_mut().zip(mask).for_each(|(a, b)| *a += b);
-                    }
-                }
+                s.add_mask(scores, mask, task);
                 exp_rows(scores, t, stats);
                 matmul(scores, m, t, &vp, o, false);
                 for (i, (row, st)) in o.chunks_exact(hd).zip(stats.chunks_exact(2)).enumerate() {
@@ -213,8 +216,8 @@ pub fn backward_values(
     need: [bool; 3],
 ) -> [Option<Vec<f32>>; 3] {
     let (t, w, hd) = (s.time, s.width(), s.head_dim);
-    let n = s.batch * t * w;
-    assert!(q.len() == n && k.len() == n && v.len() == n && d_out.len() == n);
+    let n = s.check(q, k, v, mask);
+    assert_eq!(d_out.len(), n, "an output gradient of {n} values");
     assert_eq!(stats.len(), s.tasks() * t * 2, "softmax statistics of {} heads × {t} rows", s.tasks());
     // Each asked-for gradient is written in full by its per-head products (k = time > 0 where
     // n > 0), so none is zeroed first.

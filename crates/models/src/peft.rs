@@ -107,7 +107,7 @@ impl UpstreamModel {
         let bf16 = precision == Precision::Bf16;
         match self {
             UpstreamModel::Ssl(m) => m.encoder.layers.iter_mut().for_each(|l| l.attention.bf16_attention = bf16),
-            UpstreamModel::Whisper(m) => m.layers.iter_mut().for_each(|l| l.bf16_attention = bf16),
+            UpstreamModel::Whisper(m) => m.use_bf16_attention(bf16),
         }
         let projections = set_precision(self.projections_mut(), precision);
         let cnn = match (self, precision) {
@@ -317,7 +317,7 @@ impl WhisperSeq2Seq {
     /// As [`UpstreamModel::set_precision`], in both halves, and the decoder's output projection
     /// ([`WhisperDecoder::set_precision`](crate::whisper::decoder::WhisperDecoder::set_precision)).
     pub fn set_precision(&mut self, precision: Precision) -> usize {
-        self.encoder.layers.iter_mut().for_each(|l| l.bf16_attention = precision == Precision::Bf16);
+        self.encoder.use_bf16_attention(precision == Precision::Bf16);
         set_precision(self.projections_mut(), precision) + usize::from(self.decoder.set_precision(precision))
     }
 

@@ -90,6 +90,12 @@ pub struct WhisperEncoder {
 }
 
 impl WhisperEncoder {
+    /// Every layer's self-attention products in bf16 off the autodiff graph (`on`) or in f32
+    /// (`WhisperLayer::bf16_attention`; set by the models' `set_precision`).
+    pub fn use_bf16_attention(&mut self, on: bool) {
+        self.layers.iter_mut().for_each(|l| l.bf16_attention = on);
+    }
+
     pub fn load(cfg: &WhisperConfig, w: &Weights, device: &Device) -> Result<Self> {
         let (d, m, f) = (cfg.d_model, cfg.num_mel_bins, cfg.encoder_ffn_dim);
         let mut layers = Vec::new();
