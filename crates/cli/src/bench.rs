@@ -460,13 +460,14 @@ fn build(device: &Device) -> serde_json::Value {
             "cubecl"
         },
         // Mixed precision's products: AMX tiles, `vdpbf16ps` (AVX512_BF16) or a portable loop;
-        // which operations run on them: frozen linear layers and the frozen CNN, and (off the
-        // training graph, where the kernel is native) the fused attention's products.
+        // which operations run on them: frozen linear layers, the frozen CNN (but a first layer
+        // with its group norm folded) and positional convolution, and (off the training graph,
+        // where the kernel is native) the fused attention's products.
         "bf16_kernel": speechtune_kernels::bf16::kernel_name(),
         "bf16_ops": if speechtune_kernels::bf16::native() {
-            "frozen linear layers, frozen CNN, attention off the training graph"
+            "frozen linear layers, frozen CNN (first layer f32, group norm folded), frozen positional conv, attention off the training graph"
         } else {
-            "frozen linear layers, frozen CNN"
+            "frozen linear layers, frozen CNN (first layer f32, group norm folded), frozen positional conv"
         },
     })
 }

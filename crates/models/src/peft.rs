@@ -99,10 +99,12 @@ impl UpstreamModel {
         self.projections_mut().into_iter().for_each(Proj::relayout_for_backward);
     }
 
-    /// Every frozen, unmasked projection's products in `precision` ([`Proj::use_bf16`]), and a
-    /// frozen CNN's ([`FeatureEncoder::use_bf16`](crate::ssl::FeatureEncoder::use_bf16)), and
-    /// the fused self-attention's off the autodiff graph (see [`speechtune_kernels::attention`]);
-    /// returns how many projections and CNNs run in bf16.
+    /// Every frozen, unmasked projection's products in `precision` ([`Proj::use_bf16`]), a
+    /// frozen CNN's ([`FeatureEncoder::use_bf16`](crate::ssl::FeatureEncoder::use_bf16)) and
+    /// positional convolution's ([`WeightNormPosConv::use_bf16`](crate::ssl::WeightNormPosConv::use_bf16)),
+    /// and the fused self-attention's off the autodiff graph (see
+    /// [`speechtune_kernels::attention`]); returns how many projections, CNNs and positional
+    /// convolutions run in bf16.
     pub fn set_precision(&mut self, precision: Precision) -> usize {
         let bf16 = precision == Precision::Bf16;
         match self {
@@ -110,15 +112,18 @@ impl UpstreamModel {
             UpstreamModel::Whisper(m) => m.use_bf16_attention(bf16),
         }
         let projections = set_precision(self.projections_mut(), precision);
-        let cnn = match (self, precision) {
-            (UpstreamModel::Ssl(m), Precision::Bf16) => usize::from(m.feature_encoder.use_bf16()),
-            (UpstreamModel::Ssl(m), Precision::F32) => {
-                m.feature_encoder.bf16 = None;
-                0
-            }
-            (UpstreamModel::Whisper(_), _) => 0,
+        let UpstreamModel::Ssl(m) = self else { return projections };
+        let cnn = if bf16 {
+            m.feature_encoder.use_bf16()
+        } else {
+            m.feature_encoder.bf16 = None;
+            false
         };
-        projections + cnn
+        let pos_conv = match &mut m.encoder.pos_conv {
+            crate::ssl::PosConv::WeightNorm(c) => c.use_bf16(bf16),
+            crate::ssl::PosConv::Stacked(_) => false,
+        };
+        projections + usize::from(cnn) + usize::from(pos_conv)
     }
 
     /// The PEFT slots of every transformer layer, in order.

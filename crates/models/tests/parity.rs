@@ -217,7 +217,8 @@ fn native_cnn_equals_the_burn_graph() {
 
 /// Mixed precision (bf16 products, f32 sums) on every fixture: each hidden state within a few
 /// bf16 roundings of transformers' f32 reference, relative to the state's scale; every
-/// projection (and the CNN, where the model has one) switched.
+/// projection (and the CNN and the weight-normed positional convolution, where the model has
+/// them) switched, but a first CNN layer with its group norm (folded into its weights) kept f32.
 #[test]
 fn bf16_hidden_states_stay_near_the_f32_reference() {
     let dev = device();
@@ -227,8 +228,17 @@ fn bf16_hidden_states_stay_near_the_f32_reference() {
         let mut up = Upstream::load(&dir, &dev).unwrap();
         let projections = up.model.projections_mut().len();
         let cnn = usize::from(matches!(up.model, UpstreamModel::Ssl(_)));
-        assert_eq!(up.model.set_precision(speechtune_models::Precision::Bf16), projections + cnn, "{name}");
+        let pos_conv = usize::from(
+            matches!(&up.model, UpstreamModel::Ssl(m) if matches!(m.encoder.pos_conv, speechtune_models::ssl::PosConv::WeightNorm(_))),
+        );
+        assert_eq!(up.model.set_precision(speechtune_models::Precision::Bf16), projections + cnn + pos_conv, "{name}");
         assert_eq!(attention_in_bf16(&up.model), [true], "{name}: every layer's attention in bf16");
+        if let UpstreamModel::Ssl(m) = &up.model {
+            let packed: Vec<bool> = m.feature_encoder.bf16.as_ref().unwrap().iter().map(Option::is_some).collect();
+            let want: Vec<bool> = m.feature_encoder.layers.iter().map(|l| l.group_norm.is_none()).collect();
+            assert!(want[1..].iter().all(|&p| p), "{name}: only the first layer has a group norm");
+            assert_eq!(packed, want, "{name}: every CNN layer in bf16 but a first with its group norm");
+        }
         let out = up.forward_waves(&[r["single.raw"].1.clone()], &dev).unwrap();
         let mut worst = 0.0f32;
         for (i, h) in out.hidden_states.iter().enumerate() {
@@ -241,8 +251,13 @@ fn bf16_hidden_states_stay_near_the_f32_reference() {
         }
         assert!(worst > 1e-4, "{name}: bf16 gave f32's values ({worst})");
         println!("bf16    {name:<17} max diff {worst:.2e} of the state's scale");
-        up.model.set_precision(speechtune_models::Precision::F32);
+        assert_eq!(up.model.set_precision(speechtune_models::Precision::F32), 0, "{name}: back to f32");
         assert_eq!(attention_in_bf16(&up.model), [false], "{name}: back to f32");
+        if let UpstreamModel::Ssl(m) = &up.model
+            && let speechtune_models::ssl::PosConv::WeightNorm(c) = &m.encoder.pos_conv
+        {
+            assert!(c.bf16.is_none(), "{name}: the positional convolution back to f32");
+        }
     }
 }
 

@@ -20,6 +20,9 @@ pub struct WeightNormPosConv {
     pub weight_v: Param<Tensor<3>>,
     pub bias: Param<Tensor<1>>,
     pub groups: usize,
+    /// Each group's weight packed for bf16 products ([`WeightNormPosConv::use_bf16`]).
+    #[module(skip)]
+    pub bf16: Option<std::sync::Arc<Vec<speechtune_kernels::bf16::PackedB>>>,
 }
 
 impl WeightNormPosConv {
@@ -39,7 +42,23 @@ impl WeightNormPosConv {
             weight_v,
             bias: Param::from_tensor(w.tensor(&format!("{p}.bias"), [d], device)?),
             groups: g,
+            bf16: None,
         })
+    }
+
+    /// Mixed precision (`on`): the convolution's products with bf16 inputs and f32 sums, as
+    /// `torch.autocast` runs `conv1d`, where it runs outside burn (its weights frozen, on the
+    /// CPU; packed now). False (and f32) otherwise, or with `on` false.
+    pub fn use_bf16(&mut self, on: bool) -> bool {
+        let frozen = ![self.weight_g.val(), self.weight_v.val()].iter().any(|w| w.is_require_grad())
+            && !self.bias.val().is_require_grad();
+        let on_cpu = self.weight_v.val().device().inner() == Device::flex();
+        self.bf16 = (on && frozen && on_cpu).then(|| {
+            let [_, cg, kernel] = self.weight_v.dims();
+            let wg = super::native_cnn::pos_conv_weight(self.weight_g.val(), self.weight_v.val());
+            std::sync::Arc::new(super::native_cnn::pos_conv_packed(&wg, self.groups, cg, kernel))
+        });
+        self.bf16.is_some()
     }
 
     /// On the CPU, where no gradient flows through it (inference, or training of later layers
@@ -87,9 +106,16 @@ impl PosConv {
         if let PosConv::WeightNorm(c) = self
             && c.runs_natively(&x)
         {
+            use super::native_cnn::{PosConvWeight, pos_conv_native, pos_conv_weight};
             let [_, cg, kernel] = c.weight_v.dims();
-            let weight = super::native_cnn::pos_conv_weight(c.weight_g.val(), c.weight_v.val());
-            return super::native_cnn::pos_conv_native(x, &weight, cg, kernel, c.bias.val(), c.groups, act);
+            let (bias, groups) = (c.bias.val(), c.groups);
+            return match &c.bf16 {
+                Some(packed) => pos_conv_native(x, PosConvWeight::Bf16(packed), cg, kernel, bias, groups, act),
+                None => {
+                    let wg = pos_conv_weight(c.weight_g.val(), c.weight_v.val());
+                    pos_conv_native(x, PosConvWeight::F32(&wg), cg, kernel, bias, groups, act)
+                }
+            };
         }
         if speechtune_kernels::supports(&x) && x.device().is_autodiff() {
             return self.forward_channels_last(x, act);
@@ -361,6 +387,7 @@ mod tests {
                 weight_v: Param::from_tensor(Tensor::random([dim, dim / groups, kernel], normal, &inner)),
                 bias: Param::from_tensor(Tensor::random([dim], normal, &inner)),
                 groups,
+                bf16: None,
             });
             let x = Tensor::<3>::random([2, 11, dim], normal, &inner);
             let PosConv::WeightNorm(c) = &conv else { unreachable!() };
@@ -377,6 +404,67 @@ mod tests {
             for (i, (a, b)) in native.iter().zip(&graph).enumerate() {
                 assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "kernel {kernel}, [{i}]: {a} vs the graph's {b}");
             }
+        }
+    }
+
+    /// Mixed precision: the positional convolution's products in bf16 are their definition on
+    /// bf16-rounded inputs and weights (sums in f64 here), for even and odd kernels; they differ
+    /// from f32's; a trainable weight stays f32, and `use_bf16(false)` switches back.
+    #[test]
+    fn bf16_positional_conv_is_its_definition() {
+        use speechtune_kernels::bf16::{from_bf16, to_bf16};
+        let r = |v: f32| from_bf16(to_bf16(v)) as f64;
+        let normal = Distribution::Normal(0.0, 1.0);
+        let device = Device::flex();
+        for kernel in [8, 7] {
+            let (dim, groups, batch, time) = (32, 4, 2, 11);
+            let cg = dim / groups;
+            let mut c = WeightNormPosConv {
+                weight_g: Param::from_tensor(Tensor::random([1, 1, kernel], normal, &device)),
+                weight_v: Param::from_tensor(Tensor::random([dim, cg, kernel], normal, &device)),
+                bias: Param::from_tensor(Tensor::random([dim], normal, &device)),
+                groups,
+                bf16: None,
+            };
+            let x = Tensor::<3>::random([batch, time, dim], normal, &device);
+            let f32_out = values(PosConv::WeightNorm(c.clone()).forward(x.clone(), Activation::Gelu));
+            assert!(c.use_bf16(true), "frozen weights on the CPU");
+            let conv = PosConv::WeightNorm(c.clone());
+            let got = values(conv.forward(x.clone(), Activation::Gelu));
+
+            let wg = super::super::native_cnn::pos_conv_weight(c.weight_g.val(), c.weight_v.val());
+            let (xv, bias) = (values(x), values(c.bias.val()));
+            let pad = kernel / 2;
+            let mut want = vec![0.0f32; batch * time * dim];
+            for b in 0..batch {
+                for t in 0..time {
+                    for ch in 0..dim {
+                        let (g, o) = (ch / cg, ch % cg);
+                        let mut sum = bias[ch] as f64;
+                        for j in 0..kernel {
+                            let Some(src) = (t + j).checked_sub(pad).filter(|&s| s < time) else { continue };
+                            for i in 0..cg {
+                                let w = wg[g * kernel * cg * cg + (j * cg + i) * cg + o];
+                                sum += r(xv[(b * time + src) * dim + g * cg + i]) * r(w);
+                            }
+                        }
+                        want[(b * time + t) * dim + ch] = sum as f32;
+                    }
+                }
+            }
+            Activation::Gelu.apply_slice(&mut want);
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+            assert!(diff(&got, &want) < 1e-5, "kernel {kernel}: {} of the scale from its definition", diff(&got, &want));
+            assert!(diff(&got, &f32_out) > 1e-4, "kernel {kernel}: bf16 gave f32's values");
+            assert!(diff(&got, &f32_out) < 0.02, "kernel {kernel}: {} from f32's", diff(&got, &f32_out));
+
+            assert!(!c.use_bf16(false) && c.bf16.is_none(), "back to f32");
+            let ad = device.clone().autodiff();
+            let mut trained = PosConv::WeightNorm(c).fork(&ad);
+            let PosConv::WeightNorm(t) = &mut trained else { unreachable!() };
+            t.weight_v = Param::from_tensor(Tensor::<3>::from_data(t.weight_v.val().into_data(), &ad).require_grad());
+            assert!(!t.use_bf16(true), "kernel {kernel}: a trainable weight stays f32");
         }
     }
 }

@@ -51,9 +51,10 @@ pub struct FeatureEncoder {
     pub layers: Vec<ConvLayer>,
     #[module(skip)]
     pub activation: Activation,
-    /// Each layer's weight in bf16 for the native CNN's products ([`FeatureEncoder::use_bf16`]).
+    /// Each layer's weight in bf16 for the native CNN's products, `None` for a layer that stays
+    /// f32 ([`FeatureEncoder::use_bf16`]).
     #[module(skip)]
-    pub bf16: Option<std::sync::Arc<Vec<speechtune_kernels::bf16::PackedB>>>,
+    pub bf16: Option<std::sync::Arc<Vec<Option<speechtune_kernels::bf16::PackedB>>>>,
 }
 
 impl FeatureEncoder {

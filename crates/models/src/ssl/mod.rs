@@ -11,7 +11,7 @@ use burn::nn::Linear;
 use burn::prelude::*;
 
 pub use attention::{Attention, RelativePositionGate};
-pub use encoder::{Encoder, EncoderLayer, PosConv};
+pub use encoder::{Encoder, EncoderLayer, PosConv, WeightNormPosConv};
 pub use feature_encoder::{FeatureEncoder, output_length};
 
 use crate::Result;

@@ -119,8 +119,11 @@ impl FeatureEncoder {
     }
 
     /// Mixed precision: the native CNN's products with bf16 inputs (weights packed now) and f32
-    /// sums; normalisations and activations stay f32. False (and f32) where the CNN does not
-    /// run natively (one of its parameters trains, or it is not on the CPU).
+    /// sums; normalisations and activations stay f32. A layer that folds its group norm into its
+    /// weights ([`folded_group_norm_conv`]: wav2vec2's first, 10 samples per receptive field)
+    /// stays f32: its product is a small part of its work, and the folding saves the rest.
+    /// False (and f32) where the CNN does not run natively (one of its parameters trains, or it
+    /// is not on the CPU).
     pub fn use_bf16(&mut self) -> bool {
         let on_cpu = self.layers.first().is_some_and(|l| l.conv.weight.device() == Device::flex());
         let mut v = NeedsGrad(false);
@@ -128,9 +131,12 @@ impl FeatureEncoder {
         self.bf16 = (on_cpu && !v.0).then(|| {
             let packed = self.layers.iter().map(|l| {
                 let [c_out, c_in, kernel] = l.conv.weight.dims();
-                let w = values(l.conv.weight.val());
-                // B[j·c_in + c, o] = W[o, c, j]
-                PackedB::from_fn(kernel * c_in, c_out, |q, o| w[(o * c_in + q % c_in) * kernel + q / c_in])
+                let folds = l.group_norm.is_some() && kernel * c_in <= FOLDED_FIELD;
+                (!folds).then(|| {
+                    let w = values(l.conv.weight.val());
+                    // B[j·c_in + c, o] = W[o, c, j]
+                    PackedB::from_fn(kernel * c_in, c_out, |q, o| w[(o * c_in + q % c_in) * kernel + q / c_in])
+                })
             });
             std::sync::Arc::new(packed.collect())
         });
@@ -143,12 +149,13 @@ impl FeatureEncoder {
         let device = samples.device();
         let [batch, n] = samples.dims();
         let waves = values(samples);
-        // The f32 weights as `[kernel × c_in, c_out]`: the stored values where the weight is
-        // stored that way (FeatureEncoder::load on the CPU), else relaid out for this call.
-        let weights: Vec<Values> = match self.bf16 {
-            Some(_) => Vec::new(),
-            None => self.layers.iter().map(|l| Values::conv_matrix(l.conv.weight.val())).collect(),
-        };
+        // The f32 weights of the layers not packed in bf16, as `[kernel × c_in, c_out]`: the
+        // stored values where the weight is stored that way (FeatureEncoder::load on the CPU),
+        // else relaid out for this call.
+        let packed = |i: usize| self.bf16.as_ref().and_then(|p| p[i].as_ref());
+        let weights: Vec<Option<Values>> = (self.layers.iter().enumerate())
+            .map(|(i, l)| packed(i).is_none().then(|| Values::conv_matrix(l.conv.weight.val())))
+            .collect();
         let layers: Vec<Layer> = self
             .layers
             .iter()
@@ -156,8 +163,8 @@ impl FeatureEncoder {
             .map(|(i, l)| {
                 let [c_out, c_in, kernel] = l.conv.weight.dims();
                 Layer {
-                    weight: weights.get(i).map_or(&[][..], Values::get),
-                    packed: self.bf16.as_ref().map(|p| &p[i]),
+                    weight: weights[i].as_ref().map_or(&[][..], Values::get),
+                    packed: packed(i),
                     bias: l.conv.bias.as_ref().map(|b| values(b.val())),
                     c_in,
                     c_out,
@@ -473,18 +480,34 @@ pub fn pos_conv_weight(g: Tensor<3>, v: Tensor<3>) -> Vec<f32> {
     wg
 }
 
+/// The positional convolution's weight for [`pos_conv_native`]: f32 as laid out by
+/// [`pos_conv_weight`], or each group's `[kernel × cg, cg]` block packed for the bf16 products
+/// ([`pos_conv_packed`]).
+#[derive(Clone, Copy)]
+pub enum PosConvWeight<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [PackedB]),
+}
+
+/// Mixed precision: each group's block of [`pos_conv_weight`]'s layout packed for the bf16
+/// products (`kernel × cg` rows, `cg` columns).
+pub fn pos_conv_packed(wg: &[f32], groups: usize, cg: usize, kernel: usize) -> Vec<PackedB> {
+    let block = kernel * cg * cg;
+    (0..groups).map(|g| PackedB::from_rows(&wg[g * block..(g + 1) * block], kernel * cg, cg)).collect()
+}
+
 /// The positional convolution (`Wav2Vec2PositionalConvEmbedding`: grouped, symmetric padding
 /// `kernel / 2`, the extra frame of an even kernel dropped) with its bias and activation, outside
-/// burn: `x` `[batch, time, dim]` channels-last, `wg` the weight laid out by [`pos_conv_weight`]
-/// (`cg = dim / groups` channels per group, `kernel` taps); returns
-/// `[batch, time, dim]` as a constant on `x`'s device. The input is first laid out per group,
-/// `[time + kernel - 1, dim / groups]` with the padding as zero rows, so the receptive field of
-/// output frame `t` is one contiguous run of `kernel × dim / groups` values starting at row `t`:
-/// one GEMM per batch item and group reading that buffer with a row stride of one row — no
-/// im2col (burn's grouped convolution spends ~4× the time of its products on wav2vec2-base).
+/// burn: `x` `[batch, time, dim]` channels-last, `weight` [`PosConvWeight`] (`cg = dim / groups`
+/// channels per group, `kernel` taps); returns `[batch, time, dim]` as a constant on `x`'s
+/// device. The input is first laid out per group, `[time + kernel - 1, dim / groups]` with the
+/// padding as zero rows, so the receptive field of output frame `t` is one contiguous run of
+/// `kernel × dim / groups` values starting at row `t`: one product per batch item and group
+/// reading that buffer with a row stride of one row — no im2col (burn's grouped convolution
+/// spends ~4× the time of its products on wav2vec2-base).
 pub fn pos_conv_native(
     x: Tensor<3>,
-    wg: &[f32],
+    weight: PosConvWeight,
     cg: usize,
     kernel: usize,
     bias: Tensor<1>,
@@ -493,7 +516,15 @@ pub fn pos_conv_native(
 ) -> Tensor<3> {
     let device = x.device();
     let [batch, time, dim] = x.dims();
-    assert_eq!(wg.len(), groups * kernel * cg * cg, "a relayout of the positional convolution's weight");
+    match weight {
+        PosConvWeight::F32(wg) => {
+            assert_eq!(wg.len(), groups * kernel * cg * cg, "a relayout of the positional convolution's weight")
+        }
+        PosConvWeight::Bf16(p) => assert!(
+            p.len() == groups && p.iter().all(|b| b.k() == kernel * cg && b.n() == cg),
+            "the positional convolution's packed weight: one [kernel × cg, cg] block per group"
+        ),
+    }
     let (xv, bias) = (values(x), values(bias));
     let rows = time + kernel - 1;
     let pad = kernel / 2;
@@ -506,25 +537,30 @@ pub fn pos_conv_native(
                 let src = &xv[(b * time + t) * dim + g * cg..][..cg];
                 xg[(t + pad) * cg..][..cg].copy_from_slice(src);
             }
-            let mut y = vec![0.0f32; time * cg];
-            if time > 0 {
-                // y[t, o] = Σ_q xg[t·cg + q] · wg[g][q, o], q over kernel × cg.
-                // SAFETY: the last row read ends at (time-1)·cg + kernel·cg = rows·cg, inside
-                // xg; wg's block g is [kernel·cg, cg] and y [time, cg].
-                unsafe {
-                    gemm_rows(
-                        &mut y,
-                        time,
-                        cg,
-                        kernel * cg,
-                        &xg,
-                        cg,
-                        &wg[g * kernel * cg * cg..],
-                        gemm::Parallelism::None,
-                    )
-                };
+            // y[t, o] = Σ_q xg[t·cg + q] · wg[g][q, o], q over kernel × cg.
+            match weight {
+                PosConvWeight::Bf16(packed) => matmul_new(&xg, time, cg, &packed[g]),
+                PosConvWeight::F32(wg) => {
+                    let mut y = vec![0.0f32; time * cg];
+                    if time > 0 {
+                        // SAFETY: the last row read ends at (time-1)·cg + kernel·cg = rows·cg,
+                        // inside xg; wg's block g is [kernel·cg, cg] and y [time, cg].
+                        unsafe {
+                            gemm_rows(
+                                &mut y,
+                                time,
+                                cg,
+                                kernel * cg,
+                                &xg,
+                                cg,
+                                &wg[g * kernel * cg * cg..],
+                                gemm::Parallelism::None,
+                            )
+                        };
+                    }
+                    y
+                }
             }
-            y
         })
         .collect();
     let mut out = vec![0.0f32; batch * time * dim];
