@@ -461,11 +461,11 @@ fn build(device: &Device) -> serde_json::Value {
         },
         // Mixed precision's products: AMX tiles, `vdpbf16ps` (AVX512_BF16) or a portable loop;
         // which operations run on them: frozen linear layers, the frozen CNN (but a first layer
-        // with its group norm folded) and positional convolution, and (off the training graph,
-        // where the kernel is native) the fused attention's products.
+        // with its group norm folded) and positional convolution, and (where the kernel is
+        // native) the fused attention's products, forward and backward.
         "bf16_kernel": speechtune_kernels::bf16::kernel_name(),
         "bf16_ops": if speechtune_kernels::bf16::native() {
-            "frozen linear layers, frozen CNN (first layer f32, group norm folded), frozen positional conv, attention off the training graph"
+            "frozen linear layers, frozen CNN (first layer f32, group norm folded), frozen positional conv, attention (forward and backward)"
         } else {
             "frozen linear layers, frozen CNN (first layer f32, group norm folded), frozen positional conv"
         },

@@ -110,7 +110,7 @@ fn attention(seed: &mut u64) {
         let (k, v) = (values(n, seed), values(n, seed));
         let scale = (head_dim as f32).powf(-0.5);
         let mut out = (Vec::new(), Vec::new());
-        let bf16 = time(10, || out.0 = forward_values_bf16(&q, &k, &v, None, s, scale));
+        let bf16 = time(10, || out.0 = forward_values_bf16(&q, &k, &v, None, s, scale, false).0);
         let f32 = time(10, || out.1 = forward_values(&q, &k, &v, None, s, scale, false).0);
         let diff = out.0.iter().zip(&out.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         println!("| {batch} × {t} × {heads} × {head_dim} | {:.1} | {:.1} | {diff:.1e} |", bf16 * 1e3, f32 * 1e3);

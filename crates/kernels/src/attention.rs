@@ -158,22 +158,32 @@ pub fn forward_values(
 /// product's bf16 copy of them) stay in L2 between the two products (t = 1,500: 384 + 192 KiB).
 const QUERY_BLOCK: usize = 64;
 
-/// [`forward_values`] (without statistics: for inference) with its products in bf16, as
-/// PyTorch's autocast runs attention: Q, K, V and the probabilities rounded to bf16 ([`crate::bf16`],
-/// AMX or AVX512_BF16), scores, sums and outputs in f32. Per head, Kᵀ (scaled) and V are packed
-/// once; then per block of [`QUERY_BLOCK`] queries the scores' product, one pass that turns the
-/// scores into `exp(s − max)` (unnormalised, with each row's Σ), the product with V (which rounds
-/// them to bf16 on the way in), and its rows scaled by `1 / Σ` on their way into the output.
-pub fn forward_values_bf16(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, s: Shape, scale: f32) -> Vec<f32> {
+/// [`forward_values`] with its products in bf16, as PyTorch's autocast runs attention: Q, K, V
+/// and the probabilities rounded to bf16 ([`crate::bf16`], AMX or AVX512_BF16), scores, sums and
+/// outputs in f32. Per head, Kᵀ (scaled) and V are packed once; then per block of
+/// [`QUERY_BLOCK`] queries the scores' product, one pass that turns the scores into
+/// `exp(s − max)` (unnormalised, with each row's Σ), the product with V (which rounds them to
+/// bf16 on the way in), and its rows scaled by `1 / Σ` on their way into the output. With
+/// `keep`, each row's statistics (as [`forward_values`]') for [`backward_values_bf16`].
+pub fn forward_values_bf16(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    s: Shape,
+    scale: f32,
+    keep: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     use crate::bf16::{PackedB, matmul};
     let (t, w, hd) = (s.time, s.width(), s.head_dim);
     let n = s.check(q, k, v, mask);
+    let mut kept = vec![0.0f32; if keep { s.tasks() * t * 2 } else { 0 }];
     if n == 0 {
-        return Vec::new();
+        return (Vec::new(), keep.then_some(kept));
     }
     // Written in full below (each head's columns of every row), so not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(n);
-    let dst = Shared(out.as_mut_ptr());
+    let (dst, kept_at) = (Shared(out.as_mut_ptr()), Shared(kept.as_mut_ptr()));
     let rows = QUERY_BLOCK.min(t);
     (0..s.tasks()).into_par_iter().for_each_init(
         || (vec![0.0f32; rows * t], vec![0.0f32; rows * hd], vec![0.0f32; 2 * rows]),
@@ -193,12 +203,145 @@ pub fn forward_values_bf16(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>
                     let dst = unsafe { std::slice::from_raw_parts_mut(dst.at(at + (r0 + i) * w), hd) };
                     dst.iter_mut().zip(row).for_each(|(d, &x)| *d = x * st[1]);
                 }
+                if keep {
+                    // SAFETY: rows r0.. of this task's statistics, inside `kept` (keep: tasks × t × 2).
+                    unsafe { std::slice::from_raw_parts_mut(kept_at.at((task * t + r0) * 2), 2 * m) }
+                        .copy_from_slice(stats);
+                }
             }
         },
     );
     // SAFETY: every task wrote its head's columns of all rows of `out`.
     unsafe { out.set_len(n) };
-    out
+    (out, keep.then_some(kept))
+}
+
+/// [`backward_values`] for [`forward_values_bf16`] (mixed precision in training, as autocast's
+/// attention backward): its five products per head in bf16 with f32 sums, by blocks of
+/// [`QUERY_BLOCK`] queries whose scores, probabilities and their gradients (`rows × time` each)
+/// stay in cache. Per block: the scores again (the forward's product, so bit for bit its scores)
+/// and `P` from the kept statistics; `dP = dO Vᵀ`; `dS = P ⊙ (dP − rowsum(dP ⊙ P))`; the
+/// block's rows of `dQ = scale · dS K`; and the block's share of `dVᵀ += dOᵀ P` and
+/// `dKᵀ += scale · Qᵀ dS`, whose right-hand sides (`P`, `dS`) are packed as they are, so no
+/// `time × time` matrix is ever transposed. The softmax's backward and the statistics stay f32.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_values_bf16(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    stats: &[f32],
+    d_out: &[f32],
+    s: Shape,
+    scale: f32,
+    need: [bool; 3],
+) -> [Option<Vec<f32>>; 3] {
+    use crate::bf16::{PackedB, matmul};
+    let (t, w, hd) = (s.time, s.width(), s.head_dim);
+    let n = s.check(q, k, v, mask);
+    assert_eq!(d_out.len(), n, "an output gradient of {n} values");
+    assert_eq!(stats.len(), s.tasks() * t * 2, "softmax statistics of {} heads × {t} rows", s.tasks());
+    // Each asked-for gradient is written in full (every head's columns of every row), so none is
+    // zeroed first.
+    let mut grads: [Option<Vec<f32>>; 3] = need.map(|on| on.then(|| Vec::with_capacity(n)));
+    let ptr = |g: &mut Option<Vec<f32>>| g.as_mut().map(|g| Shared(g.as_mut_ptr()));
+    let [dq, dk, dv] = [ptr(&mut grads[0]), ptr(&mut grads[1]), ptr(&mut grads[2])];
+    let need_ds = need[0] || need[1];
+    let rows = QUERY_BLOCK.min(t);
+    // `head_dim × rows` transposed copies of a block of `src` (dO or Q), for the left-hand side
+    // of the `dVᵀ` and `dKᵀ` products.
+    let transpose_block = |src: &[f32], at: usize, r0: usize, m: usize, out: &mut [f32]| {
+        for i in 0..m {
+            let row = &src[at + (r0 + i) * w..][..hd];
+            for (c, &x) in row.iter().enumerate() {
+                out[c * m + i] = x;
+            }
+        }
+    };
+    // `hd × t` (transposed) into this head's columns of a `[time, width]` gradient.
+    let write_transposed = |g: Shared, at: usize, xt: &[f32]| {
+        for r in 0..t {
+            // SAFETY: row r < t of this task's head: its own hd columns of the gradient.
+            let dst = unsafe { std::slice::from_raw_parts_mut(g.at(at + r * w), hd) };
+            dst.iter_mut().enumerate().for_each(|(c, d)| *d = xt[c * t + r]);
+        }
+    };
+    if n > 0 {
+        (0..s.tasks()).into_par_iter().for_each_init(
+            || Scratch::new(rows, t, hd),
+            |b, task| {
+                let at = s.offset(task);
+                let stats = &stats[task * 2 * t..][..2 * t];
+                let kt = PackedB::from_strided_transposed(&k[at..], w, hd, t, scale);
+                let vt = need_ds.then(|| PackedB::from_strided_transposed(&v[at..], w, hd, t, 1.0));
+                let ks = dq.map(|_| PackedB::from_strided_rows(&k[at..], w, t, hd, scale));
+                for r0 in (0..t).step_by(rows) {
+                    let m = rows.min(t - r0);
+                    let (p, ds) = (&mut b.p[..m * t], &mut b.ds[..m * t]);
+                    // The forward pass's probabilities again.
+                    matmul(&q[at + r0 * w..], m, w, &kt, p, false);
+                    s.add_mask(p, mask, task);
+                    softmax_rows_again(p, t, &stats[2 * r0..][..2 * m]);
+                    let first = r0 == 0;
+                    if dv.is_some() {
+                        transpose_block(d_out, at, r0, m, &mut b.lhs[..hd * m]);
+                        let pb = PackedB::from_strided_rows(p, t, m, t, 1.0);
+                        matmul(&b.lhs[..hd * m], hd, m, &pb, &mut b.dvt, !first);
+                    }
+                    let Some(vt) = &vt else { continue };
+                    matmul(&d_out[at + r0 * w..], m, w, vt, ds, false);
+                    for (d, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                        let dot = sum_by(d, p, |a, b| a * b);
+                        d.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot));
+                    }
+                    if let (Some(dq), Some(ks)) = (dq, &ks) {
+                        let blk = &mut b.dq[..m * hd];
+                        matmul(ds, m, t, ks, blk, false);
+                        for (i, row) in blk.chunks_exact(hd).enumerate() {
+                            // SAFETY: row r0 + i < t of this task's head: its own hd columns.
+                            unsafe { std::slice::from_raw_parts_mut(dq.at(at + (r0 + i) * w), hd) }
+                                .copy_from_slice(row);
+                        }
+                    }
+                    if dk.is_some() {
+                        transpose_block(q, at, r0, m, &mut b.lhs[..hd * m]);
+                        let db = PackedB::from_strided_rows(ds, t, m, t, scale);
+                        matmul(&b.lhs[..hd * m], hd, m, &db, &mut b.dkt, !first);
+                    }
+                }
+                if let Some(dv) = dv {
+                    write_transposed(dv, at, &b.dvt);
+                }
+                if let Some(dk) = dk {
+                    write_transposed(dk, at, &b.dkt);
+                }
+            },
+        );
+    }
+    // SAFETY: every task wrote its head's columns of all rows of each asked-for gradient.
+    for g in grads.iter_mut().flatten() {
+        unsafe { g.set_len(n) };
+    }
+    grads
+}
+
+/// One thread's buffers for [`backward_values_bf16`]: a block's probabilities and score
+/// gradients (`rows × time`), its `dQ` rows, a transposed block of dO or Q, and the head's `dVᵀ`
+/// and `dKᵀ` (`head_dim × time`, accumulated over the blocks).
+struct Scratch {
+    p: Vec<f32>,
+    ds: Vec<f32>,
+    dq: Vec<f32>,
+    lhs: Vec<f32>,
+    dvt: Vec<f32>,
+    dkt: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(rows: usize, t: usize, hd: usize) -> Self {
+        let z = |n: usize| vec![0.0f32; n];
+        Scratch { p: z(rows * t), ds: z(rows * t), dq: z(rows * hd), lhs: z(hd * rows), dvt: z(hd * t), dkt: z(hd * t) }
+    }
 }
 
 /// The gradients of [`forward_values`]'s inputs from the output's gradient `d_out`, for those
@@ -275,10 +418,9 @@ pub fn backward_values(
 /// (`batch × time` values, added to the scores of each key) where given. On the autodiff graph
 /// it is one operation whose backward pass gives all three inputs their gradients.
 ///
-/// With `bf16`, off the autodiff graph and where the CPU has bf16 instructions
-/// ([`crate::bf16::native`]), the products run in bf16 ([`forward_values_bf16`]: mixed
-/// precision, as autocast's attention); on the graph they stay f32, so that the backward pass's
-/// recomputed probabilities are the forward's.
+/// With `bf16`, where the CPU has bf16 instructions ([`crate::bf16::native`]), the products run
+/// in bf16 (mixed precision, as autocast's attention): [`forward_values_bf16`], and on the graph
+/// [`backward_values_bf16`], whose recomputed scores are the forward's bit for bit.
 ///
 /// # Panics
 /// Where the inputs are not on the CPU backend, their shapes differ, or `heads` does not divide
@@ -296,15 +438,12 @@ pub fn attention(
     assert!(k.dims() == q.dims() && v.dims() == q.dims(), "q, k and v of one shape");
     assert!(heads > 0 && width % heads == 0, "{heads} heads do not divide a width of {width}");
     let shape = Shape { batch, time, heads, head_dim: width / heads };
-    let op = Attention { shape, scale: (shape.head_dim as f32).powf(-0.5), mask: mask.map(Arc::new) };
+    let scale = (shape.head_dim as f32).powf(-0.5);
+    let op = Attention { shape, scale, mask: mask.map(Arc::new), bf16: bf16 && crate::bf16::native() };
     if q.device().is_autodiff() {
         on_graph(op, [q, k, v])
     } else {
         let [q, k, v] = [q, k, v].map(|t| contiguous(&crate::graph::flex(t)));
-        if bf16 && crate::bf16::native() {
-            let out = forward_values_bf16(values(&q), values(&k), values(&v), op.mask(), shape, op.scale);
-            return crate::graph::from_flex(tensor(out, dims(&q)));
-        }
         let (out, _) = op.compute(&q, &k, &v, false);
         crate::graph::from_flex(out)
     }
@@ -315,11 +454,14 @@ struct Attention {
     shape: Shape,
     scale: f32,
     mask: Option<Arc<Vec<f32>>>,
+    /// Products in bf16 ([`forward_values_bf16`], [`backward_values_bf16`]).
+    bf16: bool,
 }
 
 impl Attention {
     fn compute(&self, q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, keep: bool) -> (FlexTensor, Option<Vec<f32>>) {
-        let (out, stats) = forward_values(values(q), values(k), values(v), self.mask(), self.shape, self.scale, keep);
+        let forward = if self.bf16 { forward_values_bf16 } else { forward_values };
+        let (out, stats) = forward(values(q), values(k), values(v), self.mask(), self.shape, self.scale, keep);
         (tensor(out, dims(q)), stats)
     }
 
@@ -345,7 +487,8 @@ impl Backward<Flex, 3> for Attention {
         let s = ops.state;
         let d_out = contiguous(&grads.consume::<Flex>(&ops.node));
         let need = ops.parents.each_ref().map(Option::is_some);
-        let out = backward_values(
+        let backward = if s.op.bf16 { backward_values_bf16 } else { backward_values };
+        let out = backward(
             values(&s.q),
             values(&s.k),
             values(&s.v),
@@ -492,7 +635,9 @@ mod tests {
             let m: Vec<f32> = (0..b * t).map(|i| if i % t < [t, t / 2][i / t] { 0.0 } else { -1e9 }).collect();
             let s = Shape { batch: b, time: t, heads, head_dim: hd };
             let scale = (hd as f32).powf(-0.5);
-            let got = forward_values_bf16(&q, &k, &v, Some(&m), s, scale);
+            let (got, kept) = forward_values_bf16(&q, &k, &v, Some(&m), s, scale, true);
+            assert_eq!(forward_values_bf16(&q, &k, &v, Some(&m), s, scale, false), (got.clone(), None));
+            let kept = kept.expect("statistics");
             let at = |x: &[f32], bi: usize, i: usize, h: usize, d: usize| x[(bi * t + i) * w + h * hd + d];
             let mut worst = 0.0f64;
             for task in 0..b * heads {
@@ -509,6 +654,8 @@ mod tests {
                     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                     let sum: f64 = e.iter().sum();
+                    let st = &kept[(task * t + i) * 2..][..2];
+                    worst = worst.max((st[0] as f64 - max).abs()).max((st[1] as f64 * sum - 1.0).abs());
                     for d in 0..hd {
                         let want: f64 =
                             (0..t).map(|j| r(e[j] as f32) as f64 * r(at(&v, bi, j, h, d)) as f64).sum::<f64>() / sum;
@@ -526,22 +673,127 @@ mod tests {
         }
         // No frames: no output (and no block of zero queries).
         let empty = Shape { batch: 1, time: 0, heads: 2, head_dim: 4 };
-        assert!(forward_values_bf16(&[], &[], &[], None, empty, 0.5).is_empty());
+        assert!(forward_values_bf16(&[], &[], &[], None, empty, 0.5, false).0.is_empty());
+        let [dq, dk, dv] = backward_values_bf16(&[], &[], &[], None, &[], &[], empty, 0.5, [true; 3]);
+        assert!([dq, dk, dv].iter().all(|g| g.as_ref().is_some_and(Vec::is_empty)));
     }
 
-    /// `bf16` runs the bf16 products off the graph where the CPU has bf16 instructions, the f32
-    /// ones elsewhere and on the graph (whose backward pass recomputes the f32 probabilities).
+    /// The bf16 backward pass follows its definition, computed here in f64 from the same
+    /// roundings: scores from bf16 Q and `scale · K` (so `P` as the forward pass had it),
+    /// `dP = dO Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = dS (scale · K)`, `dV = Pᵀ dO`,
+    /// `dK = (scale · dS)ᵀ Q`, each product's operands rounded to bf16. Lengths past one block
+    /// of queries, an odd head size, masked keys, two sequences; only the asked-for gradients.
     #[test]
-    fn bf16_products_run_off_the_graph_only() {
+    fn bf16_backward_follows_its_definition() {
+        let r = |x: f64| crate::bf16::from_bf16(crate::bf16::to_bf16(x as f32)) as f64;
+        for (t, heads, hd) in [(77, 3, 5), (2 * QUERY_BLOCK + 3, 2, 8)] {
+            let (b, w) = (2, heads * hd);
+            let mut seed = 0x2545_f491_u64;
+            let mut x = || {
+                (0..b * t * w)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+                    })
+                    .collect::<Vec<f32>>()
+            };
+            let (q, k, v, d_out) = (x(), x(), x(), x());
+            let m: Vec<f32> = (0..b * t).map(|i| if i % t < [t, t / 2][i / t] { 0.0 } else { -1e9 }).collect();
+            let s = Shape { batch: b, time: t, heads, head_dim: hd };
+            let scale = (hd as f32).powf(-0.5);
+            let (_, stats) = forward_values_bf16(&q, &k, &v, Some(&m), s, scale, true);
+            let stats = stats.expect("statistics");
+            let got = backward_values_bf16(&q, &k, &v, Some(&m), &stats, &d_out, s, scale, [true; 3]);
+            let got = got.map(|g| g.expect("asked for"));
+            let at = |x: &[f32], bi: usize, i: usize, h: usize, d: usize| x[(bi * t + i) * w + h * hd + d] as f64;
+            let mut want = [vec![0.0f64; b * t * w], vec![0.0f64; b * t * w], vec![0.0f64; b * t * w]];
+            for task in 0..b * heads {
+                let (bi, h) = (task / heads, task % heads);
+                let sk = |j: usize, d: usize| r(at(&k, bi, j, h, d) * scale as f64);
+                for i in 0..t {
+                    let scores: Vec<f64> = (0..t)
+                        .map(|j| (0..hd).map(|d| r(at(&q, bi, i, h, d)) * sk(j, d)).sum::<f64>() + m[bi * t + j] as f64)
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    let p: Vec<f64> = e.iter().map(|e| e / sum).collect();
+                    let dp: Vec<f64> = (0..t)
+                        .map(|j| (0..hd).map(|d| r(at(&d_out, bi, i, h, d)) * r(at(&v, bi, j, h, d))).sum())
+                        .collect();
+                    let dot: f64 = dp.iter().zip(&p).map(|(a, b)| a * b).sum();
+                    let ds: Vec<f64> = dp.iter().zip(&p).map(|(dp, p)| p * (dp - dot)).collect();
+                    let idx = |j: usize, d: usize| (bi * t + j) * w + h * hd + d;
+                    for j in 0..t {
+                        for d in 0..hd {
+                            want[0][idx(i, d)] += r(ds[j]) * sk(j, d);
+                            want[1][idx(j, d)] += r(ds[j] * scale as f64) * r(at(&q, bi, i, h, d));
+                            want[2][idx(j, d)] += r(p[j]) * r(at(&d_out, bi, i, h, d));
+                        }
+                    }
+                }
+            }
+            let f32_stats = forward_values(&q, &k, &v, Some(&m), s, scale, true).1.expect("statistics");
+            let f32_grads = backward_values(&q, &k, &v, Some(&m), &f32_stats, &d_out, s, scale, [true; 3]);
+            for (name, ((g, want), f)) in ["dQ", "dK", "dV"].iter().zip(got.iter().zip(&want).zip(f32_grads)) {
+                let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+                let worst = g.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0f64, f64::max) / scale;
+                println!("{name} t = {t}: {worst:.2e} of its scale from the definition");
+                assert!(worst < 2e-4, "{name}, t = {t}: {worst} of its scale from its definition");
+                // Within bf16's error of the f32 backward pass, and not its values.
+                let f = f.expect("asked for");
+                let d = g.iter().zip(&f).map(|(a, b)| (a - b).abs() as f64).fold(0.0f64, f64::max) / scale;
+                assert!(d > 1e-5 && d < 3e-2, "{name}, t = {t}: {d} of its scale from f32's");
+            }
+            // Only dK asked for: the same values, and no others.
+            let only_k = backward_values_bf16(&q, &k, &v, Some(&m), &stats, &d_out, s, scale, [false, true, false]);
+            assert!(only_k[0].is_none() && only_k[2].is_none());
+            assert_eq!(only_k[1].as_ref(), Some(&got[1]));
+        }
+    }
+
+    /// `bf16` runs the bf16 products where the CPU has bf16 instructions, off the graph and on
+    /// it (there its gradients are [`backward_values_bf16`]'s), and the f32 ones elsewhere.
+    #[test]
+    fn bf16_products_run_where_native() {
         for device in [Device::flex(), Device::flex().autodiff()] {
             let x = || Tensor::<3>::random([2, 7, 24], Distribution::Normal(0.0, 1.0), &device);
-            let (q, k, v) = (x(), x(), x());
+            let tracked = || if device.is_autodiff() { x().require_grad() } else { x() };
+            let (q, k, v) = (tracked(), tracked(), tracked());
+            let d_out = x();
             let f32_out = vals(attention(q.clone(), k.clone(), v.clone(), 3, Some(mask(7)), false));
-            let got = vals(attention(q.clone(), k.clone(), v.clone(), 3, Some(mask(7)), true));
+            let y = attention(q.clone(), k.clone(), v.clone(), 3, Some(mask(7)), true);
+            let got = vals(y.clone());
             let s = Shape { batch: 2, time: 7, heads: 3, head_dim: 8 };
-            let bf16_out = forward_values_bf16(&vals(q), &vals(k), &vals(v), Some(&mask(7)), s, 8f32.powf(-0.5));
-            let want = if crate::bf16::native() && !device.is_autodiff() { bf16_out } else { f32_out };
-            assert_eq!(got, want);
+            let scale = 8f32.powf(-0.5);
+            let [qv, kv, vv] = [&q, &k, &v].map(|t| vals(t.clone()));
+            let (bf16_out, stats) = forward_values_bf16(&qv, &kv, &vv, Some(&mask(7)), s, scale, true);
+            let native = crate::bf16::native();
+            assert_eq!(got, if native { bf16_out } else { f32_out });
+            if device.is_autodiff() {
+                let grads = (y * d_out.clone()).sum().backward();
+                let want = if native {
+                    backward_values_bf16(
+                        &qv,
+                        &kv,
+                        &vv,
+                        Some(&mask(7)),
+                        &stats.unwrap(),
+                        &vals(d_out),
+                        s,
+                        scale,
+                        [true; 3],
+                    )
+                } else {
+                    let stats = forward_values(&qv, &kv, &vv, Some(&mask(7)), s, scale, true).1.unwrap();
+                    backward_values(&qv, &kv, &vv, Some(&mask(7)), &stats, &vals(d_out), s, scale, [true; 3])
+                };
+                for (t, want) in [&q, &k, &v].into_iter().zip(want) {
+                    assert_eq!(vals(t.grad(&grads).expect("a gradient")), want.expect("asked for"));
+                }
+            }
         }
     }
 

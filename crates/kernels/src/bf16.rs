@@ -180,23 +180,12 @@ impl PackedB {
     /// head's values in attention's `[time, heads × head_dim]`).
     pub fn from_strided_rows(b: &[f32], stride: usize, k: usize, n: usize, scale: f32) -> Self {
         assert!(k == 0 || n == 0 || b.len() >= (k - 1) * stride + n, "B of {k} rows of {n} values, stride {stride}");
+        let zeros = [0.0f32; NR];
         Self::pack_with(k, n, |panel, q, pairs| {
             let cols = NR.min(n - q * NR);
-            let (mut x, mut r) = ([0.0f32; NR], [[0u16; NR]; 2]);
             for p in 0..pairs {
-                for (h, r) in r.iter_mut().enumerate() {
-                    let i = 2 * p + h;
-                    if i < k {
-                        let row = &b[i * stride + q * NR..][..cols];
-                        x[..cols].iter_mut().zip(row).for_each(|(x, &v)| *x = v * scale);
-                        round_row(&x[..cols], &mut r[..cols]);
-                    } else {
-                        r.fill(0);
-                    }
-                }
-                for (c, pair) in panel[p * NR * 2..][..cols * 2].chunks_exact_mut(2).enumerate() {
-                    pair.copy_from_slice(&[r[0][c], r[1][c]]);
-                }
+                let row = |i: usize| if i < k { &b[i * stride + q * NR..][..cols] } else { &zeros[..cols] };
+                round_pairs(row(2 * p), row(2 * p + 1), scale, &mut panel[p * NR * 2..][..cols * 2]);
             }
         })
     }
@@ -271,6 +260,21 @@ fn pack_a(a: &[f32], m: usize, k: usize, lda: usize) -> Vec<u32> {
         }
     });
     out
+}
+
+/// Two rows of B scaled, rounded and interleaved into one k-pair of a panel:
+/// `out[2c] = bf16(scale · r0[c])`, `out[2c + 1] = bf16(scale · r1[c])`.
+fn round_pairs(r0: &[f32], r1: &[f32], scale: f32, out: &mut [u16]) {
+    debug_assert!(r0.len() == r1.len() && out.len() == 2 * r0.len());
+    #[cfg(target_arch = "x86_64")]
+    if kernel() != Kernel::Portable {
+        // SAFETY: the instructions were detected just above.
+        unsafe { avx512::round_pairs(r0, r1, scale, out) };
+        return;
+    }
+    for ((pair, &a), &b) in out.chunks_exact_mut(2).zip(r0).zip(r1) {
+        pair.copy_from_slice(&[to_bf16(a * scale), to_bf16(b * scale)]);
+    }
 }
 
 fn round_row(x: &[f32], out: &mut [u16]) {
@@ -657,6 +661,31 @@ mod amx {
 mod avx512 {
     use super::{Block, MR, NR};
     use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    pub(super) unsafe fn round_pairs(r0: &[f32], r1: &[f32], scale: f32, out: &mut [u16]) {
+        let n = r0.len().min(r1.len()).min(out.len() / 2);
+        let mut i = 0;
+        // SAFETY: i + 16 ≤ n values of r0 and r1, 2·(i + 16) ≤ out.len().
+        unsafe {
+            let s = _mm512_set1_ps(scale);
+            while i + 16 <= n {
+                let a = _mm512_mul_ps(_mm512_loadu_ps(r0.as_ptr().add(i)), s);
+                let b = _mm512_mul_ps(_mm512_loadu_ps(r1.as_ptr().add(i)), s);
+                // Each value's 16 bits widened to 32, the second row's shifted up: one u32 per
+                // pair, little-endian, so r0's half comes first.
+                let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(a)));
+                let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(b)));
+                let pairs = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
+                _mm512_storeu_si512(out.as_mut_ptr().add(2 * i).cast(), pairs);
+                i += 16;
+            }
+        }
+        for j in i..n {
+            out[2 * j] = super::to_bf16(r0[j] * scale);
+            out[2 * j + 1] = super::to_bf16(r1[j] * scale);
+        }
+    }
 
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
     pub(super) unsafe fn round_row(x: &[f32], out: &mut [u16]) {

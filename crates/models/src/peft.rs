@@ -102,7 +102,7 @@ impl UpstreamModel {
     /// Every frozen, unmasked projection's products in `precision` ([`Proj::use_bf16`]), a
     /// frozen CNN's ([`FeatureEncoder::use_bf16`](crate::ssl::FeatureEncoder::use_bf16)) and
     /// positional convolution's ([`WeightNormPosConv::use_bf16`](crate::ssl::WeightNormPosConv::use_bf16)),
-    /// and the fused self-attention's off the autodiff graph (see
+    /// and the fused self-attention's, forward and backward (see
     /// [`speechtune_kernels::attention`]); returns how many projections, CNNs and positional
     /// convolutions run in bf16.
     pub fn set_precision(&mut self, precision: Precision) -> usize {

@@ -61,7 +61,11 @@ fn five_steps(precision: Precision) -> (Vec<f64>, Vec<f64>) {
     head.out.bias = Some(Param::from_data(TensorData::new(f32s("head.bias", &reference).1, [vocab]), &device));
     let mut model = Model { upstream, head };
     let switched = model.upstream.set_precision(precision);
-    assert_eq!(switched, if precision == Precision::Bf16 { 2 * 6 + 2 } else { 0 }, "2 layers' projections, the CNN, the positional convolution");
+    assert_eq!(
+        switched,
+        if precision == Precision::Bf16 { 2 * 6 + 2 } else { 0 },
+        "2 layers' projections, the CNN, the positional convolution"
+    );
 
     let (shape, samples) = f32s("batch.input_values", &inputs);
     let mask = &inputs["batch.attention_mask"].1;

@@ -81,7 +81,7 @@ pub struct Attention {
     /// Learned key/value prefix (PEFT prefix tuning; None when loaded).
     pub prefix: Option<Prefix>,
     pub heads: usize,
-    /// The fused attention's products in bf16 off the autodiff graph (mixed precision, as
+    /// The fused attention's products in bf16, forward and backward (mixed precision, as
     /// autocast; [`crate::UpstreamModel::set_precision`]).
     pub bf16_attention: bool,
 }

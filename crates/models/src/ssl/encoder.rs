@@ -454,8 +454,13 @@ mod tests {
             }
             Activation::Gelu.apply_slice(&mut want);
             let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
-            assert!(diff(&got, &want) < 1e-5, "kernel {kernel}: {} of the scale from its definition", diff(&got, &want));
+            let diff =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+            assert!(
+                diff(&got, &want) < 1e-5,
+                "kernel {kernel}: {} of the scale from its definition",
+                diff(&got, &want)
+            );
             assert!(diff(&got, &f32_out) > 1e-4, "kernel {kernel}: bf16 gave f32's values");
             assert!(diff(&got, &f32_out) < 0.02, "kernel {kernel}: {} from f32's", diff(&got, &f32_out));
 

@@ -40,7 +40,7 @@ pub struct WhisperLayer {
     pub conv_adapter: Option<ConvAdapter>,
     /// Learned key/value prefix (PEFT prefix tuning; None when loaded).
     pub prefix: Option<Prefix>,
-    /// Self-attention's products in bf16 off the autodiff graph (mixed precision, as autocast;
+    /// Self-attention's products in bf16, forward and backward (mixed precision, as autocast;
     /// [`crate::UpstreamModel::set_precision`]).
     pub bf16_attention: bool,
 }
@@ -90,7 +90,7 @@ pub struct WhisperEncoder {
 }
 
 impl WhisperEncoder {
-    /// Every layer's self-attention products in bf16 off the autodiff graph (`on`) or in f32
+    /// Every layer's self-attention products in bf16, forward and backward (`on`), or in f32
     /// (`WhisperLayer::bf16_attention`; set by the models' `set_precision`).
     pub fn use_bf16_attention(&mut self, on: bool) {
         self.layers.iter_mut().for_each(|l| l.bf16_attention = on);
