@@ -455,19 +455,19 @@ fn build(device: &Device) -> serde_json::Value {
         // carry their own backward passes on the training graph; GELU and softmax by
         // `fastmath`'s vectorised functions.
         "kernels": if cpu {
-            "gemm 0.19 (burn-flex; kernels::mm, a block of output columns per thread: native CNN, fused attention and frozen linear layers), fastmath GELU/softmax, fused layer norm, first conv layer's group norm folded; training: channels-last conv and trainable linear layers with their own backward (kernels::mm), AdamW fused"
+            "gemm 0.19 (burn-flex; kernels::mm, a block of output columns per thread: native CNN and Whisper front-end, fused attention and frozen linear layers), fastmath GELU/softmax, fused layer norm, first conv layer's group norm folded; training: channels-last conv and trainable linear layers with their own backward (kernels::mm), AdamW fused"
         } else {
             "cubecl"
         },
         // Mixed precision's products: AMX tiles, `vdpbf16ps` (AVX512_BF16) or a portable loop;
         // which operations run on them: frozen linear layers, the frozen CNN (but a first layer
-        // with its group norm folded) and positional convolution, and (where the kernel is
+        // with its group norm folded), positional convolution and Whisper's front-end, and (where the kernel is
         // native) the fused attention's products, forward and backward.
         "bf16_kernel": speechtune_kernels::bf16::kernel_name(),
         "bf16_ops": if speechtune_kernels::bf16::native() {
-            "frozen linear layers, frozen CNN (first layer f32, group norm folded), frozen positional conv, attention (forward and backward)"
+            "frozen linear layers, frozen CNN (first layer f32, group norm folded), frozen positional conv and Whisper front-end convs, attention (forward and backward)"
         } else {
-            "frozen linear layers, frozen CNN (first layer f32, group norm folded), frozen positional conv"
+            "frozen linear layers, frozen CNN (first layer f32, group norm folded), frozen positional conv and Whisper front-end convs"
         },
     })
 }

@@ -104,7 +104,7 @@ impl UpstreamModel {
     /// positional convolution's ([`WeightNormPosConv::use_bf16`](crate::ssl::WeightNormPosConv::use_bf16)),
     /// and the fused self-attention's, forward and backward (see
     /// [`speechtune_kernels::attention`]); returns how many projections, CNNs and positional
-    /// convolutions run in bf16.
+    /// convolutions (Whisper: its front-end's two convolutions, counted once) run in bf16.
     pub fn set_precision(&mut self, precision: Precision) -> usize {
         let bf16 = precision == Precision::Bf16;
         match self {
@@ -112,7 +112,10 @@ impl UpstreamModel {
             UpstreamModel::Whisper(m) => m.use_bf16_attention(bf16),
         }
         let projections = set_precision(self.projections_mut(), precision);
-        let UpstreamModel::Ssl(m) = self else { return projections };
+        let m = match self {
+            UpstreamModel::Ssl(m) => m,
+            UpstreamModel::Whisper(m) => return projections + usize::from(m.use_bf16_frontend(bf16)),
+        };
         let cnn = if bf16 {
             m.feature_encoder.use_bf16()
         } else {
@@ -322,8 +325,10 @@ impl WhisperSeq2Seq {
     /// As [`UpstreamModel::set_precision`], in both halves, and the decoder's output projection
     /// ([`WhisperDecoder::set_precision`](crate::whisper::decoder::WhisperDecoder::set_precision)).
     pub fn set_precision(&mut self, precision: Precision) -> usize {
-        self.encoder.use_bf16_attention(precision == Precision::Bf16);
-        set_precision(self.projections_mut(), precision) + usize::from(self.decoder.set_precision(precision))
+        let bf16 = precision == Precision::Bf16;
+        self.encoder.use_bf16_attention(bf16);
+        let frontend = usize::from(self.encoder.use_bf16_frontend(bf16));
+        set_precision(self.projections_mut(), precision) + usize::from(self.decoder.set_precision(precision)) + frontend
     }
 
     pub fn projections_mut(&mut self) -> Vec<&mut Proj> {

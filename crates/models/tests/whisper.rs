@@ -73,7 +73,9 @@ fn decoder_logits_match_transformers() {
 fn bf16_decoder_logits_stay_near_transformers() {
     let (mut model, _, device) = load();
     let projections = model.projections_mut().len();
-    assert_eq!(model.set_precision(speechtune_models::Precision::Bf16), projections + 1);
+    // The projections, the decoder's output projection and the encoder's front-end.
+    assert_eq!(model.set_precision(speechtune_models::Precision::Bf16), projections + 2);
+    assert!(model.encoder.frontend_bf16.is_some(), "the front-end's convolutions in bf16");
     assert!(model.encoder.layers.iter().all(|l| l.bf16_attention), "the encoder's attention in bf16");
     let r = reference(&fixtures().join("whisper-seq2seq/reference.safetensors"));
     let (shape, feats) = r["input_features"].clone();

@@ -3,7 +3,7 @@
 mod attention;
 mod encoder;
 mod feature_encoder;
-mod native_cnn;
+pub(crate) mod native_cnn;
 pub mod pretrain;
 
 use burn::module::Param;

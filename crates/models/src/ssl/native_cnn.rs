@@ -130,13 +130,9 @@ impl FeatureEncoder {
         self.visit(&mut v);
         self.bf16 = (on_cpu && !v.0).then(|| {
             let packed = self.layers.iter().map(|l| {
-                let [c_out, c_in, kernel] = l.conv.weight.dims();
+                let [_, c_in, kernel] = l.conv.weight.dims();
                 let folds = l.group_norm.is_some() && kernel * c_in <= FOLDED_FIELD;
-                (!folds).then(|| {
-                    let w = values(l.conv.weight.val());
-                    // B[j·c_in + c, o] = W[o, c, j]
-                    PackedB::from_fn(kernel * c_in, c_out, |q, o| w[(o * c_in + q % c_in) * kernel + q / c_in])
-                })
+                (!folds).then(|| conv_packed(l.conv.weight.val()))
             });
             std::sync::Arc::new(packed.collect())
         });
@@ -196,6 +192,74 @@ impl FeatureEncoder {
         }
         Tensor::from_data(TensorData::new(out, [batch, frames, channels]), &device)
     }
+}
+
+/// A conv weight `W` (`[c_out, c_in, kernel]`) packed for the bf16 products as the matrix
+/// `B[j·c_in + c, o] = W[o, c, j]` (the layout the native convolutions read).
+pub fn conv_packed(w: Tensor<3>) -> PackedB {
+    let [c_out, c_in, kernel] = w.dims();
+    let w = values(w);
+    PackedB::from_fn(kernel * c_in, c_out, |q, o| w[(o * c_in + q % c_in) * kernel + q / c_in])
+}
+
+/// Convolutions with zero padding (`groups` = 1), each followed by its bias and `act`, outside
+/// burn and channels-last, as [`FeatureEncoder::forward_native`] runs the CNN (Whisper's
+/// front-end: 3 taps, then 3 taps of stride 2). `x` is `[batch, c_in, time]`, as burn's
+/// convolution takes it; returns `[batch, time', c_out]` (burn's result after `swap_dims(1, 2)`),
+/// a constant on `x`'s device. `packed`: each convolution's weight in bf16 ([`conv_packed`]),
+/// else the f32 weights.
+pub fn padded_convs_native(
+    x: Tensor<3>,
+    convs: &[&crate::layers::Conv1d],
+    packed: Option<&[PackedB]>,
+    act: Activation,
+) -> Tensor<3> {
+    let device = x.device();
+    let [batch, c_in, time] = x.dims();
+    assert!(convs.iter().all(|c| c.groups == 1), "convolutions of one group");
+    assert!(packed.is_none_or(|p| p.len() == convs.len()), "one packed weight per convolution");
+    let xv = values(x);
+    let weights: Vec<Option<Values>> =
+        convs.iter().map(|c| packed.is_none().then(|| Values::conv_matrix(c.weight.val()))).collect();
+    let layers: Vec<Layer> = (convs.iter().enumerate())
+        .map(|(i, c)| {
+            let [c_out, c_in, kernel] = c.weight.dims();
+            Layer {
+                weight: weights[i].as_ref().map_or(&[][..], Values::get),
+                packed: packed.map(|p| &p[i]),
+                bias: c.bias.as_ref().map(|b| values(b.val())),
+                c_in,
+                c_out,
+                kernel,
+                stride: c.stride,
+                group_norm: None,
+                layer_norm: None,
+            }
+        })
+        .collect();
+    let (mut out, mut frames, mut channels) = (Vec::new(), time, c_in);
+    for b in 0..batch {
+        // [c_in, time] → [time, c_in]
+        let src = &xv[b * c_in * time..][..c_in * time];
+        let mut x = vec![0.0f32; time * c_in];
+        x.par_chunks_mut((c_in * (CHUNK / c_in.max(1)).max(1)).max(1)).enumerate().for_each(|(i, rows)| {
+            let t0 = i * (CHUNK / c_in.max(1)).max(1);
+            for (r, row) in rows.chunks_exact_mut(c_in.max(1)).enumerate() {
+                row.iter_mut().enumerate().for_each(|(c, v)| *v = src[c * time + t0 + r]);
+            }
+        });
+        let (mut t, mut c) = (time, c_in);
+        for (conv, layer) in convs.iter().zip(&layers) {
+            let p = conv.padding;
+            let mut padded = vec![0.0f32; (t + 2 * p) * c];
+            padded[p * c..(p + t) * c].copy_from_slice(&x);
+            (x, t) = conv_layer(&padded, t + 2 * p, layer, act);
+            c = layer.c_out;
+        }
+        (frames, channels) = (t, c);
+        out.extend_from_slice(&x);
+    }
+    Tensor::from_data(TensorData::new(out, [batch, frames, channels]), &device)
 }
 
 /// One conv layer, channels-last: `x` is `[t_in, c_in]`; returns `[t_out, c_out]` and `t_out`.
@@ -578,6 +642,63 @@ pub fn pos_conv_native(
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+
+    /// Whisper's front-end outside burn: two padded convolutions (3 taps, then 3 taps of stride
+    /// 2, odd and even lengths) with bias and GELU equal burn's, in f32; in bf16 they are their
+    /// definition on bf16-rounded inputs and weights (burn's convolutions of the rounded values,
+    /// the first one's output rounded before the second) and differ from f32's.
+    #[test]
+    fn padded_convs_equal_burns_and_their_bf16_definition() {
+        use crate::layers::Conv1d;
+        use speechtune_kernels::bf16::{from_bf16, to_bf16};
+        let device = Device::flex();
+        let normal = Distribution::Normal(0.0, 1.0);
+        let conv = |c_in: usize, c_out: usize, stride: usize| Conv1d {
+            weight: Param::from_tensor(Tensor::random([c_out, c_in, 3], normal, &device)),
+            bias: Some(Param::from_tensor(Tensor::random([c_out], normal, &device))),
+            stride,
+            padding: 1,
+            groups: 1,
+        };
+        let (c1, c2) = (conv(5, 6, 1), conv(6, 6, 2));
+        let round = |t: Tensor<3>| {
+            let dims = t.dims();
+            let v: Vec<f32> = values(t).iter().map(|&x| from_bf16(to_bf16(x))).collect();
+            Tensor::<3>::from_data(TensorData::new(v, dims), &device)
+        };
+        let gelu = Activation::Gelu;
+        for time in [11usize, 12] {
+            let x = Tensor::<3>::random([2, 5, time], normal, &device);
+            let graph = values(gelu.forward(c2.forward(gelu.forward(c1.forward(x.clone())))).swap_dims(1, 2));
+            let native = padded_convs_native(x.clone(), &[&c1, &c2], None, gelu);
+            assert_eq!(native.dims(), [2, time.div_ceil(2), 6]);
+            let native = values(native);
+            let scale = graph.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+            assert!(
+                diff(&native, &graph) < 1e-5,
+                "time {time}: f32 {} of the scale from burn's",
+                diff(&native, &graph)
+            );
+
+            let packed = [conv_packed(c1.weight.val()), conv_packed(c2.weight.val())];
+            let bf16 = values(padded_convs_native(x.clone(), &[&c1, &c2], Some(&packed), gelu));
+            let rounded = |c: &Conv1d| Conv1d { weight: Param::from_tensor(round(c.weight.val())), ..c.clone() };
+            let (r1, r2) = (rounded(&c1), rounded(&c2));
+            let want = values(gelu.forward(r2.forward(round(gelu.forward(r1.forward(round(x)))))).swap_dims(1, 2));
+            assert!(
+                diff(&bf16, &want) < 1e-5,
+                "time {time}: bf16 {} of the scale from its definition",
+                diff(&bf16, &want)
+            );
+            assert!(
+                diff(&bf16, &graph) > 1e-4 && diff(&bf16, &graph) < 0.03,
+                "time {time}: bf16 {} from f32",
+                diff(&bf16, &graph)
+            );
+        }
+    }
 
     /// The relaid weight against `W = v · g / ‖v‖` composed from burn's operations, on a shape
     /// whose channels per group (20) are not a multiple of the 16-channel blocks.

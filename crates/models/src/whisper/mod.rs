@@ -87,9 +87,39 @@ pub struct WhisperEncoder {
     pub max_source_positions: usize,
     #[module(skip)]
     pub activation: Activation,
+    /// The two convolutions' weights packed for bf16 products ([`WhisperEncoder::use_bf16_frontend`]).
+    #[module(skip)]
+    pub frontend_bf16: Option<std::sync::Arc<Vec<speechtune_kernels::bf16::PackedB>>>,
 }
 
 impl WhisperEncoder {
+    /// True where the convolutional front-end runs outside burn
+    /// ([`padded_convs_native`](crate::ssl::native_cnn::padded_convs_native)): on the CPU, with
+    /// neither its input nor its weights needing a gradient.
+    fn frontend_native(&self, features: &Tensor<3>) -> bool {
+        features.device().inner() == Device::flex() && !features.is_tracked() && self.frontend_frozen()
+    }
+
+    /// Neither convolution of the front-end trains.
+    fn frontend_frozen(&self) -> bool {
+        [&self.conv1, &self.conv2]
+            .iter()
+            .all(|c| !c.weight.val().is_require_grad() && !c.bias.as_ref().is_some_and(|b| b.val().is_require_grad()))
+    }
+
+    /// Mixed precision (`on`): the front-end's two convolutions with bf16 inputs and f32 sums, as
+    /// autocast runs `conv1d`, where they run outside burn (frozen, on the CPU; packed now).
+    /// False (and f32) otherwise, or with `on` false.
+    pub fn use_bf16_frontend(&mut self, on: bool) -> bool {
+        let frozen = self.frontend_frozen();
+        let on_cpu = self.conv1.weight.val().device().inner() == Device::flex();
+        self.frontend_bf16 = (on && frozen && on_cpu).then(|| {
+            let pack = |c: &Conv1d| crate::ssl::native_cnn::conv_packed(c.weight.val());
+            std::sync::Arc::new(vec![pack(&self.conv1), pack(&self.conv2)])
+        });
+        self.frontend_bf16.is_some()
+    }
+
     /// Every layer's self-attention products in bf16, forward and backward (`on`), or in f32
     /// (`WhisperLayer::bf16_attention`; set by the models' `set_precision`).
     pub fn use_bf16_attention(&mut self, on: bool) {
@@ -128,6 +158,7 @@ impl WhisperEncoder {
             num_mel_bins: m,
             max_source_positions: cfg.max_source_positions,
             activation: Activation::parse(&cfg.activation_function)?,
+            frontend_bf16: None,
         })
     }
 
@@ -177,7 +208,17 @@ impl WhisperEncoder {
             )));
         }
         let gelu = Activation::Gelu;
-        let x = gelu.forward(self.conv2.forward(gelu.forward(self.conv1.forward(features)))).swap_dims(1, 2);
+        let x = if self.frontend_native(&features) {
+            let convs = [&self.conv1, &self.conv2];
+            crate::ssl::native_cnn::padded_convs_native(
+                features,
+                &convs,
+                self.frontend_bf16.as_deref().map(|p| &p[..]),
+                gelu,
+            )
+        } else {
+            gelu.forward(self.conv2.forward(gelu.forward(self.conv1.forward(features)))).swap_dims(1, 2)
+        };
         let t = x.dims()[1];
         let mut x = x + self.embed_positions.val().narrow(0, 0, t).unsqueeze_dim(0);
         let mut hidden = Vec::with_capacity(self.layers.len() + 1);
