@@ -238,14 +238,7 @@ pub fn backward_values_bf16(
 ) -> [Option<Vec<f32>>; 3] {
     use crate::bf16::{PackedB, matmul};
     let (t, w, hd) = (s.time, s.width(), s.head_dim);
-    let n = s.check(q, k, v, mask);
-    assert_eq!(d_out.len(), n, "an output gradient of {n} values");
-    assert_eq!(stats.len(), s.tasks() * t * 2, "softmax statistics of {} heads × {t} rows", s.tasks());
-    // Each asked-for gradient is written in full (every head's columns of every row), so none is
-    // zeroed first.
-    let mut grads: [Option<Vec<f32>>; 3] = need.map(|on| on.then(|| Vec::with_capacity(n)));
-    let ptr = |g: &mut Option<Vec<f32>>| g.as_mut().map(|g| Shared(g.as_mut_ptr()));
-    let [dq, dk, dv] = [ptr(&mut grads[0]), ptr(&mut grads[1]), ptr(&mut grads[2])];
+    let (n, grads, [dq, dk, dv]) = Grads::new(q, k, v, mask, stats, d_out, s, need);
     let need_ds = need[0] || need[1];
     let rows = QUERY_BLOCK.min(t);
     // `head_dim × rows` transposed copies of a block of `src` (dO or Q), for the left-hand side
@@ -290,10 +283,7 @@ pub fn backward_values_bf16(
                     }
                     let Some(vt) = &vt else { continue };
                     matmul(&d_out[at + r0 * w..], m, w, vt, ds, false);
-                    for (d, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                        let dot = sum_by(d, p, |a, b| a * b);
-                        d.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot));
-                    }
+                    softmax_backward_rows(ds, p, t);
                     if let (Some(dq), Some(ks)) = (dq, &ks) {
                         let blk = &mut b.dq[..m * hd];
                         matmul(ds, m, t, ks, blk, false);
@@ -319,10 +309,55 @@ pub fn backward_values_bf16(
         );
     }
     // SAFETY: every task wrote its head's columns of all rows of each asked-for gradient.
-    for g in grads.iter_mut().flatten() {
-        unsafe { g.set_len(n) };
+    unsafe { grads.written(n) }
+}
+
+/// The gradients a backward pass writes: those asked for (`need` = [q, k, v]), allocated but not
+/// zeroed, since the per-head tasks write every value of them (each head's columns of every row).
+struct Grads([Option<Vec<f32>>; 3]);
+
+impl Grads {
+    /// After checking the backward pass's inputs: the number of values in each of q, k, v, the
+    /// gradients, and pointers to them that the tasks share.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn new(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: Option<&[f32]>,
+        stats: &[f32],
+        d_out: &[f32],
+        s: Shape,
+        need: [bool; 3],
+    ) -> (usize, Self, [Option<Shared>; 3]) {
+        let n = s.check(q, k, v, mask);
+        assert_eq!(d_out.len(), n, "an output gradient of {n} values");
+        assert_eq!(stats.len(), s.tasks() * s.time * 2, "softmax statistics of {} heads × {} rows", s.tasks(), s.time);
+        let mut grads: [Option<Vec<f32>>; 3] = need.map(|on| on.then(|| Vec::with_capacity(n)));
+        let ptrs = grads.each_mut().map(|g| g.as_mut().map(|g| Shared(g.as_mut_ptr())));
+        (n, Grads(grads), ptrs)
     }
-    grads
+
+    /// The gradients, their `n` values each marked written.
+    ///
+    /// # Safety
+    /// Every value of every asked-for gradient has been written through the pointers.
+    unsafe fn written(mut self, n: usize) -> [Option<Vec<f32>>; 3] {
+        for g in self.0.iter_mut().flatten() {
+            // SAFETY: the caller's guarantee; the capacity is n (`new`).
+            unsafe { g.set_len(n) };
+        }
+        self.0
+    }
+}
+
+/// The softmax's backward pass over rows of `t` scores, in place: `ds` holds `dP` and becomes
+/// `dS = P ⊙ (dP − rowsum(dP ⊙ P))`.
+fn softmax_backward_rows(ds: &mut [f32], p: &[f32], t: usize) {
+    for (d, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+        let dot = sum_by(d, p, |a, b| a * b);
+        d.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot));
+    }
 }
 
 /// One thread's buffers for [`backward_values_bf16`]: a block's probabilities and score
@@ -359,14 +394,9 @@ pub fn backward_values(
     need: [bool; 3],
 ) -> [Option<Vec<f32>>; 3] {
     let (t, w, hd) = (s.time, s.width(), s.head_dim);
-    let n = s.check(q, k, v, mask);
-    assert_eq!(d_out.len(), n, "an output gradient of {n} values");
-    assert_eq!(stats.len(), s.tasks() * t * 2, "softmax statistics of {} heads × {t} rows", s.tasks());
     // Each asked-for gradient is written in full by its per-head products (k = time > 0 where
-    // n > 0), so none is zeroed first.
-    let mut grads: [Option<Vec<f32>>; 3] = need.map(|on| on.then(|| Vec::with_capacity(n)));
-    let ptr = |g: &mut Option<Vec<f32>>| g.as_mut().map(|g| Shared(g.as_mut_ptr()));
-    let [dq, dk, dv] = [ptr(&mut grads[0]), ptr(&mut grads[1]), ptr(&mut grads[2])];
+    // n > 0).
+    let (n, grads, [dq, dk, dv]) = Grads::new(q, k, v, mask, stats, d_out, s, need);
     let need_ds = need[0] || need[1];
     (0..s.tasks()).into_par_iter().for_each_init(
         // Buffers written in full before they are read (p by `scores`, ds by the dP product).
@@ -392,10 +422,7 @@ pub fn backward_values(
             }
             // SAFETY: the product above wrote all t × t values of ds.
             let ds = unsafe { std::slice::from_raw_parts_mut(ds.as_mut_ptr(), t * t) };
-            for (d, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                let dot = sum_by(d, p, |a, b| a * b);
-                d.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot));
-            }
+            softmax_backward_rows(ds, p, t);
             unsafe {
                 if let Some(dq) = dq {
                     mm(t, hd, t, dq.at(o), w, View::rows(ds, 0, t), View::rows(k, o, w), scale, false, none);
@@ -407,10 +434,7 @@ pub fn backward_values(
         },
     );
     // SAFETY: every task wrote its head's columns of all rows of each asked-for gradient.
-    for g in grads.iter_mut().flatten() {
-        unsafe { g.set_len(n) };
-    }
-    grads
+    unsafe { grads.written(n) }
 }
 
 /// Multi-head self-attention of `q`, `k`, `v` (`[batch, time, heads × head_dim]`, float32 on

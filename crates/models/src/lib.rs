@@ -17,6 +17,8 @@ pub mod peft;
 mod precision;
 pub mod ssl;
 pub mod state;
+#[cfg(test)]
+mod testing;
 mod upstream;
 pub mod weights;
 pub mod whisper;

@@ -453,9 +453,7 @@ mod tests {
                 }
             }
             Activation::Gelu.apply_slice(&mut want);
-            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let diff =
-                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+            let diff = |a: &[f32], b: &[f32]| crate::testing::max_diff_of_scale(a, b, &want);
             assert!(
                 diff(&got, &want) < 1e-5,
                 "kernel {kernel}: {} of the scale from its definition",

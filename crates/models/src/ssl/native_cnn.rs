@@ -673,9 +673,7 @@ mod tests {
             let native = padded_convs_native(x.clone(), &[&c1, &c2], None, gelu);
             assert_eq!(native.dims(), [2, time.div_ceil(2), 6]);
             let native = values(native);
-            let scale = graph.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let diff =
-                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+            let diff = |a: &[f32], b: &[f32]| crate::testing::max_diff_of_scale(a, b, &graph);
             assert!(
                 diff(&native, &graph) < 1e-5,
                 "time {time}: f32 {} of the scale from burn's",
