@@ -50,10 +50,8 @@ impl WeightNormPosConv {
     /// `torch.autocast` runs `conv1d`, where it runs outside burn (its weights frozen, on the
     /// CPU; packed now). False (and f32) otherwise, or with `on` false.
     pub fn use_bf16(&mut self, on: bool) -> bool {
-        let frozen = ![self.weight_g.val(), self.weight_v.val()].iter().any(|w| w.is_require_grad())
-            && !self.bias.val().is_require_grad();
         let on_cpu = self.weight_v.val().device().inner() == Device::flex();
-        self.bf16 = (on && frozen && on_cpu).then(|| {
+        self.bf16 = (on && !super::native_cnn::trains(self) && on_cpu).then(|| {
             let [_, cg, kernel] = self.weight_v.dims();
             let wg = super::native_cnn::pos_conv_weight(self.weight_g.val(), self.weight_v.val());
             std::sync::Arc::new(super::native_cnn::pos_conv_packed(&wg, self.groups, cg, kernel))
@@ -64,10 +62,7 @@ impl WeightNormPosConv {
     /// On the CPU, where no gradient flows through it (inference, or training of later layers
     /// only), the convolution runs outside burn ([`super::native_cnn::pos_conv_native`]).
     fn runs_natively(&self, x: &Tensor<3>) -> bool {
-        x.device().inner() == Device::flex()
-            && !x.is_tracked()
-            && ![self.weight_g.val(), self.weight_v.val()].iter().any(|w| w.is_require_grad())
-            && !self.bias.val().is_require_grad()
+        x.device().inner() == Device::flex() && !x.is_tracked() && !super::native_cnn::trains(self)
     }
 
     fn weight(&self) -> Tensor<3> {

@@ -32,6 +32,14 @@ impl ModuleVisitor for NeedsGrad {
     }
 }
 
+/// True where one of `module`'s parameters trains (needs a gradient): then the native
+/// convolutions, whose results are constants, do not apply.
+pub(crate) fn trains<M: Module>(module: &M) -> bool {
+    let mut v = NeedsGrad(false);
+    module.visit(&mut v);
+    v.0
+}
+
 /// One layer's weights, read out of the module once per call.
 struct Layer<'a> {
     /// `[kernel × c_in, c_out]`, row `j × c_in + c` holding `W[:, c, j]` (empty with `packed`).
@@ -113,9 +121,7 @@ impl FeatureEncoder {
     /// True where [`FeatureEncoder::forward_native`] may replace the burn graph: on the flex
     /// (CPU) device, with no CNN parameter that trains.
     pub fn native_applies(&self, device: &Device) -> bool {
-        let mut v = NeedsGrad(false);
-        self.visit(&mut v);
-        !v.0 && *device == Device::flex()
+        !trains(self) && *device == Device::flex()
     }
 
     /// Mixed precision: the native CNN's products with bf16 inputs (weights packed now) and f32
@@ -126,9 +132,7 @@ impl FeatureEncoder {
     /// is not on the CPU).
     pub fn use_bf16(&mut self) -> bool {
         let on_cpu = self.layers.first().is_some_and(|l| l.conv.weight.device() == Device::flex());
-        let mut v = NeedsGrad(false);
-        self.visit(&mut v);
-        self.bf16 = (on_cpu && !v.0).then(|| {
+        self.bf16 = (on_cpu && !trains(self)).then(|| {
             let packed = self.layers.iter().map(|l| {
                 let [_, c_in, kernel] = l.conv.weight.dims();
                 let folds = l.group_norm.is_some() && kernel * c_in <= FOLDED_FIELD;
@@ -242,12 +246,9 @@ pub fn padded_convs_native(
         // [c_in, time] → [time, c_in]
         let src = &xv[b * c_in * time..][..c_in * time];
         let mut x = vec![0.0f32; time * c_in];
-        x.par_chunks_mut((c_in * (CHUNK / c_in.max(1)).max(1)).max(1)).enumerate().for_each(|(i, rows)| {
-            let t0 = i * (CHUNK / c_in.max(1)).max(1);
-            for (r, row) in rows.chunks_exact_mut(c_in.max(1)).enumerate() {
-                row.iter_mut().enumerate().for_each(|(c, v)| *v = src[c * time + t0 + r]);
-            }
-        });
+        for (c, channel) in src.chunks_exact(time.max(1)).enumerate() {
+            channel.iter().enumerate().for_each(|(t, &v)| x[t * c_in + c] = v);
+        }
         let (mut t, mut c) = (time, c_in);
         for (conv, layer) in convs.iter().zip(&layers) {
             let p = conv.padding;

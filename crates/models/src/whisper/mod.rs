@@ -102,9 +102,8 @@ impl WhisperEncoder {
 
     /// Neither convolution of the front-end trains.
     fn frontend_frozen(&self) -> bool {
-        [&self.conv1, &self.conv2]
-            .iter()
-            .all(|c| !c.weight.val().is_require_grad() && !c.bias.as_ref().is_some_and(|b| b.val().is_require_grad()))
+        use crate::ssl::native_cnn::trains;
+        !trains(&self.conv1) && !trains(&self.conv2)
     }
 
     /// Mixed precision (`on`): the front-end's two convolutions with bf16 inputs and f32 sums, as
