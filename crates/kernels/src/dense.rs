@@ -18,6 +18,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 
+pub use crate::dropout::Dropout;
 use crate::graph::{
     GraphOp, GraphTensor, View, contiguous, dims, flex, from_flex, mm, on_graph, par_build, parallelism, tensor, values,
 };
@@ -259,11 +260,12 @@ impl<const N: usize> Backward<Flex, N> for Linear {
     }
 }
 
-/// [`frozen_linear`] plus a LoRA update, `x · W + b + scale · (x · A) · B`, as one operation on
-/// burn's CPU autodiff graph, with `A` (`[d_in, r]`) and `B` (`[r, d_out]`) trainable. The
-/// backward pass gives `x` `dY · Wᵀ + scale · (dY · Bᵀ) · Aᵀ` in one buffer, `A`
-/// `scale · xᵀ · (dY · Bᵀ)` and `B` `scale · (x · A)ᵀ · dY`. (The update's input is `x` itself:
-/// with dropout on it, the update is a branch of its own.)
+/// [`frozen_linear`] plus a LoRA update, `x · W + b + scale · (D(x) · A) · B`, as one operation
+/// on burn's CPU autodiff graph, with `A` (`[d_in, r]`) and `B` (`[r, d_out]`) trainable and
+/// `D` the update's dropout (peft's `lora_dropout`; the identity without one). The backward
+/// pass gives `x` `dY · Wᵀ + scale · D'((dY · Bᵀ) · Aᵀ)` in one buffer, `A`
+/// `scale · D(x)ᵀ · (dY · Bᵀ)` and `B` `scale · (D(x) · A)ᵀ · dY`. The dropout's mask is a
+/// function of its seed ([`Dropout`]): made again in the backward pass, not kept.
 ///
 /// # Panics
 /// As [`frozen_linear`], off the autodiff graph, and where `A` and `B` do not fit `W`.
@@ -274,6 +276,7 @@ pub fn frozen_linear_lora<const D: usize>(
     lora_a: Tensor<2>,
     lora_b: Tensor<2>,
     scale: f32,
+    dropout: Option<Dropout>,
 ) -> Tensor<D> {
     assert!(x.device().is_autodiff(), "frozen_linear_lora is for the autodiff graph");
     let dense = Dense::new(&x, w, b);
@@ -287,7 +290,8 @@ pub fn frozen_linear_lora<const D: usize>(
     );
     let dims = x.dims();
     let x: Tensor<2> = x.reshape([dims[..D - 1].iter().product::<usize>(), d_in]);
-    let y: Tensor<2> = on_graph(DenseLora { dense, scale }, [x, lora_a, lora_b]);
+    let dropout = dropout.filter(|d| d.p > 0.0);
+    let y: Tensor<2> = on_graph(DenseLora { dense, scale, dropout }, [x, lora_a, lora_b]);
     let mut out = dims;
     out[D - 1] = d_out;
     y.reshape(out)
@@ -297,9 +301,10 @@ pub fn frozen_linear_lora<const D: usize>(
 struct DenseLora {
     dense: Dense,
     scale: f32,
+    dropout: Option<Dropout>,
 }
 
-/// What the LoRA operation's backward pass reads: `x`, `A`, `B` and `x · A`.
+/// What the LoRA operation's backward pass reads: `x`, `A`, `B` and `D(x) · A`.
 #[derive(Debug, Clone)]
 struct LoraSaved {
     x: FlexTensor,
@@ -315,7 +320,11 @@ impl GraphOp<3> for DenseLora {
         let r = dims(&a)[1];
         let (xv, av, bv) = (values(&x), values(&a), values(&b));
         let m = xv.len() / k.max(1);
-        let h = product(xv, m, k, View::rows(av, 0, r), r, None);
+        let h = {
+            // The dropped-out input exists only for this product.
+            let dropped = self.dropout.map(|d| d.apply(xv));
+            product(dropped.as_deref().unwrap_or(xv), m, k, View::rows(av, 0, r), r, None)
+        };
         let mut out = self.dense.forward_values(xv, m);
         // SAFETY: h is m × r, B r × n, out m × n.
         unsafe {
@@ -357,24 +366,18 @@ impl Backward<Flex, 3> for DenseLora {
         // SAFETY (all products below): each view covers the sizes given, as laid out above.
         if let (Some(node), Some(gb)) = (&px, &gb) {
             let mut dx = self.dense.backward_values(gv, m);
-            unsafe {
-                mm(
-                    m,
-                    k,
-                    r,
-                    dx.as_mut_ptr(),
-                    k,
-                    View::rows(gb, 0, r),
-                    View::cols(av, 0, r),
-                    s,
-                    true,
-                    parallelism(m, k, r),
-                );
+            let (gb, at) = (View::rows(gb, 0, r), View::cols(av, 0, r));
+            match self.dropout {
+                // The update's share through the mask, added to the frozen product's.
+                Some(d) => d.add_masked(&mut dx, &new_product(m, k, r, gb, at, s)),
+                None => unsafe { mm(m, k, r, dx.as_mut_ptr(), k, gb, at, s, true, parallelism(m, k, r)) },
             }
             grads.register::<Flex>(node.id, tensor(dx, vec![m, k]));
         }
         if let (Some(node), Some(gb)) = (&pa, &gb) {
-            let da = new_product(k, r, m, View::cols(xv, 0, k), View::rows(gb, 0, r), s);
+            let dropped = self.dropout.map(|d| d.apply(xv));
+            let input = dropped.as_deref().unwrap_or(xv);
+            let da = new_product(k, r, m, View::cols(input, 0, k), View::rows(gb, 0, r), s);
             grads.register::<Flex>(node.id, tensor(da, vec![k, r]));
         }
         if let Some(node) = &pb {
@@ -495,7 +498,8 @@ mod tests {
         }
     }
 
-    /// The fused LoRA operation against burn's composition `x W + b + s (x A) B`: value and the
+    /// The fused LoRA operation against burn's composition `x W + b + s (D(x) A) B`, without
+    /// dropout and with it (the composition multiplies by the same mask): value and the
     /// gradients of x, A and B, for both checkpointing strategies.
     #[test]
     fn lora_equals_burns_composition() {
@@ -506,21 +510,41 @@ mod tests {
             let (a0, b0) = (rand([70, 8], 0.3), rand([8, 130], 0.3));
             let x = Tensor::<3>::random([2, 45, 70], Distribution::Normal(0.0, 1.0), &device);
             let r = Tensor::<3>::random([2, 45, 130], Distribution::Normal(0.0, 1.0), &device);
-            let run = |fused: bool| {
-                let (x, la, lb) = (x.clone().require_grad(), a0.clone().require_grad(), b0.clone().require_grad());
-                let y = if fused {
-                    frozen_linear_lora(x.clone(), w.clone(), Some(b.clone()), la.clone(), lb.clone(), 2.0)
-                } else {
-                    x.clone().matmul(w.clone().unsqueeze())
-                        + b.clone().unsqueeze()
-                        + x.clone().matmul(la.clone().unsqueeze()).matmul(lb.clone().unsqueeze()) * 2.0
+            for dropout in [None, Some(Dropout::new(0.3, 42))] {
+                let run = |fused: bool| {
+                    let (x, la, lb) = (x.clone().require_grad(), a0.clone().require_grad(), b0.clone().require_grad());
+                    let y = if fused {
+                        frozen_linear_lora(x.clone(), w.clone(), Some(b.clone()), la.clone(), lb.clone(), 2.0, dropout)
+                    } else {
+                        let dropped = match dropout {
+                            Some(d) => {
+                                let mask = Tensor::<1>::from_floats(d.mask(2 * 45 * 70).as_slice(), &device);
+                                x.clone() * mask.reshape([2, 45, 70])
+                            }
+                            None => x.clone(),
+                        };
+                        x.clone().matmul(w.clone().unsqueeze())
+                            + b.clone().unsqueeze()
+                            + dropped.matmul(la.clone().unsqueeze()).matmul(lb.clone().unsqueeze()) * 2.0
+                    };
+                    let grads = (y.clone() * r.clone()).sum().backward();
+                    [
+                        vals(y),
+                        vals(x.grad(&grads).unwrap()),
+                        vals(la.grad(&grads).unwrap()),
+                        vals(lb.grad(&grads).unwrap()),
+                    ]
                 };
-                let grads = (y.clone() * r.clone()).sum().backward();
-                [vals(y), vals(x.grad(&grads).unwrap()), vals(la.grad(&grads).unwrap()), vals(lb.grad(&grads).unwrap())]
-            };
-            let (got, want) = (run(true), run(false));
-            for (what, (g, w)) in ["value", "dx", "dA", "dB"].iter().zip(got.iter().zip(&want)) {
-                assert_close(what, g, w, 2e-6);
+                let (got, want) = (run(true), run(false));
+                for (what, (g, w)) in ["value", "dx", "dA", "dB"].iter().zip(got.iter().zip(&want)) {
+                    assert_close(&format!("{what} with {dropout:?}"), g, w, 2e-6);
+                }
+                if dropout.is_some() {
+                    // The mask matters: without it the update (and so dA) differs.
+                    let plain =
+                        frozen_linear_lora(x.clone(), w.clone(), Some(b.clone()), a0.clone(), b0.clone(), 2.0, None);
+                    assert!(max_diff(&vals(plain), &got[0]) > 0.1, "the dropout changes the output");
+                }
             }
         }
     }

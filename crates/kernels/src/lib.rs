@@ -2,7 +2,7 @@
 //! ([`bf16`], AMX or AVX512_BF16 where the CPU has them), vectorised activations and softmax
 //! ([`fastmath`]), operations that enter burn's autodiff graph as one node each with their own
 //! backward pass: channels-last convolutions ([`conv`]), frozen linear layers in f32
-//! ([`dense`]) and bf16 ([`linear`]), multi-head attention ([`attention`]), activations, softmax
+//! ([`dense`], with LoRA's update and its [`dropout`]) and bf16 ([`linear`]), multi-head attention ([`attention`]), activations, softmax
 //! and layer norm ([`rowwise`]), group norm over time ([`groupnorm`]); and AdamW's update as one
 //! parallel pass ([`optim`]).
 
@@ -10,6 +10,7 @@ pub mod attention;
 pub mod bf16;
 pub mod conv;
 pub mod dense;
+pub mod dropout;
 pub mod fastmath;
 mod graph;
 pub mod groupnorm;

@@ -37,6 +37,26 @@ impl LoraLayer {
         self.dropout.forward(x).matmul(a).matmul(b) * self.scaling
     }
 
+    /// The update's dropout for one forward pass where burn's `Dropout` would apply it (training
+    /// on an autodiff device, probability above 0), for the fused operation
+    /// ([`speechtune_kernels::dense::frozen_linear_lora`]): its seed drawn from the device's
+    /// random stream, as burn's mask would be, so a seeded step draws the same masks again
+    /// (resumption, data-parallel ranks).
+    pub fn dropout_draw(&self, device: &Device) -> Option<speechtune_kernels::dense::Dropout> {
+        let d = &self.dropout;
+        if !d.training.val().is_enabled() || !device.is_autodiff() || d.prob == 0.0 {
+            return None;
+        }
+        // Three uniform draws of 24 bits each: a 64-bit seed.
+        let u: Vec<f32> = Tensor::<1>::random([3], Distribution::Uniform(0.0, 1.0), device)
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("float draws");
+        let bits = |v: f32| ((v as f64 * 16_777_216.0) as u64) & 0xff_ffff;
+        let seed = bits(u[0]) | bits(u[1]) << 24 | bits(u[2]) << 48;
+        Some(speechtune_kernels::dense::Dropout::new(d.prob as f32, seed))
+    }
+
     /// `W + scaling · A B` in burn's `[in, out]` layout, to fold into the base weight.
     pub fn delta(&self) -> Tensor<2> {
         self.a.val().matmul(self.b.val()) * self.scaling
