@@ -8,9 +8,54 @@
 //! `torch.nn.Dropout` and burn's `Dropout` do; the draws differ from theirs (no framework
 //! shares another's random stream), not their distribution.
 
+use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::prelude::*;
 use rayon::prelude::*;
 
-use crate::graph::{BLOCK, par_build};
+use crate::graph::{
+    BLOCK, GraphOp, GraphTensor, contiguous, dims, flex, from_flex, on_graph, par_build, tensor, values,
+};
+
+/// `x` through the dropout `d`, for a float32 tensor on burn's CPU backend (see
+/// [`crate::supports`]): on the autodiff graph one operation whose backward pass multiplies by
+/// the same mask, made again from the seed (nothing kept); without autodiff, the values.
+///
+/// # Panics
+/// Where `x` is not a float32 tensor on the CPU backend.
+pub fn dropout<const D: usize>(x: Tensor<D>, d: Dropout) -> Tensor<D> {
+    assert!(crate::supports(&x), "a float32 tensor on the CPU backend");
+    if x.device().is_autodiff() {
+        return on_graph(Masked(d), [x]);
+    }
+    let x = contiguous(&flex(x));
+    from_flex(tensor(d.apply(values(&x)), dims(&x)))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Masked(Dropout);
+
+impl GraphOp<1> for Masked {
+    fn run<C: CheckpointStrategy>(self, [x]: [GraphTensor; 1]) -> GraphTensor {
+        let v = contiguous(x.primitive());
+        let y = tensor(self.0.apply(values(&v)), dims(&v));
+        self.prepare::<C>([x.node()]).compute_bound().stateless(y)
+    }
+}
+
+impl Backward<Flex, 1> for Masked {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        if let [Some(parent)] = ops.parents {
+            grads.register::<Flex>(parent.id, tensor(self.0.apply(values(&g)), dims(&g)));
+        }
+    }
+}
 
 /// One dropout draw: `p` the probability of dropping a value, `seed` the mask's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -145,6 +190,24 @@ mod tests {
         d.add_masked(&mut acc, &x);
         let want: Vec<f32> = x.iter().zip(&m).map(|(a, b)| 0.5 + a * b).collect();
         assert_eq!(acc, want);
+    }
+
+    /// On the graph: the values of `apply`, and the input's gradient the upstream gradient
+    /// through the same mask; off the graph the same values.
+    #[test]
+    fn the_operation_masks_values_and_gradients_alike() {
+        use crate::testing::vals;
+        let d = Dropout::new(0.4, 5);
+        for device in [Device::flex().autodiff(), Device::flex().autodiff().gradient_checkpointing()] {
+            let x = Tensor::<3>::random([3, 50, 40], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+            let r = Tensor::<3>::random([3, 50, 40], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+            let tracked = x.clone().require_grad();
+            let y = dropout(tracked.clone(), d);
+            let grads = (y.clone() * r.clone()).sum().backward();
+            assert_eq!(vals(y), d.apply(&vals(x.clone())));
+            assert_eq!(vals(tracked.grad(&grads).unwrap()), d.apply(&vals(r)));
+            assert_eq!(vals(dropout(x.clone().inner(), d)), d.apply(&vals(x)));
+        }
     }
 
     #[test]

@@ -272,56 +272,6 @@ mod tests {
         assert_eq!(values(trainable.base.weight.val()), w);
     }
 
-    /// LoRA's dropout in the fused training operation: the mask drawn from the device's seeded
-    /// stream (the same seed, the same output; another seed, another), equal to the composition
-    /// `x W + b + s ((x ⊙ mask) A) B` with that draw's mask, and no dropout off the autodiff
-    /// graph or with the module's training flag off.
-    #[test]
-    fn lora_dropout_is_seeded_and_only_in_training() {
-        use crate::lora::{LoraConfig, LoraLayer};
-        let device = Device::flex().autodiff();
-        let mut p = proj(24, 96, &device);
-        let cfg = LoraConfig { r: 4, lora_dropout: 0.5, ..LoraConfig::default() };
-        let mut lora = LoraLayer::new(24, 96, &cfg, &device);
-        lora.b = Param::from_tensor(Tensor::random([4, 96], Distribution::Normal(0.0, 1.0), &device));
-        p.lora = Some(lora);
-        let x = Tensor::<3>::random([2, 5, 24], Distribution::Normal(0.0, 1.0), &device);
-        let run = |p: &Proj, seed: u64| {
-            device.seed(seed);
-            values(p.forward(x.clone()))
-        };
-        let (first, again, other) = (run(&p, 7), run(&p, 7), run(&p, 8));
-        assert_eq!(first, again, "the same seed draws the same mask");
-        assert!(first.iter().zip(&other).any(|(a, b)| (a - b).abs() > 1e-3), "another seed, another mask");
-
-        device.seed(7);
-        let lora = p.lora.as_ref().unwrap();
-        let d = lora.dropout_draw(&device).expect("dropout in training");
-        assert_eq!(d.p, 0.5);
-        let mask = Tensor::<1>::from_floats(d.mask(2 * 5 * 24).as_slice(), &device).reshape([2, 5, 24]);
-        let composed = x.clone().matmul(p.base.weight.val().unsqueeze())
-            + p.base.bias.as_ref().unwrap().val().unsqueeze()
-            + (x.clone() * mask).matmul(lora.a.val().unsqueeze()).matmul(lora.b.val().unsqueeze()) * lora.scaling;
-        for (a, b) in first.iter().zip(values(composed)) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
-        }
-
-        // Inference: no dropout, on the plain device or with the flag off.
-        let plain = Device::flex();
-        assert!(lora.dropout_draw(&plain).is_none());
-        let mut off = lora.clone();
-        off.dropout = burn::nn::DropoutConfig::new(0.5).init();
-        off.dropout.training = Param::from_bool(false);
-        assert!(off.dropout_draw(&device).is_none());
-        let no_dropout = x.clone().matmul(p.base.weight.val().unsqueeze())
-            + p.base.bias.as_ref().unwrap().val().unsqueeze()
-            + x.clone().matmul(lora.a.val().unsqueeze()).matmul(lora.b.val().unsqueeze()) * lora.scaling;
-        p.lora = Some(off);
-        for (a, b) in run(&p, 7).iter().zip(values(no_dropout)) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
-        }
-    }
-
     /// bf16 products: the output and the input gradient within bf16 rounding of f32's; only
     /// a frozen, unmasked weight switches, and it keeps only its bf16 values (stored as bf16,
     /// same id); back to f32 with those values.

@@ -34,7 +34,16 @@ impl LoraLayer {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let a = self.a.val().unsqueeze::<D>();
         let b = self.b.val().unsqueeze::<D>();
-        self.dropout.forward(x).matmul(a).matmul(b) * self.scaling
+        // On the CPU the mask comes from a seed (made in parallel; the backward pass makes it
+        // again); elsewhere burn's dropout.
+        let x = if speechtune_kernels::supports(&x)
+            && let Some(d) = self.dropout_draw(&x.device())
+        {
+            speechtune_kernels::dropout::dropout(x, d)
+        } else {
+            self.dropout.forward(x)
+        };
+        x.matmul(a).matmul(b) * self.scaling
     }
 
     /// The update's dropout for one forward pass where burn's `Dropout` would apply it (training
