@@ -22,7 +22,9 @@ pub use crate::dropout::Dropout;
 use crate::graph::{
     GraphOp, GraphTensor, View, contiguous, dims, flex, from_flex, mm, on_graph, par_build, parallelism, tensor, values,
 };
+use crate::linear::Bf16Weight;
 use crate::rowwise::{Act, Plain, WithSlope};
+use rayon::prelude::*;
 
 /// `x · W + b` over `x`'s last dimension (`[..., d_in]` → `[..., d_out]`), for a float32 `x` on
 /// burn's CPU backend (see [`crate::supports`]) and a `W` (`[d_in, d_out]`) and `b` that get no
@@ -273,14 +275,27 @@ pub fn frozen_linear_lora<const D: usize>(
     x: Tensor<D>,
     w: Tensor<2>,
     b: Option<Tensor<1>>,
-    lora_a: Tensor<2>,
-    lora_b: Tensor<2>,
-    scale: f32,
-    dropout: Option<Dropout>,
+    update: LoraUpdate,
 ) -> Tensor<D> {
-    assert!(x.device().is_autodiff(), "frozen_linear_lora is for the autodiff graph");
     let dense = Dense::new(&x, w, b);
-    let (d_in, d_out) = dense.sizes();
+    lora_op(x, Frozen::F32(dense), update)
+}
+
+/// A LoRA update `scale · (D(x) · A) · B` for [`frozen_linear_lora`] and [`bf16_linear_lora`]:
+/// `a` (`[d_in, r]`) and `b` (`[r, d_out]`) trainable, `dropout` its dropout (none: the
+/// identity).
+#[derive(Debug, Clone)]
+pub struct LoraUpdate {
+    pub a: Tensor<2>,
+    pub b: Tensor<2>,
+    pub scale: f32,
+    pub dropout: Option<Dropout>,
+}
+
+fn lora_op<const D: usize>(x: Tensor<D>, base: Frozen, update: LoraUpdate) -> Tensor<D> {
+    assert!(x.device().is_autodiff(), "a LoRA operation is for the autodiff graph");
+    let LoraUpdate { a: lora_a, b: lora_b, scale, dropout } = update;
+    let (d_in, d_out) = base.sizes();
     let r = lora_a.dims()[1];
     assert!(
         lora_a.dims() == [d_in, r] && lora_b.dims() == [r, d_out],
@@ -291,15 +306,75 @@ pub fn frozen_linear_lora<const D: usize>(
     let dims = x.dims();
     let x: Tensor<2> = x.reshape([dims[..D - 1].iter().product::<usize>(), d_in]);
     let dropout = dropout.filter(|d| d.p > 0.0);
-    let y: Tensor<2> = on_graph(DenseLora { dense, scale, dropout }, [x, lora_a, lora_b]);
+    let y: Tensor<2> = on_graph(DenseLora { base, scale, dropout }, [x, lora_a, lora_b]);
     let mut out = dims;
     out[D - 1] = d_out;
     y.reshape(out)
 }
 
+/// [`frozen_linear_lora`] with the frozen product in bf16 ([`crate::linear`]'s packed weight,
+/// forward and backward, as mixed precision runs a frozen projection), the update and its
+/// dropout as there in f32.
+///
+/// # Panics
+/// As [`frozen_linear_lora`], and where `b` requires a gradient.
+pub fn bf16_linear_lora<const D: usize>(
+    x: Tensor<D>,
+    w: &Arc<Bf16Weight>,
+    b: Option<Tensor<1>>,
+    update: LoraUpdate,
+) -> Tensor<D> {
+    assert!(crate::supports(&x), "a float32 tensor on the CPU backend");
+    assert!(!b.as_ref().is_some_and(Tensor::is_require_grad), "a bias that does not train");
+    let plain = |t: Tensor<2>| if t.device().is_autodiff() { t.inner() } else { t };
+    let b = b.map(|b| contiguous(&flex(plain(b.unsqueeze::<2>()))));
+    lora_op(x, Frozen::Bf16(w.clone(), b), update)
+}
+
+/// The frozen product under a LoRA update: f32 ([`Dense`]) or a bf16 packing with its bias.
+#[derive(Debug, Clone)]
+enum Frozen {
+    F32(Dense),
+    Bf16(Arc<Bf16Weight>, Option<FlexTensor>),
+}
+
+impl Frozen {
+    /// `(d_in, d_out)`.
+    fn sizes(&self) -> (usize, usize) {
+        match self {
+            Frozen::F32(d) => d.sizes(),
+            Frozen::Bf16(w, _) => (w.d_in(), w.d_out()),
+        }
+    }
+
+    /// `x · W + b` for `m` rows of `x`.
+    fn forward_values(&self, x: &[f32], m: usize) -> Vec<f32> {
+        match self {
+            Frozen::F32(d) => d.forward_values(x, m),
+            Frozen::Bf16(w, b) => {
+                let (k, n) = self.sizes();
+                let mut out = crate::bf16::matmul_new(x, m, k, w.forward_packing());
+                if let Some(b) = b {
+                    let bias = values(b);
+                    out.par_chunks_mut(n.max(1)).for_each(|r| r.iter_mut().zip(bias).for_each(|(o, b)| *o += b));
+                }
+                out
+            }
+        }
+    }
+
+    /// `dY · Wᵀ` for `m` rows of `dY`.
+    fn backward_values(&self, g: &[f32], m: usize) -> Vec<f32> {
+        match self {
+            Frozen::F32(d) => d.backward_values(g, m),
+            Frozen::Bf16(w, _) => crate::bf16::matmul_new(g, m, w.d_out(), w.backward_packing()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct DenseLora {
-    dense: Dense,
+    base: Frozen,
     scale: f32,
     dropout: Option<Dropout>,
 }
@@ -316,7 +391,7 @@ struct LoraSaved {
 impl GraphOp<3> for DenseLora {
     fn run<C: CheckpointStrategy>(self, inputs: [GraphTensor; 3]) -> GraphTensor {
         let [x, a, b] = inputs.each_ref().map(|t| contiguous(t.primitive()));
-        let (k, n) = self.dense.sizes();
+        let (k, n) = self.base.sizes();
         let r = dims(&a)[1];
         let (xv, av, bv) = (values(&x), values(&a), values(&b));
         let m = xv.len() / k.max(1);
@@ -325,7 +400,7 @@ impl GraphOp<3> for DenseLora {
             let dropped = self.dropout.map(|d| d.apply(xv));
             product(dropped.as_deref().unwrap_or(xv), m, k, View::rows(av, 0, r), r, None)
         };
-        let mut out = self.dense.forward_values(xv, m);
+        let mut out = self.base.forward_values(xv, m);
         // SAFETY: h is m × r, B r × n, out m × n.
         unsafe {
             mm(
@@ -355,7 +430,7 @@ impl Backward<Flex, 3> for DenseLora {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
         let LoraSaved { x, a, b, h } = ops.state;
-        let (k, n) = self.dense.sizes();
+        let (k, n) = self.base.sizes();
         let r = dims(&a)[1];
         let (gv, xv, av, bv) = (values(&g), values(&x), values(&a), values(&b));
         let m = gv.len() / n.max(1);
@@ -365,7 +440,7 @@ impl Backward<Flex, 3> for DenseLora {
         let gb = (px.is_some() || pa.is_some()).then(|| product(gv, m, n, View::cols(bv, 0, n), r, None));
         // SAFETY (all products below): each view covers the sizes given, as laid out above.
         if let (Some(node), Some(gb)) = (&px, &gb) {
-            let mut dx = self.dense.backward_values(gv, m);
+            let mut dx = self.base.backward_values(gv, m);
             let (gb, at) = (View::rows(gb, 0, r), View::cols(av, 0, r));
             match self.dropout {
                 // The update's share through the mask, added to the frozen product's.
@@ -514,7 +589,12 @@ mod tests {
                 let run = |fused: bool| {
                     let (x, la, lb) = (x.clone().require_grad(), a0.clone().require_grad(), b0.clone().require_grad());
                     let y = if fused {
-                        frozen_linear_lora(x.clone(), w.clone(), Some(b.clone()), la.clone(), lb.clone(), 2.0, dropout)
+                        frozen_linear_lora(
+                            x.clone(),
+                            w.clone(),
+                            Some(b.clone()),
+                            LoraUpdate { a: la.clone(), b: lb.clone(), scale: 2.0, dropout },
+                        )
                     } else {
                         let dropped = match dropout {
                             Some(d) => {
@@ -541,10 +621,54 @@ mod tests {
                 }
                 if dropout.is_some() {
                     // The mask matters: without it the update (and so dA) differs.
-                    let plain =
-                        frozen_linear_lora(x.clone(), w.clone(), Some(b.clone()), a0.clone(), b0.clone(), 2.0, None);
+                    let update = LoraUpdate { a: a0.clone(), b: b0.clone(), scale: 2.0, dropout: None };
+                    let plain = frozen_linear_lora(x.clone(), w.clone(), Some(b.clone()), update);
                     assert!(max_diff(&vals(plain), &got[0]) > 0.1, "the dropout changes the output");
                 }
+            }
+        }
+    }
+
+    /// The bf16 variant against the bf16 linear operation plus bias plus burn's composition of
+    /// the update (with and without dropout, the same mask): value and the gradients of x, A
+    /// and B.
+    #[test]
+    fn bf16_lora_equals_the_bf16_product_plus_the_composed_update() {
+        let device = Device::flex().autodiff();
+        let rand = |dims: [usize; 2], sd: f64| Tensor::<2>::random(dims, Distribution::Normal(0.0, sd), &device);
+        let w = Arc::new(Bf16Weight::from_tensor(rand([70, 130], 0.3)));
+        let b = Tensor::<1>::random([130], Distribution::Normal(0.0, 1.0), &device);
+        let (a0, b0) = (rand([70, 8], 0.3), rand([8, 130], 0.3));
+        let x = Tensor::<3>::random([2, 45, 70], Distribution::Normal(0.0, 1.0), &device);
+        let r = Tensor::<3>::random([2, 45, 130], Distribution::Normal(0.0, 1.0), &device);
+        for dropout in [None, Some(Dropout::new(0.2, 9))] {
+            let run = |fused: bool| {
+                let (x, la, lb) = (x.clone().require_grad(), a0.clone().require_grad(), b0.clone().require_grad());
+                let y = if fused {
+                    bf16_linear_lora(
+                        x.clone(),
+                        &w,
+                        Some(b.clone()),
+                        LoraUpdate { a: la.clone(), b: lb.clone(), scale: 2.0, dropout },
+                    )
+                } else {
+                    let dropped = match dropout {
+                        Some(d) => {
+                            x.clone()
+                                * Tensor::<1>::from_floats(d.mask(2 * 45 * 70).as_slice(), &device).reshape([2, 45, 70])
+                        }
+                        None => x.clone(),
+                    };
+                    crate::linear(x.clone(), &w)
+                        + b.clone().unsqueeze()
+                        + dropped.matmul(la.clone().unsqueeze()).matmul(lb.clone().unsqueeze()) * 2.0
+                };
+                let grads = (y.clone() * r.clone()).sum().backward();
+                [vals(y), vals(x.grad(&grads).unwrap()), vals(la.grad(&grads).unwrap()), vals(lb.grad(&grads).unwrap())]
+            };
+            let (got, want) = (run(true), run(false));
+            for (what, (g, w)) in ["value", "dx", "dA", "dB"].iter().zip(got.iter().zip(&want)) {
+                assert_close(&format!("{what} with {dropout:?}"), g, w, 2e-6);
             }
         }
     }

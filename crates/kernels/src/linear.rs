@@ -71,7 +71,13 @@ impl Bf16Weight {
         self.forward.bytes() + self.backward.get().map_or(0, PackedB::bytes)
     }
 
-    fn backward(&self) -> &PackedB {
+    /// The packing of `W` for `x · W`.
+    pub(crate) fn forward_packing(&self) -> &PackedB {
+        &self.forward
+    }
+
+    /// The packing of `Wᵀ` for `dY · Wᵀ`, made on first use.
+    pub(crate) fn backward_packing(&self) -> &PackedB {
         self.backward.get_or_init(|| self.forward.transposed())
     }
 }
@@ -103,7 +109,7 @@ impl Backward<Flex, 1> for Bf16Linear {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let w = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| product(&grad, w.backward()));
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| product(&grad, w.backward_packing()));
     }
 }
 

@@ -162,16 +162,22 @@ impl Proj {
         {
             // Training on the CPU: base product, bias, the update's dropout and the update as
             // one operation.
-            let dropout = lora.dropout_draw(&x.device());
+            let update = lora.fused_update(&x.device());
             return speechtune_kernels::dense::frozen_linear_lora(
                 x,
                 self.base.weight.val(),
                 self.base.bias.as_ref().map(|b| b.val()),
-                lora.a.val(),
-                lora.b.val(),
-                lora.scaling as f32,
-                dropout,
+                update,
             );
+        }
+        if let (Some(lora), None, Some(w)) = (&self.lora, &self.mask, &self.bf16)
+            && !self.base.bias.as_ref().is_some_and(|b| b.val().is_require_grad())
+            && speechtune_kernels::supports(&x)
+            && x.device().is_autodiff()
+        {
+            // Training under mixed precision: the bf16 product and the update as one operation.
+            let update = lora.fused_update(&x.device());
+            return speechtune_kernels::dense::bf16_linear_lora(x, w, self.base.bias.as_ref().map(|b| b.val()), update);
         }
         let base = match (&self.mask, &self.bf16) {
             (None, Some(w)) if speechtune_kernels::supports(&x) => {

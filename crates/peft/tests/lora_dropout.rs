@@ -77,7 +77,21 @@ fn lora_dropout_draws_its_mask_from_the_seeded_stream() {
     p.lora = Some(off);
     assert_close(&run(&p, 7), &without);
 
-    // 2. The update alone (the branch beside a bf16 or masked base product): the dropout as one
+    // 2. Under mixed precision (`use_bf16`): the bf16 product and the update as one operation,
+    //    equal to the bf16 linear operation plus the bias plus the composed update with the
+    //    draw's mask.
+    let w = Tensor::<2>::random([24, 96], Distribution::Normal(0.0, 1.0), &device);
+    let b = Tensor::<1>::random([96], Distribution::Normal(0.0, 1.0), &device);
+    let mut p = Proj::new(Linear { weight: Param::from_tensor(w), bias: Some(Param::from_tensor(b)) }, "p").no_grad();
+    assert!(p.use_bf16());
+    p.lora = Some(lora(0.5, &device));
+    let got = run(&p, 11);
+    let l = p.lora.as_ref().unwrap();
+    let packed = p.bf16.as_ref().unwrap();
+    let base = speechtune_kernels::linear(x.clone(), packed) + p.base.bias.as_ref().unwrap().val().unsqueeze();
+    assert_close(&got, &values(base + update(l, masked(l, &x, 11, &device))));
+
+    // 3. The update alone (the branch beside a bf16 or masked base product): the dropout as one
     //    operation; its output and A's gradient equal the composition with the draw's mask.
     let l = lora(0.3, &device);
     device.seed(3);

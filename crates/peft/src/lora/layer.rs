@@ -66,6 +66,18 @@ impl LoraLayer {
         Some(speechtune_kernels::dense::Dropout::new(d.prob as f32, seed))
     }
 
+    /// The update for the fused operations of training on the CPU
+    /// ([`speechtune_kernels::dense::frozen_linear_lora`] and its bf16 counterpart), with this
+    /// forward pass's dropout ([`LoraLayer::dropout_draw`]).
+    pub fn fused_update(&self, device: &Device) -> speechtune_kernels::dense::LoraUpdate {
+        speechtune_kernels::dense::LoraUpdate {
+            a: self.a.val(),
+            b: self.b.val(),
+            scale: self.scaling as f32,
+            dropout: self.dropout_draw(device),
+        }
+    }
+
     /// `W + scaling · A B` in burn's `[in, out]` layout, to fold into the base weight.
     pub fn delta(&self) -> Tensor<2> {
         self.a.val().matmul(self.b.val()) * self.scaling
