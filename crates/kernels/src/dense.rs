@@ -24,7 +24,6 @@ use crate::graph::{
 };
 use crate::linear::Bf16Weight;
 use crate::rowwise::{Act, Plain, WithSlope};
-use rayon::prelude::*;
 
 /// `x · W + b` over `x`'s last dimension (`[..., d_in]` → `[..., d_out]`), for a float32 `x` on
 /// burn's CPU backend (see [`crate::supports`]) and a `W` (`[d_in, d_out]`) and `b` that get no
@@ -70,15 +69,21 @@ fn new_product(m: usize, n: usize, k: usize, a: View, b: View, scale: f32) -> Ve
 /// `a · B` (+ `bias` on every row) with `a` `m × k` row-major and `B` a `k × n` view.
 fn product(a: &[f32], m: usize, k: usize, b: View, n: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let Some(bias) = bias else { return new_product(m, n, k, View::rows(a, 0, k), b, 1.0) };
-    // The output starts as the bias rows (written in parallel) and the product is added.
-    let rows = (crate::graph::BLOCK / n.max(1)).max(1);
-    let mut out = par_build(m * n, rows * n, None, |_, c| c.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(bias)));
+    // The output starts as the bias rows and the product is added.
+    let mut out = bias_rows(bias, m);
     // SAFETY: `a` holds m × k values, `b` views k × n values of the weight (checked by the
     // callers' shapes), `out` m × n.
     unsafe {
         mm(m, n, k, out.as_mut_ptr(), n, View::rows(a, 0, k), b, 1.0, true, parallelism(m, n, k));
     }
     out
+}
+
+/// `m` copies of `bias` as the rows of a new `m × bias.len()` buffer, written in parallel.
+fn bias_rows(bias: &[f32], m: usize) -> Vec<f32> {
+    let n = bias.len();
+    let rows = (crate::graph::BLOCK / n.max(1)).max(1);
+    par_build(m * n, rows * n, None, |_, c| c.chunks_exact_mut(n.max(1)).for_each(|r| r.copy_from_slice(bias)))
 }
 
 impl Dense {
@@ -352,12 +357,11 @@ impl Frozen {
         match self {
             Frozen::F32(d) => d.forward_values(x, m),
             Frozen::Bf16(w, b) => {
-                let (k, n) = self.sizes();
-                let mut out = crate::bf16::matmul_new(x, m, k, w.forward_packing());
-                if let Some(b) = b {
-                    let bias = values(b);
-                    out.par_chunks_mut(n.max(1)).for_each(|r| r.iter_mut().zip(bias).for_each(|(o, b)| *o += b));
-                }
+                let k = w.d_in();
+                let Some(b) = b else { return crate::bf16::matmul_new(x, m, k, w.forward_packing()) };
+                // As the f32 product: the bias rows first, the product added.
+                let mut out = bias_rows(values(b), m);
+                crate::bf16::matmul(x, m, k, w.forward_packing(), &mut out, true);
                 out
             }
         }

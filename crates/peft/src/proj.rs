@@ -155,29 +155,19 @@ impl Proj {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         if let Some(lora) = &self.lora
             && self.mask.is_none()
-            && self.bf16.is_none()
-            && self.frozen_f32()
-            && speechtune_kernels::supports(&x)
-            && x.device().is_autodiff()
-        {
-            // Training on the CPU: base product, bias, the update's dropout and the update as
-            // one operation.
-            let update = lora.fused_update(&x.device());
-            return speechtune_kernels::dense::frozen_linear_lora(
-                x,
-                self.base.weight.val(),
-                self.base.bias.as_ref().map(|b| b.val()),
-                update,
-            );
-        }
-        if let (Some(lora), None, Some(w)) = (&self.lora, &self.mask, &self.bf16)
+            && (self.bf16.is_some() || self.frozen_f32())
             && !self.base.bias.as_ref().is_some_and(|b| b.val().is_require_grad())
             && speechtune_kernels::supports(&x)
             && x.device().is_autodiff()
         {
-            // Training under mixed precision: the bf16 product and the update as one operation.
+            // Training on the CPU: base product (f32, or bf16 under mixed precision), bias, the
+            // update's dropout and the update as one operation.
+            let bias = self.base.bias.as_ref().map(|b| b.val());
             let update = lora.fused_update(&x.device());
-            return speechtune_kernels::dense::bf16_linear_lora(x, w, self.base.bias.as_ref().map(|b| b.val()), update);
+            return match &self.bf16 {
+                Some(w) => speechtune_kernels::dense::bf16_linear_lora(x, w, bias, update),
+                None => speechtune_kernels::dense::frozen_linear_lora(x, self.base.weight.val(), bias, update),
+            };
         }
         let base = match (&self.mask, &self.bf16) {
             (None, Some(w)) if speechtune_kernels::supports(&x) => {
